@@ -1,7 +1,9 @@
-//! Kernel benchmark: `cargo run --release -p kernels --example bench_kernels [-- --quick]`.
+//! Kernel benchmark: `cargo run --release -p kernels --example bench_kernels [-- --quick] [--gemv | --gemm]
+//! [--variant avx512]`.
 //!
 //! GEMV: GOPS (2·rows·cols per call), weight bytes/s, and the streaming-read bandwidth of a buffer of
-//! the same size measured in this process with the same thread count, with their ratio.
+//! the same size measured in this process with the same thread count, alternating with the kernel
+//! runs so both see the same load, with their ratio.
 //! GEMM: GOPS at batch 1/8/64/512 against the int8 dot-product peak of a tight `vpdpbusd` loop.
 //! Every figure is the best of several runs (the machine is shared; the best run is the least
 //! disturbed one).
@@ -97,21 +99,53 @@ unsafe fn read_sum_avx512(buf: &[u64]) -> u64 {
     out.iter().fold(tail, |a, &v| a ^ v)
 }
 
-/// Streaming-read bandwidth (bytes/s) over `bytes` bytes with `threads` threads, each reading its
-/// share. Threads come from a persistent pool (as the kernels' do), so no spawn cost is timed.
-fn stream_bandwidth(bytes: usize, threads: usize) -> f64 {
-    use rayon::prelude::*;
-    let buf: Vec<u64> = (0..bytes / 8).map(|i| i as u64).collect();
-    let share = buf.len().div_ceil(threads);
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool");
-    let t = best_time(Duration::from_millis(300), 5, || {
-        if threads == 1 {
-            black_box(read_sum(&buf));
+/// The streaming-read reference: a same-size buffer read with AVX-512 loads (read-only, so no
+/// write-allocate traffic) by `threads` threads, each reading its share. Threads come from a
+/// persistent pool (as the kernels' do), so no spawn cost is timed.
+struct Stream {
+    buf: Vec<u64>,
+    share: usize,
+    pool: rayon::ThreadPool,
+}
+
+impl Stream {
+    fn new(bytes: usize, threads: usize) -> Self {
+        let buf: Vec<u64> = (0..bytes / 8).map(|i| i as u64).collect();
+        let share = buf.len().div_ceil(threads);
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool");
+        Self { buf, share, pool }
+    }
+
+    fn read(&self) {
+        use rayon::prelude::*;
+        if self.pool.current_num_threads() == 1 {
+            black_box(read_sum(&self.buf));
         } else {
-            pool.install(|| black_box(buf.par_chunks(share).map(read_sum).reduce(|| 0, |a, b| a ^ b)));
+            self.pool.install(|| black_box(self.buf.par_chunks(self.share).map(read_sum).reduce(|| 0, |a, b| a ^ b)));
         }
-    });
-    bytes as f64 / t
+    }
+}
+
+/// Best wall times of `f` and `g`, run in alternating rounds for about `budget` in total, so both see
+/// the same machine conditions (the 2 cores are shared; measuring them minutes apart skewed the ratio).
+/// Each round starts with an untimed call: the two working sets together can exceed what the shared
+/// L3 keeps, and each would otherwise be timed right after the other evicted it.
+fn best_time_pair(budget: Duration, mut f: impl FnMut(), mut g: impl FnMut()) -> (f64, f64) {
+    const TIMED_PER_ROUND: usize = 3;
+    let start = Instant::now();
+    let (mut best_f, mut best_g, mut rounds) = (f64::INFINITY, f64::INFINITY, 0);
+    while rounds < 3 || start.elapsed() < budget {
+        for (run, best) in [(&mut f as &mut dyn FnMut(), &mut best_f), (&mut g, &mut best_g)] {
+            run();
+            for _ in 0..TIMED_PER_ROUND {
+                let t = Instant::now();
+                run();
+                *best = best.min(t.elapsed().as_secs_f64());
+            }
+        }
+        rounds += 1;
+    }
+    (best_f, best_g)
 }
 
 /// Peak int8 dot-product rate (ops/s, 2 per multiply-add) of one core: independent `vpdpbusd` chains.
@@ -150,44 +184,81 @@ fn vnni_peak_one_core() -> Option<f64> {
     None
 }
 
+/// Command-line options: `--quick` (shorter runs, one GEMM shape), `--gemv` / `--gemm` (one section
+/// only), `--variant NAME` (one variant instead of every supported one).
+struct Options {
+    quick: bool,
+    gemv: bool,
+    gemm: bool,
+    variants: Vec<Variant>,
+}
+
+fn options() -> Options {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let has = |flag: &str| args.iter().any(|a| a == flag);
+    let variants = match args.iter().position(|a| a == "--variant").and_then(|i| args.get(i + 1)) {
+        Some(name) => match Variant::parse(name) {
+            Ok(Some(v)) if v.is_supported() => vec![v],
+            _ => {
+                eprintln!("--variant {name}: not a variant this CPU supports (scalar, avx2, avx512)");
+                std::process::exit(2);
+            }
+        },
+        None => Variant::supported(),
+    };
+    let (gemv, gemm) = (has("--gemv"), has("--gemm"));
+    Options { quick: has("--quick"), gemv: gemv || !gemm, gemm: gemm || !gemv, variants }
+}
+
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let opts = options();
     let all_threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut thread_counts = vec![1];
     if all_threads > 1 {
         thread_counts.push(all_threads);
     }
-    let variants = Variant::supported();
-    let budget = Duration::from_millis(if quick { 100 } else { 400 });
-    println!("variants supported: {:?}; threads: {all_threads}", variants.iter().map(|v| v.name()).collect::<Vec<_>>());
+    let budget = Duration::from_millis(if opts.quick { 100 } else { 400 });
+    let names: Vec<_> = opts.variants.iter().map(|v| v.name()).collect();
+    println!("variants: {names:?}; threads: {all_threads}");
+    if opts.gemv {
+        bench_gemv(&opts.variants, &thread_counts, budget);
+    }
+    if opts.gemm {
+        let shapes: &[(usize, usize)] = if opts.quick { &SHAPES[1..2] } else { &SHAPES };
+        bench_gemm(&opts.variants, &thread_counts, budget, shapes);
+    }
+}
 
+fn bench_gemv(variants: &[Variant], thread_counts: &[usize], budget: Duration) {
     println!("\n## GEMV (one token, int8 activations, i32 out)\n");
     println!("| shape | variant | threads | µs | GOPS | weight GB/s | stream GB/s | ratio |");
     println!("|---|---|---|---|---|---|---|---|");
-    let mut bandwidth_cache = std::collections::HashMap::new();
     for &(rows, cols) in &SHAPES {
         let w = random_matrix(rows, cols, 1);
         let x = activations(1, cols);
         let mut out = vec![0i32; rows];
         let bytes = w.as_bytes().len();
-        for &threads in &thread_counts {
+        for &threads in thread_counts {
             set_num_threads(threads).expect("pool");
-            let stream = *bandwidth_cache.entry((bytes, threads)).or_insert_with(|| stream_bandwidth(bytes, threads));
-            for &v in &variants {
-                let t = best_time(budget, 3, || gemv_i32_into(&w, &x, &mut out, Some(v)).expect("gemv"));
+            let stream = Stream::new(bytes, threads);
+            for &v in variants {
+                let kernel = || gemv_i32_into(&w, &x, &mut out, Some(v)).expect("gemv");
+                let (t, t_stream) = best_time_pair(budget, kernel, || stream.read());
                 let gops = 2.0 * (rows * cols) as f64 / t / 1e9;
-                let wbw = bytes as f64 / t;
+                let (wbw, sbw) = (bytes as f64 / t, bytes as f64 / t_stream);
                 println!(
                     "| {rows}x{cols} | {v} | {threads} | {:.1} | {gops:.1} | {:.1} | {:.1} | {:.2} |",
                     t * 1e6,
                     wbw / 1e9,
-                    stream / 1e9,
-                    wbw / stream
+                    sbw / 1e9,
+                    wbw / sbw
                 );
             }
         }
     }
+}
 
+fn bench_gemm(variants: &[Variant], thread_counts: &[usize], budget: Duration, shapes: &[(usize, usize)]) {
     let peak1 = vnni_peak_one_core();
     println!("\n## GEMM (int8 activations, i32 out)\n");
     match peak1 {
@@ -196,12 +267,11 @@ fn main() {
     }
     println!("| shape | batch | variant | threads | ms | GOPS | % of VNNI peak |");
     println!("|---|---|---|---|---|---|---|");
-    let shapes: &[(usize, usize)] = if quick { &SHAPES[1..2] } else { &SHAPES };
     for &(rows, cols) in shapes {
         let w = random_matrix(rows, cols, 2);
         for &batch in &BATCHES {
             let x = activations(batch, cols);
-            for &threads in &thread_counts {
+            for &threads in thread_counts {
                 set_num_threads(threads).expect("pool");
                 for &v in variants.iter().filter(|&&v| v != Variant::Scalar || batch <= 8) {
                     let t = best_time(budget, 2, || {

@@ -1,20 +1,22 @@
 //! GEMV / GEMM drivers: validate input, split row tiles over the thread pool, apply float scales.
 
+use std::marker::PhantomData;
 use std::ops::Range;
 
 use rayon::prelude::*;
-use ternary::planar::{PlanarMatrix, CHUNK_COLS, TILE_ROWS};
+use ternary::planar::{PlanarMatrix, CHUNK_BYTES, CHUNK_COLS, TILE_ROWS};
 
 use crate::panel::Panels;
 use crate::pool::pool;
 use crate::quantize::QuantizedActivations;
-use crate::tile::{gemm_tile, gemv_tile, panel_tokens};
+use crate::tile::{gemm_tiles, gemm_tiles_per_call, gemv_tiles, gemv_tiles_per_call, panel_tokens, MAX_GEMV_TILES};
 use crate::variant::{Kernel, Variant};
 use crate::KernelError;
 
-/// Largest padded column count accepted. Accumulator bound: SIMD lanes hold `Σ code·x` with
-/// code ∈ {0,1,2} and x ∈ [-128, 127], so |acc| ≤ 2 · 128 · cols ≤ 2^30 < 2^31 for cols ≤ 2^22;
-/// the final `Σ trit·x` is bounded by 128 · cols ≤ 2^29. No i32 overflow is possible.
+/// Largest padded column count accepted. Accumulator bounds: the GEMM's SIMD lanes hold `Σ code·x`
+/// with code ∈ {0,1,2} and x ∈ [-128, 127], so |acc| ≤ 2 · 128 · cols ≤ 2^30 < 2^31 for cols ≤ 2^22;
+/// the AVX-512 GEMV's lanes hold up to 64 · that per block and are folded every 2^14 chunks (see
+/// `avx512.rs`); the final `Σ trit·x` is bounded by 128 · cols ≤ 2^29. No i32 overflow is possible.
 pub const MAX_COLS: usize = 1 << 22;
 
 fn check(w: &PlanarMatrix, x: &QuantizedActivations) -> Result<(), KernelError> {
@@ -50,10 +52,10 @@ fn column_sums(x: &QuantizedActivations, ranges: &[Range<usize>]) -> Vec<i32> {
     sums
 }
 
-/// Runs `f(tile, out_block)` for every row tile, where `out` is cut into blocks of `per_tile`
-/// items (the last block may be shorter). Work is split into a few tasks per thread; with one
-/// thread it runs inline on the caller, avoiding the pool hand-off.
-fn for_each_tile<T: Send>(
+/// Runs `f(block, out_block)` for every work block (a GEMV block of row tiles), where `out` is cut
+/// into pieces of `per_tile` items (the last may be shorter). Work is split into a few tasks per
+/// thread; with one thread it runs inline on the caller, avoiding the pool hand-off.
+fn for_each_block<T: Send>(
     tiles: usize,
     per_tile: usize,
     out: &mut [T],
@@ -91,6 +93,41 @@ fn check_gemv(w: &PlanarMatrix, x: &QuantizedActivations, out_len: usize) -> Res
     Ok(())
 }
 
+/// The GEMV's unit of work: a block of consecutive row tiles that the variant's kernel streams
+/// together in one call (4 for AVX-512, 1 otherwise).
+struct GemvBlocks<'a> {
+    kernel: Kernel,
+    bytes: &'a [u8],
+    tile_stride: usize,
+    per_block: usize,
+    row_tiles: usize,
+}
+
+impl<'a> GemvBlocks<'a> {
+    fn new(kernel: Kernel, w: &'a PlanarMatrix) -> Self {
+        let per_block = gemv_tiles_per_call(kernel);
+        let (bytes, tile_stride, row_tiles) = (w.as_bytes(), w.chunks_per_tile() * CHUNK_BYTES, w.row_tiles());
+        Self { kernel, bytes, tile_stride, per_block, row_tiles }
+    }
+
+    fn count(&self) -> usize {
+        self.row_tiles.div_ceil(self.per_block)
+    }
+
+    /// Output rows per block (the last block may have fewer).
+    fn rows_per_block(&self) -> usize {
+        self.per_block * TILE_ROWS
+    }
+
+    /// Integer dots of block `b` over `chunks` into `dots[..tiles in the block]`.
+    fn dots(&self, b: usize, x: &[i8], chunks: Range<usize>, x_sum: i32, dots: &mut [[i32; TILE_ROWS]; MAX_GEMV_TILES]) {
+        let first = b * self.per_block;
+        let n = self.per_block.min(self.row_tiles - first);
+        let tiles = &self.bytes[first * self.tile_stride..];
+        gemv_tiles(self.kernel, tiles, self.tile_stride, x, chunks, x_sum, &mut dots[..n]);
+    }
+}
+
 /// Integer GEMV: `out[r] = Σ_k trit[r][k] · x[k]` for the single token of `x` (scales ignored).
 pub fn gemv_i32_into(
     w: &PlanarMatrix,
@@ -102,9 +139,11 @@ pub fn gemv_i32_into(
     check_gemv(w, x, out.len())?;
     let all = 0..w.chunks_per_tile();
     let x_sum = column_sums(x, std::slice::from_ref(&all))[0];
-    for_each_tile(w.row_tiles(), TILE_ROWS, out, |tile, dst| {
-        let dots = gemv_tile(kernel, w.tile_bytes(tile), x.values(), all.clone(), x_sum);
-        dst.copy_from_slice(&dots[..dst.len()]);
+    let blocks = GemvBlocks::new(kernel, w);
+    for_each_block(blocks.count(), blocks.rows_per_block(), out, |b, dst| {
+        let mut dots = [[0; TILE_ROWS]; MAX_GEMV_TILES];
+        blocks.dots(b, x.values(), all.clone(), x_sum, &mut dots);
+        dst.copy_from_slice(&dots.as_flattened()[..dst.len()]);
     })
 }
 
@@ -127,12 +166,15 @@ pub fn gemv_quantized_into(
     let groups = group_chunks(w);
     let x_sums = column_sums(x, &groups);
     let (scales, n_groups, x_scale) = (w.scales(), groups.len(), x.scales()[0]);
-    for_each_tile(w.row_tiles(), TILE_ROWS, out, |tile, dst| {
-        let mut acc = [0f32; TILE_ROWS];
+    let blocks = GemvBlocks::new(kernel, w);
+    for_each_block(blocks.count(), blocks.rows_per_block(), out, |b, dst| {
+        let first_row = b * blocks.rows_per_block();
+        let mut acc = [0f32; MAX_GEMV_TILES * TILE_ROWS];
+        let mut dots = [[0; TILE_ROWS]; MAX_GEMV_TILES];
         for (g, chunks) in groups.iter().enumerate() {
-            let dots = gemv_tile(kernel, w.tile_bytes(tile), x.values(), chunks.clone(), x_sums[g]);
-            for (i, a) in acc.iter_mut().enumerate().take(dst.len()) {
-                *a += scales[(tile * TILE_ROWS + i) * n_groups + g] * dots[i] as f32;
+            blocks.dots(b, x.values(), chunks.clone(), x_sums[g], &mut dots);
+            for ((i, a), &d) in acc.iter_mut().enumerate().zip(dots.as_flattened()).take(dst.len()) {
+                *a += scales[(first_row + i) * n_groups + g] * d as f32;
             }
         }
         for (d, a) in dst.iter_mut().zip(acc) {
@@ -150,55 +192,146 @@ pub fn gemv(w: &PlanarMatrix, x: &[f32], variant: Option<Variant>) -> Result<Vec
     Ok(out)
 }
 
-/// Tile-major GEMM core: for every tile, every group, every token. `emit(tile, group, dots, dst)`
-/// folds the integer dots of one group into the tile's output block (`n_tokens × 16`).
-fn gemm_tiles<T: Send + Copy + Default>(
+/// Chunks per GEMM column block: the weights of one block of row tiles over one column block
+/// (4 tiles × 64 chunks × 64 B = 16 KiB) stay in L1 while every token panel streams past them.
+const GEMM_BLOCK_CHUNKS: usize = 64;
+
+/// Each scale group's chunk range cut into column blocks of at most [`GEMM_BLOCK_CHUNKS`]:
+/// `(group, chunks)` in group order.
+fn column_blocks(groups: &[Range<usize>]) -> Vec<(usize, Range<usize>)> {
+    let mut blocks = Vec::new();
+    for (g, r) in groups.iter().enumerate() {
+        let mut start = r.start;
+        while start < r.end {
+            let end = r.end.min(start + GEMM_BLOCK_CHUNKS);
+            blocks.push((g, start..end));
+            start = end;
+        }
+    }
+    blocks
+}
+
+/// Runs `f(items)` over `0..count` cut into a few contiguous ranges per thread; with one thread it
+/// runs inline on the caller.
+fn for_each_range(count: usize, f: impl Fn(Range<usize>) + Sync) -> Result<(), KernelError> {
+    let pool = pool()?;
+    let threads = pool.current_num_threads();
+    if threads == 1 || count <= 1 {
+        f(0..count);
+        return Ok(());
+    }
+    let per_task = count.div_ceil(threads * 4).max(1);
+    pool.install(|| {
+        (0..count.div_ceil(per_task))
+            .into_par_iter()
+            .for_each(|task| f(task * per_task..count.min((task + 1) * per_task)))
+    });
+    Ok(())
+}
+
+/// The GEMM's row-major `n_tokens × rows` output, written concurrently by tasks that each own the
+/// rows of their row tiles. Writing in place (rather than into a tile-major buffer transposed at
+/// the end) saved a second output-sized allocation, its page faults and a strided copy: together
+/// about a third of the time at batch 512.
+struct RowMajorOut<'a, T> {
+    ptr: *mut T,
+    n_tokens: usize,
+    rows: usize,
+    _out: PhantomData<&'a mut [T]>,
+}
+
+// SAFETY: tasks write disjoint elements (the contract of `write`), and `T: Send`.
+unsafe impl<T: Send> Sync for RowMajorOut<'_, T> {}
+
+impl<'a, T: Copy> RowMajorOut<'a, T> {
+    fn new(out: &'a mut [T], n_tokens: usize, rows: usize) -> Self {
+        assert_eq!(out.len(), n_tokens * rows);
+        Self { ptr: out.as_mut_ptr(), n_tokens, rows, _out: PhantomData }
+    }
+
+    /// Writes `values` to rows `row0..row0 + values.len()` of `token`.
+    ///
+    /// # Safety
+    /// No other thread accesses those elements during the call.
+    unsafe fn write(&self, token: usize, row0: usize, values: &[T]) {
+        assert!(token < self.n_tokens && row0 + values.len() <= self.rows);
+        // SAFETY: in bounds (checked above); exclusive by the caller's contract.
+        unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), self.ptr.add(token * self.rows + row0), values.len()) }
+    }
+}
+
+/// GEMM core, writing the row-major `n_tokens × rows` result. Work unit: a block of row tiles (the
+/// variant's micro-kernel height); for each scale group, its column blocks, every token panel.
+/// `fold(tile, group, dots, acc)` folds the integer dots of one tile and group (one `[i32; 16]` per
+/// token) into the tile's accumulators; `finish(token, value)` maps an accumulator to the output.
+fn gemm_driver<T: Send + Copy + Default>(
     kernel: Kernel,
     w: &PlanarMatrix,
     x: &QuantizedActivations,
     groups: &[Range<usize>],
-    emit: impl Fn(usize, usize, &[[i32; TILE_ROWS]], &mut [T]) + Sync,
+    fold: impl Fn(usize, usize, &[[i32; TILE_ROWS]], &mut [[T; TILE_ROWS]]) + Sync,
+    finish: impl Fn(usize, T) -> T + Sync,
 ) -> Result<Vec<T>, KernelError> {
-    let n = x.n_tokens();
-    let x_sums = column_sums(x, groups);
-    let panels = Panels::new(x, panel_tokens(kernel));
-    let mut tiles_out = vec![T::default(); w.row_tiles() * n * TILE_ROWS];
-    for_each_tile(w.row_tiles(), n * TILE_ROWS, &mut tiles_out, |tile, dst| {
-        let mut dots = vec![[0i32; TILE_ROWS]; n];
+    let (n, rows) = (x.n_tokens(), w.rows());
+    let blocks = column_blocks(groups);
+    let ranges: Vec<Range<usize>> = blocks.iter().map(|(_, r)| r.clone()).collect();
+    let x_sums = column_sums(x, &ranges);
+    let panels = Panels::new(x, panel_tokens(kernel), &ranges);
+    let (bytes, stride, row_tiles) = (w.as_bytes(), w.chunks_per_tile() * CHUNK_BYTES, w.row_tiles());
+    let per_call = gemm_tiles_per_call(kernel);
+    let mut out = vec![T::default(); n * rows];
+    let shared = RowMajorOut::new(&mut out, n, rows);
+    for_each_range(row_tiles.div_ceil(per_call), |task_blocks| {
+        // [i * n + t]: tile i of the block, token t.
+        let mut dots = vec![[0i32; TILE_ROWS]; per_call * n];
+        let mut acc = vec![[T::default(); TILE_ROWS]; per_call * n];
         let mut sums = vec![0i32; n];
-        for (g, chunks) in groups.iter().enumerate() {
-            for (t, s) in sums.iter_mut().enumerate() {
-                *s = x_sums[t * groups.len() + g];
+        for b in task_blocks {
+            let first_tile = b * per_call;
+            let m = per_call.min(row_tiles - first_tile);
+            let (dots, acc) = (&mut dots[..m * n], &mut acc[..m * n]);
+            acc.fill([T::default(); TILE_ROWS]);
+            for (g, _) in groups.iter().enumerate() {
+                dots.fill([0; TILE_ROWS]);
+                for (k, (_, chunks)) in blocks.iter().enumerate().filter(|(_, (bg, _))| *bg == g) {
+                    for (t, s) in sums.iter_mut().enumerate() {
+                        *s = x_sums[t * ranges.len() + k];
+                    }
+                    // Panels index chunks from the block start; so do these tile bytes.
+                    let tiles = &bytes[first_tile * stride + chunks.start * CHUNK_BYTES..];
+                    let local = 0..chunks.len();
+                    for p in 0..panels.count() {
+                        let (panel, width, first) = panels.panel(k, p);
+                        let (s, out) = (&sums[first..], &mut dots[first..]);
+                        gemm_tiles(kernel, tiles, stride, m, panel, width, width, local.clone(), s, out, n);
+                    }
+                }
+                for i in 0..m {
+                    fold(first_tile + i, g, &dots[i * n..(i + 1) * n], &mut acc[i * n..(i + 1) * n]);
+                }
             }
-            for p in 0..panels.count() {
-                let (panel, width, first) = panels.panel(p);
-                let out = &mut dots[first..first + width];
-                gemm_tile(kernel, w.tile_bytes(tile), panel, width, chunks.clone(), &sums[first..], out);
+            for i in 0..m {
+                let row0 = (first_tile + i) * TILE_ROWS;
+                let valid = (rows - row0).min(TILE_ROWS);
+                for (t, a) in acc[i * n..(i + 1) * n].iter().enumerate() {
+                    let values = a.map(|v| finish(t, v));
+                    // SAFETY: row blocks are disjoint across tasks, so only this task touches these rows.
+                    unsafe { shared.write(t, row0, &values[..valid]) };
+                }
             }
-            emit(tile, g, &dots, dst);
         }
     })?;
-    Ok(tiles_out)
-}
-
-/// Tile-major `[tile][token][16]` → row-major `[token][row]`, dropping padded rows.
-fn untile<T: Copy>(tiles_out: &[T], n: usize, rows: usize) -> Vec<T> {
-    let mut out = Vec::with_capacity(n * rows);
-    for t in 0..n {
-        out.extend((0..rows).map(|r| tiles_out[((r / TILE_ROWS) * n + t) * TILE_ROWS + r % TILE_ROWS]));
-    }
-    out
+    Ok(out)
 }
 
 /// Integer GEMM: `out[t][r] = Σ_k trit[r][k] · x[t][k]`, row-major `n_tokens × rows`.
 pub fn gemm_i32(w: &PlanarMatrix, x: &QuantizedActivations, variant: Option<Variant>) -> Result<Vec<i32>, KernelError> {
     let kernel = Kernel::resolve(variant)?;
     check(w, x)?;
-    let all = [0..w.chunks_per_tile()];
-    let tiles_out = gemm_tiles(kernel, w, x, &all, |_, _, dots, dst: &mut [i32]| {
-        dst.copy_from_slice(dots.as_flattened());
-    })?;
-    Ok(untile(&tiles_out, x.n_tokens(), w.rows()))
+    // One "group" spanning the row: the integer result ignores scales.
+    let all = 0..w.chunks_per_tile();
+    let copy = |_, _, dots: &[[i32; TILE_ROWS]], acc: &mut [[i32; TILE_ROWS]]| acc.copy_from_slice(dots);
+    gemm_driver(kernel, w, x, std::slice::from_ref(&all), copy, |_, v| v)
 }
 
 /// Float GEMM on quantized activations, row-major `n_tokens × rows`.
@@ -206,22 +339,19 @@ pub fn gemm_quantized(w: &PlanarMatrix, x: &QuantizedActivations, variant: Optio
     let kernel = Kernel::resolve(variant)?;
     check(w, x)?;
     let groups = group_chunks(w);
-    let (scales, n_groups, rows, n) = (w.scales(), groups.len(), w.rows(), x.n_tokens());
-    let tiles_out = gemm_tiles(kernel, w, x, &groups, |tile, g, dots, dst: &mut [f32]| {
+    let (scales, n_groups, rows) = (w.scales(), groups.len(), w.rows());
+    let fold = |tile: usize, g: usize, dots: &[[i32; TILE_ROWS]], acc: &mut [[f32; TILE_ROWS]]| {
         let valid_rows = (rows - tile * TILE_ROWS).min(TILE_ROWS);
-        for (d, out) in dots.iter().zip(dst.chunks_exact_mut(TILE_ROWS)) {
+        for (d, a) in dots.iter().zip(acc) {
             for i in 0..valid_rows {
-                out[i] += scales[(tile * TILE_ROWS + i) * n_groups + g] * d[i] as f32;
+                a[i] += scales[(tile * TILE_ROWS + i) * n_groups + g] * d[i] as f32;
             }
         }
-    })?;
+    };
     // The token scale is applied last, in the same order of operations as the GEMV, so a GEMM
     // token and a GEMV of that token give bit-identical results.
-    let mut out = untile(&tiles_out, n, rows);
-    for (row, &x_scale) in out.chunks_exact_mut(rows).zip(x.scales()) {
-        row.iter_mut().for_each(|v| *v *= x_scale);
-    }
-    Ok(out)
+    let x_scales = x.scales();
+    gemm_driver(kernel, w, x, &groups, fold, |t, v| v * x_scales[t])
 }
 
 /// Quantizes `n_tokens × cols` f32 activations per token and runs the float GEMM.

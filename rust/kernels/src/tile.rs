@@ -8,23 +8,63 @@ use ternary::planar::{CHUNK_BYTES, CHUNK_COLS, TILE_ROWS};
 
 use crate::variant::{Kernel, Variant};
 
-/// `Σ trit·x` for the 16 rows of `tile` over `chunks`; `x_sum` is Σ x over the same columns.
-pub(crate) fn gemv_tile(kernel: Kernel, tile: &[u8], x: &[i8], chunks: Range<usize>, x_sum: i32) -> [i32; TILE_ROWS] {
-    assert!(chunks.start <= chunks.end);
-    assert!(chunks.end * CHUNK_BYTES <= tile.len() && chunks.end * CHUNK_COLS <= x.len());
+/// Most row tiles any variant streams in one GEMV call (drivers size stack buffers with it).
+pub(crate) const MAX_GEMV_TILES: usize = 4;
+#[cfg(target_arch = "x86_64")]
+const _: () = assert!(crate::avx512::GEMV_TILES <= MAX_GEMV_TILES);
+
+/// Row tiles per GEMV call (≤ [`MAX_GEMV_TILES`]): how many consecutive tiles a variant streams
+/// together.
+pub(crate) fn gemv_tiles_per_call(kernel: Kernel) -> usize {
     match kernel.variant() {
-        Variant::Scalar => crate::scalar::gemv_tile(tile, x, chunks),
-        // SAFETY: `Kernel` guarantees CPU support; the asserts above guarantee the reads stay inside
-        // `tile` and `x`.
         #[cfg(target_arch = "x86_64")]
-        Variant::Avx2 => unsafe { crate::avx2::gemv_tile(tile.as_ptr(), x.as_ptr(), chunks.start, chunks.end, x_sum) },
+        Variant::Avx512 => crate::avx512::GEMV_TILES,
+        _ => 1,
+    }
+}
+
+/// `Σ trit·x` for the 16 rows of each of `out.len()` (≤ [`gemv_tiles_per_call`]) consecutive row
+/// tiles over `chunks`: tile i starts at byte `i * tile_stride` of `tiles`; `x_sum` is Σ x over the
+/// same columns.
+pub(crate) fn gemv_tiles(
+    kernel: Kernel,
+    tiles: &[u8],
+    tile_stride: usize,
+    x: &[i8],
+    chunks: Range<usize>,
+    x_sum: i32,
+    out: &mut [[i32; TILE_ROWS]],
+) {
+    let n = out.len();
+    if n == 0 {
+        return;
+    }
+    assert!(n <= gemv_tiles_per_call(kernel));
+    assert!(chunks.start <= chunks.end && chunks.end * CHUNK_BYTES <= tile_stride);
+    assert!((n - 1) * tile_stride + chunks.end * CHUNK_BYTES <= tiles.len() && chunks.end * CHUNK_COLS <= x.len());
+    let tile = |i: usize| &tiles[i * tile_stride..][..chunks.end * CHUNK_BYTES];
+    match kernel.variant() {
+        // SAFETY: `Kernel` guarantees CPU support; the asserts above keep every read inside `tiles`
+        // and `x`, and `n ≤ GEMV_TILES` outputs are written.
         #[cfg(target_arch = "x86_64")]
         Variant::Avx512 => unsafe {
-            crate::avx512::gemv_tile(tile.as_ptr(), x.as_ptr(), chunks.start, chunks.end, x_sum)
+            let (t, xp, o) = (tiles.as_ptr(), x.as_ptr(), out.as_mut_ptr());
+            crate::avx512::gemv_tiles(t, tile_stride, n, xp, chunks.start, chunks.end, x_sum, o)
         },
+        // SAFETY: as above, one tile at a time.
+        #[cfg(target_arch = "x86_64")]
+        Variant::Avx2 => {
+            for (i, dst) in out.iter_mut().enumerate() {
+                let t = tile(i).as_ptr();
+                *dst = unsafe { crate::avx2::gemv_tile(t, x.as_ptr(), chunks.start, chunks.end, x_sum) };
+            }
+        }
         // `Kernel::resolve` never yields a SIMD variant off x86-64.
-        #[cfg(not(target_arch = "x86_64"))]
-        _ => crate::scalar::gemv_tile(tile, x, chunks),
+        _ => {
+            for (i, dst) in out.iter_mut().enumerate() {
+                *dst = crate::scalar::gemv_tile(tile(i), x, chunks.clone());
+            }
+        }
     }
 }
 
@@ -36,13 +76,74 @@ pub(crate) fn panel_tokens(kernel: Kernel) -> usize {
         #[cfg(target_arch = "x86_64")]
         Variant::Avx512 => crate::avx512::PANEL_TOKENS,
         // The scalar reference has no register budget; it uses the widest panel.
-        _ => 16,
+        _ => MAX_PANEL_TOKENS,
     }
 }
 
-/// [`gemv_tile`] for the first `out.len()` tokens of an activation panel of `panel_tokens` tokens
-/// (see `panel.rs`); token t has column sum `x_sums[t]` over `chunks`.
-pub(crate) fn gemm_tile(
+/// Row tiles per GEMM call (the variant's micro-kernel height in tiles).
+pub(crate) fn gemm_tiles_per_call(kernel: Kernel) -> usize {
+    match kernel.variant() {
+        #[cfg(target_arch = "x86_64")]
+        Variant::Avx512 => crate::avx512::GEMM_TILES,
+        _ => 1,
+    }
+}
+
+/// Adds `Σ trit·x` over `chunks` for `m` consecutive row tiles (tile i at byte `i * tile_stride` of
+/// `tiles`) × the first `n` tokens of an activation panel of `panel_tokens` tokens (see `panel.rs`)
+/// into `out[i * out_stride + t]`; token t has column sum `x_sums[t]` over `chunks`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_tiles(
+    kernel: Kernel,
+    tiles: &[u8],
+    tile_stride: usize,
+    m: usize,
+    panel: &[i8],
+    panel_tokens: usize,
+    n: usize,
+    chunks: Range<usize>,
+    x_sums: &[i32],
+    out: &mut [[i32; TILE_ROWS]],
+    out_stride: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(m <= gemm_tiles_per_call(kernel));
+    assert!(chunks.start <= chunks.end && chunks.end * CHUNK_BYTES <= tile_stride);
+    assert!((m - 1) * tile_stride + chunks.end * CHUNK_BYTES <= tiles.len());
+    assert!(x_sums.len() >= n && n <= panel_tokens && n <= out_stride);
+    assert!(chunks.end * CHUNK_COLS * panel_tokens <= panel.len());
+    assert!((m - 1) * out_stride + n <= out.len());
+    match kernel.variant() {
+        // SAFETY: `Kernel` guarantees CPU support; the asserts above bound the tile reads, the panel
+        // reads (the highest address read is below `chunks.end * 16 * panel_tokens`) and the outputs.
+        #[cfg(target_arch = "x86_64")]
+        Variant::Avx512 => unsafe {
+            let (t, x, s, o) = (tiles.as_ptr(), panel.as_ptr(), x_sums.as_ptr(), out.as_mut_ptr());
+            crate::avx512::gemm_tiles(t, tile_stride, m, x, panel_tokens, n, chunks.start, chunks.end, s, o, out_stride)
+        },
+        // The one-tile variants (`m == 1`).
+        _ => {
+            for i in 0..m {
+                let tile = &tiles[i * tile_stride..][..chunks.end * CHUNK_BYTES];
+                let mut dots = [[0; TILE_ROWS]; MAX_PANEL_TOKENS];
+                gemm_tile(kernel, tile, panel, panel_tokens, chunks.clone(), x_sums, &mut dots[..n]);
+                for (dst, d) in out[i * out_stride..][..n].iter_mut().zip(&dots) {
+                    for (a, b) in dst.iter_mut().zip(d) {
+                        *a += b;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Widest activation panel of any variant.
+const MAX_PANEL_TOKENS: usize = 16;
+
+/// `Σ trit·x` for one tile × the first `out.len()` tokens of a panel (the one-tile variants).
+fn gemm_tile(
     kernel: Kernel,
     tile: &[u8],
     panel: &[i8],
@@ -51,28 +152,13 @@ pub(crate) fn gemm_tile(
     x_sums: &[i32],
     out: &mut [[i32; TILE_ROWS]],
 ) {
-    let n = out.len();
-    if n == 0 {
-        return;
-    }
-    assert!(chunks.start <= chunks.end && x_sums.len() >= n && n <= panel_tokens);
-    assert!(chunks.end * CHUNK_BYTES <= tile.len());
-    assert!(chunks.end * CHUNK_COLS * panel_tokens <= panel.len());
     match kernel.variant() {
-        Variant::Scalar => crate::scalar::gemm_tile(tile, panel, panel_tokens, chunks, out),
-        // SAFETY: as in `gemv_tile`; the asserts bound the panel reads (the highest address read is
-        // below `chunks.end * 16 * panel_tokens`) and the n outputs.
+        // SAFETY: as in `gemm_tiles` (its asserts cover this tile, panel and output).
         #[cfg(target_arch = "x86_64")]
         Variant::Avx2 => unsafe {
             let (t, x, s, o) = (tile.as_ptr(), panel.as_ptr(), x_sums.as_ptr(), out.as_mut_ptr());
-            crate::avx2::gemm_tile(t, x, panel_tokens, n, chunks.start, chunks.end, s, o)
+            crate::avx2::gemm_tile(t, x, panel_tokens, out.len(), chunks.start, chunks.end, s, o)
         },
-        #[cfg(target_arch = "x86_64")]
-        Variant::Avx512 => unsafe {
-            let (t, x, s, o) = (tile.as_ptr(), panel.as_ptr(), x_sums.as_ptr(), out.as_mut_ptr());
-            crate::avx512::gemm_tile(t, x, panel_tokens, n, chunks.start, chunks.end, s, o)
-        },
-        #[cfg(not(target_arch = "x86_64"))]
         _ => crate::scalar::gemm_tile(tile, panel, panel_tokens, chunks, out),
     }
 }

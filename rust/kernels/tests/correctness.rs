@@ -85,18 +85,18 @@ fn constant_weights_and_int8_extremes() {
     }
 }
 
-#[test]
-fn float_path_applies_group_scales() {
-    let mut rng = Lcg(3);
-    let (rows, cols, group) = (21, 80, 32);
+/// Float GEMM/GEMV with group scales against an f64 reference; a GEMM token and the GEMV of that
+/// token must agree bit for bit.
+fn check_group_scales(rows: usize, cols: usize, group: usize, n_tokens: usize, seed: u64) {
+    let mut rng = Lcg(seed);
     let trits = rng.trits(rows * cols);
     let groups = cols.div_ceil(group);
     let scales: Vec<f32> = (0..rows * groups).map(|i| 0.01 * (i % 7 + 1) as f32).collect();
     let w = PlanarMatrix::from_trits(&trits, rows, cols, &scales, group).unwrap();
-    let x: Vec<f32> = (0..2 * cols).map(|i| (i as f32 * 0.37).sin()).collect();
-    let q = QuantizedActivations::quantize(&x, 2, cols).unwrap();
-    let mut expected = vec![0f32; 2 * rows];
-    for t in 0..2 {
+    let x: Vec<f32> = (0..n_tokens * cols).map(|i| (i as f32 * 0.37).sin()).collect();
+    let q = QuantizedActivations::quantize(&x, n_tokens, cols).unwrap();
+    let mut expected = vec![0f32; n_tokens * rows];
+    for t in 0..n_tokens {
         for r in 0..rows {
             let mut y = 0f64;
             for k in 0..cols {
@@ -109,14 +109,50 @@ fn float_path_applies_group_scales() {
     for v in Variant::supported() {
         let got = gemm_quantized(&w, &q, Some(v)).unwrap();
         for (g, e) in got.iter().zip(&expected) {
-            assert!((g - e).abs() <= 1e-5 * (1.0 + e.abs()), "{v}: {g} vs {e}");
+            assert!((g - e).abs() <= 1e-5 * (1.0 + e.abs()) * (cols as f32 / 80.0).max(1.0), "{v}: {g} vs {e}");
         }
-        let mut one = vec![0f32; rows];
-        let q0 = QuantizedActivations::quantize(&x[..cols], 1, cols).unwrap();
-        gemv_quantized_into(&w, &q0, &mut one, Some(v)).unwrap();
-        assert_eq!(one, got[..rows], "{v}: gemv vs gemm token 0");
-        assert_eq!(gemv(&w, &x[..cols], Some(v)).unwrap(), one);
+        for t in [0, n_tokens - 1] {
+            let mut one = vec![0f32; rows];
+            let xt = &x[t * cols..(t + 1) * cols];
+            let qt = QuantizedActivations::quantize(xt, 1, cols).unwrap();
+            gemv_quantized_into(&w, &qt, &mut one, Some(v)).unwrap();
+            assert_eq!(one, got[t * rows..(t + 1) * rows], "{v}: gemv vs gemm token {t}");
+            assert_eq!(gemv(&w, xt, Some(v)).unwrap(), one);
+        }
     }
+}
+
+#[test]
+fn float_path_applies_group_scales() {
+    check_group_scales(21, 80, 32, 2, 3);
+}
+
+#[test]
+fn group_scales_across_gemm_column_blocks() {
+    // 1040-column groups (65 chunks) straddle the GEMM's 64-chunk column blocks; 70 rows = 4 + 1
+    // row tiles; 6 and 9 tokens leave panel remainders of 2 and 1.
+    check_group_scales(70, 2500, 1040, 6, 13);
+    check_group_scales(70, 2500, 1040, 9, 14);
+}
+
+#[test]
+fn long_rows_cross_the_gemv_accumulation_blocks() {
+    // The AVX-512 GEMV folds its scaled accumulators every 2^14 chunks (262144 columns). These rows
+    // span two folds plus a partial one, with the worst-case magnitude (every product ±128): without
+    // the folds its shift-3 lanes (64·code·x) would pass 2^31 after 2^15 chunks and wrap.
+    let cols = 16 * (1 << 15) + 40;
+    let rows = 65;
+    for (trit, x) in [(1i8, -128i8), (-1, -128), (1, 127)] {
+        let w = matrix(&vec![trit; rows * cols], rows, cols);
+        let q = QuantizedActivations::from_i8(&vec![x; cols], 1, cols, &[1.0]).unwrap();
+        let expected = vec![trit as i32 * x as i32 * cols as i32; rows];
+        for v in Variant::supported() {
+            assert_eq!(gemv_i32(&w, &q, Some(v)).unwrap(), expected, "gemv {v} trit {trit} x {x}");
+        }
+    }
+    let mut rng = Lcg(17);
+    let rows = 20;
+    check_all_variants(&rng.trits(rows * cols), rows, cols, &rng.int8(2 * cols), 2);
 }
 
 #[test]
