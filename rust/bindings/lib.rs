@@ -11,6 +11,8 @@ mod kernels_py;
 mod mhc_py;
 mod torch_io;
 mod train_py;
+mod tokens_py;
+mod engine_py;
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -23,5 +25,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     mhc_py::register(m)?;
     torch_io::register(m)?;
     train_py::register(m)?;
+    tokens_py::register(m)?;
+    engine_py::register(m)?;
     Ok(())
 }

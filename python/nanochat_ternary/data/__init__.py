@@ -1,5 +1,32 @@
-"""Training data: token shards (`shards`)."""
+"""Training data.
 
+* `shards`: the token-shard format (`TokenShards` reader, `ShardWriter`, `read_meta`).
+* `corpus`: finding documents (text files, .jsonl, directory trees) and dropping noise
+  (`Corpus`, `CorpusOptions`, `DataError`).
+* `build`: tokenizing a corpus into a data directory (`build`, `BuildOptions`,
+  `split_documents`: train/val by whole document or whole group, e.g. crate).
+* `rust_corpus`: the recipe of the shipped Rust model (cargo registry + std sources).
+
+Command line (`python -m nanochat_ternary.data --help`):
+
+    python -m nanochat_ternary.data train-tokenizer --input DIR --ext .rs --vocab-size 4096 --out tokenizer.json
+    python -m nanochat_ternary.data build --input DIR --ext .rs --vocab-size 4096 --out data/ --holdout-by group
+    python -m nanochat_ternary.data rust-corpus --out /work/data/rust-corpus
+"""
+
+from .build import BuildOptions, build, split_documents
+from .corpus import Corpus, CorpusOptions, DataError, Document
 from .shards import ShardWriter, TokenShards, read_meta
 
-__all__ = ["ShardWriter", "TokenShards", "read_meta"]
+__all__ = [
+    "BuildOptions",
+    "Corpus",
+    "CorpusOptions",
+    "DataError",
+    "Document",
+    "ShardWriter",
+    "TokenShards",
+    "build",
+    "read_meta",
+    "split_documents",
+]

@@ -1,0 +1,195 @@
+//! The inference engine (`engine` crate) for Python: `Engine` (load, logits, generate, stream)
+//! and its `TokenStream` iterator. The public wrapper is the API engineer's `TernaryModel`.
+//! All model work runs with the GIL released. Errors: missing / unreadable files → OSError
+//! (FileNotFoundError when absent); bad content and invalid arguments → ValueError.
+
+use std::sync::{Arc, Mutex};
+
+use engine::{EngineError, Generation, Model, SamplingParams};
+use numpy::ndarray::Array2;
+use numpy::{IntoPyArray, PyArray2};
+use pyo3::exceptions::{PyFileNotFoundError, PyOSError, PyValueError};
+use pyo3::prelude::*;
+
+fn io_err(source: &std::io::Error, msg: String) -> PyErr {
+    match source.kind() {
+        std::io::ErrorKind::NotFound => PyFileNotFoundError::new_err(msg),
+        _ => PyOSError::new_err(msg),
+    }
+}
+
+fn to_py_err(e: EngineError) -> PyErr {
+    let msg = e.to_string();
+    match &e {
+        EngineError::Io { source, .. } => io_err(source, msg),
+        EngineError::Gguf(gguf::GgufError::Io { source, .. }) => io_err(source, msg),
+        EngineError::Checkpoint(ternary::checkpoint::CheckpointError::Io { source, .. }) => io_err(source, msg),
+        _ => PyValueError::new_err(msg),
+    }
+}
+
+fn ids_from_py(ids: &[i64], what: &str) -> PyResult<Vec<u32>> {
+    ids.iter()
+        .map(|&id| {
+            u32::try_from(id).map_err(|_| PyValueError::new_err(format!("{what}: token id {id} is not a valid id")))
+        })
+        .collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn sampling(
+    max_new_tokens: i64,
+    temperature: f64,
+    top_k: i64,
+    top_p: f64,
+    min_p: f64,
+    repetition_penalty: f64,
+    seed: i64,
+    stop_ids: &[i64],
+    stop_strings: Vec<String>,
+) -> PyResult<SamplingParams> {
+    if max_new_tokens < 1 {
+        return Err(PyValueError::new_err(format!("max_new_tokens must be at least 1, got {max_new_tokens}")));
+    }
+    if top_k < 0 {
+        return Err(PyValueError::new_err(format!("top_k must be >= 0 (0 = off), got {top_k}")));
+    }
+    let p = SamplingParams {
+        max_new_tokens: max_new_tokens as usize,
+        temperature: temperature as f32,
+        top_k: top_k as usize,
+        top_p: top_p as f32,
+        min_p: min_p as f32,
+        repetition_penalty: repetition_penalty as f32,
+        // Any Python int seed works; negative ones keep their bit pattern.
+        seed: seed as u64,
+        stop_ids: ids_from_py(stop_ids, "stop_ids")?,
+        stop_strings,
+        ignore_eos: false,
+    };
+    p.validate().map_err(to_py_err)?;
+    Ok(p)
+}
+
+/// A loaded model (GGUF file or HF-style directory).
+#[pyclass(name = "Engine", module = "nanochat_ternary._core", frozen)]
+pub struct PyEngine(Arc<Model>);
+
+#[pymethods]
+impl PyEngine {
+    #[new]
+    fn new(py: Python<'_>, path: std::path::PathBuf) -> PyResult<Self> {
+        let model = py.detach(|| engine::load(&path)).map_err(to_py_err)?;
+        Ok(Self(Arc::new(model)))
+    }
+
+    /// The ModelConfig JSON plus `"architecture"`.
+    fn config_json(&self) -> String {
+        self.0.config.to_json_with_architecture(&self.0.architecture)
+    }
+
+    /// HF `tokenizer.json` text of the embedded tokenizer, if the model has one.
+    fn tokenizer_json(&self) -> Option<String> {
+        self.0.tokenizer_json.clone()
+    }
+
+    /// Logits (T, vocab) float32 of one causal forward from an empty cache.
+    fn logits<'py>(&self, py: Python<'py>, ids: Vec<i64>) -> PyResult<Bound<'py, PyArray2<f32>>> {
+        let ids = ids_from_py(&ids, "ids")?;
+        if ids.is_empty() {
+            return Err(PyValueError::new_err("ids is empty"));
+        }
+        let model = self.0.clone();
+        let logits = py.detach(|| model.logits(&ids)).map_err(to_py_err)?;
+        let a = Array2::from_shape_vec((ids.len(), self.0.config.vocab_size), logits)
+            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        Ok(a.into_pyarray(py))
+    }
+
+    /// New ids for each prompt (stop id / stop string excluded).
+    #[pyo3(signature = (prompts, max_new_tokens, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
+                        repetition_penalty=1.0, seed=0, stop_ids=Vec::new(), stop_strings=Vec::new()))]
+    #[allow(clippy::too_many_arguments)]
+    fn generate(
+        &self,
+        py: Python<'_>,
+        prompts: Vec<Vec<i64>>,
+        max_new_tokens: i64,
+        temperature: f64,
+        top_k: i64,
+        top_p: f64,
+        min_p: f64,
+        repetition_penalty: f64,
+        seed: i64,
+        stop_ids: Vec<i64>,
+        stop_strings: Vec<String>,
+    ) -> PyResult<Vec<Vec<u32>>> {
+        let params =
+            sampling(max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, seed, &stop_ids, stop_strings)?;
+        let prompts = prompts.iter().map(|p| ids_from_py(p, "prompt")).collect::<PyResult<Vec<_>>>()?;
+        let model = self.0.clone();
+        py.detach(|| engine::generate(&model, &prompts, &params)).map_err(to_py_err)
+    }
+
+    /// A streaming iterator of new ids for one prompt.
+    #[pyo3(signature = (prompt, max_new_tokens, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
+                        repetition_penalty=1.0, seed=0, stop_ids=Vec::new(), stop_strings=Vec::new()))]
+    #[allow(clippy::too_many_arguments)]
+    fn stream(
+        &self,
+        prompt: Vec<i64>,
+        max_new_tokens: i64,
+        temperature: f64,
+        top_k: i64,
+        top_p: f64,
+        min_p: f64,
+        repetition_penalty: f64,
+        seed: i64,
+        stop_ids: Vec<i64>,
+        stop_strings: Vec<String>,
+    ) -> PyResult<PyTokenStream> {
+        let params =
+            sampling(max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, seed, &stop_ids, stop_strings)?;
+        let prompt = ids_from_py(&prompt, "prompt")?;
+        let generation = Generation::new(self.0.clone(), &prompt, params).map_err(to_py_err)?;
+        Ok(PyTokenStream(Mutex::new(generation)))
+    }
+
+    #[getter]
+    fn context_length(&self) -> usize {
+        self.0.config.max_seq_len
+    }
+
+    #[getter]
+    fn vocab_size(&self) -> usize {
+        self.0.config.vocab_size
+    }
+}
+
+/// Iterator of generated token ids; each `__next__` runs one decode step without the GIL.
+#[pyclass(name = "TokenStream", module = "nanochat_ternary._core", frozen)]
+pub struct PyTokenStream(Mutex<Generation>);
+
+#[pymethods]
+impl PyTokenStream {
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__(&self, py: Python<'_>) -> PyResult<Option<u32>> {
+        let next = py.detach(|| {
+            let mut generation = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            generation.next()
+        });
+        match next {
+            None => Ok(None),
+            Some(r) => r.map(Some).map_err(to_py_err),
+        }
+    }
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyEngine>()?;
+    m.add_class::<PyTokenStream>()?;
+    Ok(())
+}

@@ -1,0 +1,205 @@
+//! Engine throughput: prefill and decode tokens/s of a `nano-125m`-shaped llama (dim 768,
+//! 12 layers, 12 heads, FFN 2048, vocab 50257; TQ2_0 blocks, Q8_0 head, F16 embedding, random
+//! weights in a temporary GGUF) and of `d20` (dim 384, 10 layers, 2 mHC streams; an HF
+//! directory, since 384 columns do not fit TQ2_0's 256-weight blocks), at 1 and 2 threads.
+//!
+//! Per row: bytes read per decoded token (weights + the KV cache at the mean decode position),
+//! the streaming-read bandwidth measured in the same process with the same thread count, and
+//! ratio = bytes/token × tok/s ÷ bandwidth (1.0 = at the memory roofline). Peak RSS (VmHWM) is
+//! per model: each model runs in its own child process.
+//!
+//!   cargo run --release -p engine --example bench_engine
+//!
+//! Timings are the best of a few runs; on a shared machine (others compiling) they are noisy.
+
+use std::hint::black_box;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use engine::synthetic::{write_random_gguf, write_random_hf_dir, SyntheticOptions};
+use engine::{FfnActivation, KvCache, Model, ModelConfig};
+use gguf::GgmlType;
+
+const PROMPT: usize = 128;
+const DECODE: usize = 64;
+
+fn nano_125m() -> ModelConfig {
+    ModelConfig {
+        name: "nano-125m-llama".into(),
+        vocab_size: 50257,
+        dim: 768,
+        n_layers: 12,
+        n_heads: 12,
+        n_kv_heads: 12,
+        ffn_hidden: 2048,
+        ffn_activation: FfnActivation::Swiglu,
+        max_seq_len: 1024,
+        rope_theta: 10_000.0,
+        norm_eps: 1e-5,
+        tie_embeddings: false,
+        mhc_streams: 1,
+    }
+}
+
+fn d20() -> ModelConfig {
+    let json = include_str!("../../../python/nanochat_ternary/configs/d20.json");
+    ModelConfig::from_json(json).expect("d20 config")
+}
+
+fn best_time(min_runs: usize, budget: Duration, mut f: impl FnMut()) -> f64 {
+    let start = Instant::now();
+    let mut best = f64::INFINITY;
+    let mut runs = 0;
+    while runs < min_runs || start.elapsed() < budget {
+        let t = Instant::now();
+        f();
+        best = best.min(t.elapsed().as_secs_f64());
+        runs += 1;
+    }
+    best
+}
+
+fn read_xor(buf: &[u64]) -> u64 {
+    let mut lanes = [0u64; 8];
+    for c in buf.chunks_exact(8) {
+        for i in 0..8 {
+            lanes[i] ^= c[i];
+        }
+    }
+    lanes.iter().fold(0, |a, &b| a ^ b)
+}
+
+/// Streaming-read bandwidth (bytes/s) over a buffer of `bytes` with `threads` pool threads.
+fn stream_bandwidth(bytes: usize, threads: usize) -> f64 {
+    use rayon::prelude::*;
+    let buf: Vec<u64> = (0..bytes / 8).map(|i| i as u64).collect();
+    let share = buf.len().div_ceil(threads).next_multiple_of(8);
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool");
+    let t = best_time(5, Duration::from_millis(300), || {
+        pool.install(|| black_box(buf.par_chunks(share).map(read_xor).reduce(|| 0, |a, b| a ^ b)));
+    });
+    (buf.len() * 8) as f64 / t
+}
+
+/// A `/proc/self/status` memory field (VmHWM = peak RSS, VmRSS = current) in KiB.
+fn status_kib(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn dir_size(path: &Path) -> u64 {
+    if path.is_dir() {
+        std::fs::read_dir(path).map(|rd| rd.flatten().map(|e| dir_size(&e.path())).sum()).unwrap_or(0)
+    } else {
+        std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+    }
+}
+
+/// KV-cache bytes one decode step reads at position `pos` (keys and values of every layer).
+fn kv_bytes_at(c: &ModelConfig, pos: usize) -> usize {
+    c.n_layers * 2 * pos * c.kv_dim() * 4
+}
+
+fn bench_model(name: &str, model: &Model, file_bytes: u64) {
+    let loaded_rss = status_kib("VmHWM:");
+    let c = &model.config;
+    let prompt: Vec<u32> = (0..PROMPT).map(|i| ((i * 7919 + 13) % c.vocab_size) as u32).collect();
+    let weight_bytes = model.bytes_per_token();
+    let kv_mean = kv_bytes_at(c, PROMPT + DECODE / 2);
+    let bytes_per_token = weight_bytes + kv_mean;
+    let mut kv_total = 0;
+    for threads in [1, 2] {
+        kernels::set_num_threads(threads).expect("threads");
+        let prefill = best_time(2, Duration::from_secs(2), || {
+            let mut cache = KvCache::new(model, PROMPT);
+            black_box(model.forward(&mut cache, &prompt, false).expect("prefill"));
+        });
+        let mut cache = KvCache::new(model, PROMPT + DECODE);
+        let logits = model.forward(&mut cache, &prompt, false).expect("prefill");
+        let mut next = engine::argmax(&logits);
+        let start = Instant::now();
+        for _ in 0..DECODE {
+            let logits = model.forward(&mut cache, &[next], false).expect("decode");
+            next = engine::argmax(&logits);
+        }
+        let decode = start.elapsed().as_secs_f64() / DECODE as f64;
+        kv_total = cache.bytes();
+        let bandwidth = stream_bandwidth(bytes_per_token, threads);
+        let decode_tps = 1.0 / decode;
+        println!(
+            "{name:<16} {threads:>2} {:>12.1} {:>11.1} {:>10.1} {:>9.1} {:>9.1} {:>7.2}",
+            PROMPT as f64 / prefill,
+            decode_tps,
+            bytes_per_token as f64 / 1e6,
+            bandwidth / 1e9,
+            bytes_per_token as f64 * decode_tps / 1e9,
+            bytes_per_token as f64 * decode_tps / bandwidth,
+        );
+    }
+    println!(
+        "{name:<16} weights/token {:.1} MB + KV {:.1} MB (mean decode position {}); file {:.1} MB; KV cache {:.1} MB; \
+         peak RSS after load {:.1} MB, at the end {:.1} MB (includes the bandwidth test's buffer of one token's bytes)",
+        weight_bytes as f64 / 1e6,
+        kv_mean as f64 / 1e6,
+        PROMPT + DECODE / 2,
+        file_bytes as f64 / 1e6,
+        kv_total as f64 / 1e6,
+        loaded_rss as f64 / 1024.0,
+        status_kib("VmHWM:") as f64 / 1024.0
+    );
+}
+
+/// Writes the random model for `which` under `tmp`; returns its path.
+fn write_model(which: &str, tmp: &Path) -> std::path::PathBuf {
+    if which == "nano" {
+        let path = tmp.join("nano-125m.gguf");
+        let opts = SyntheticOptions {
+            matrix_type: GgmlType::TQ2_0,
+            head_type: Some(GgmlType::Q8_0),
+            embd_type: GgmlType::F16,
+            tokenizer: false,
+            ..Default::default()
+        };
+        write_random_gguf(&path, &nano_125m(), &opts).expect("write gguf");
+        path
+    } else {
+        let path = tmp.join("d20");
+        write_random_hf_dir(&path, &d20(), 1).expect("write hf dir");
+        path
+    }
+}
+
+/// Child process: load and benchmark one model (so VmHWM is this model's peak alone).
+fn run_one(which: &str, path: &Path) {
+    let name = if which == "nano" { "nano-125m (gguf)" } else { "d20 (hf dir)" };
+    let model = engine::load(path).expect("load");
+    bench_model(name, &model, dir_size(path));
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() == 4 && args[1] == "--one" {
+        run_one(&args[2], Path::new(&args[3]));
+        return;
+    }
+    let tmp = std::env::temp_dir().join(format!("nct-bench-engine-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).expect("temp dir");
+    println!("prefill: {PROMPT}-token prompt; decode: {DECODE} tokens after it; best-of timings");
+    println!(
+        "{:<16} {:>2} {:>12} {:>11} {:>10} {:>9} {:>9} {:>7}",
+        "model", "th", "prefill t/s", "decode t/s", "MB/token", "BW GB/s", "used GB/s", "ratio"
+    );
+    let exe = std::env::current_exe().expect("current exe");
+    for which in ["nano", "d20"] {
+        let path = write_model(which, &tmp);
+        let status = std::process::Command::new(&exe).arg("--one").arg(which).arg(&path).status().expect("run child");
+        if !status.success() {
+            eprintln!("{which}: child failed with {status}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+}

@@ -1,0 +1,197 @@
+//! The matrices of a model and their products with activations.
+//!
+//! - `Ternary`: the planar layout of the kernels crate, int8 per-token activations, GEMV for one
+//!   token and GEMM for a prompt.
+//! - `Q8`: Q8_0 rows (int8 + one f32 scale per 32 weights, as in GGUF). Activations are quantized
+//!   the same way (int8 per 32 values, absmax), so every block product is an exact i32 dot, as
+//!   llama.cpp's Q8_0 × Q8_0 path does; this is the fast LM head.
+//! - `F32`: plain floats (F32/F16/BF16 tensors, and tied heads from an F32/F16 embedding).
+
+use ternary::planar::PlanarMatrix;
+
+use crate::error::{EngineError, Result};
+use crate::pool::for_each_chunk;
+
+/// Q8_0 block length.
+pub const Q8_BLOCK: usize = 32;
+
+#[derive(Debug)]
+pub enum Linear {
+    Ternary(PlanarMatrix),
+    Q8 { rows: usize, cols: usize, qs: Vec<i8>, scales: Vec<f32> },
+    F32 { rows: usize, cols: usize, w: Vec<f32> },
+    /// A block matrix of one of our ternary models stored in a dense type (e.g. rows not a
+    /// multiple of 256 for TQ2_0): its input is int8-quantized per token first, as BitLinear
+    /// does in training, so the numerics match the ternary path.
+    BitLinear(Box<Linear>),
+}
+
+/// Fewest rows per parallel task of the Q8/F32 paths (enough work to amortize a hand-off).
+const MIN_ROWS_PER_TASK: usize = 64;
+
+impl Linear {
+    pub fn rows(&self) -> usize {
+        match self {
+            Linear::Ternary(m) => m.rows(),
+            Linear::Q8 { rows, .. } | Linear::F32 { rows, .. } => *rows,
+            Linear::BitLinear(inner) => inner.rows(),
+        }
+    }
+    pub fn cols(&self) -> usize {
+        match self {
+            Linear::Ternary(m) => m.cols(),
+            Linear::Q8 { cols, .. } | Linear::F32 { cols, .. } => *cols,
+            Linear::BitLinear(inner) => inner.cols(),
+        }
+    }
+
+    /// Bytes of weight data one product streams (what a decode step reads from memory).
+    pub fn weight_bytes(&self) -> usize {
+        match self {
+            Linear::Ternary(m) => m.as_bytes().len() + 4 * m.scales().len(),
+            Linear::Q8 { qs, scales, .. } => qs.len() + 4 * scales.len(),
+            Linear::F32 { w, .. } => 4 * w.len(),
+            Linear::BitLinear(inner) => inner.weight_bytes(),
+        }
+    }
+
+    /// Q8_0 from GGUF blocks (f16 scale + 32 int8), row-major `rows × cols`.
+    pub fn q8_from_gguf(name: &str, bytes: &[u8], rows: usize, cols: usize) -> Result<Self> {
+        const BLOCK_BYTES: usize = 2 + Q8_BLOCK;
+        let bad = |reason: String| EngineError::Tensor { name: name.into(), reason };
+        if !cols.is_multiple_of(Q8_BLOCK) {
+            return Err(bad(format!("Q8_0 row length {cols} is not a multiple of {Q8_BLOCK}")));
+        }
+        let n_blocks = rows * cols / Q8_BLOCK;
+        if bytes.len() != n_blocks * BLOCK_BYTES {
+            return Err(bad(format!("Q8_0 {rows}x{cols} needs {} bytes, got {}", n_blocks * BLOCK_BYTES, bytes.len())));
+        }
+        let mut qs = Vec::with_capacity(rows * cols);
+        let mut scales = Vec::with_capacity(n_blocks);
+        for block in bytes.chunks_exact(BLOCK_BYTES) {
+            let d = half::f16::from_le_bytes([block[0], block[1]]).to_f32();
+            if !d.is_finite() {
+                return Err(bad("Q8_0 block scale is not finite".into()));
+            }
+            scales.push(d);
+            qs.extend(block[2..].iter().map(|&b| b as i8));
+        }
+        Ok(Linear::Q8 { rows, cols, qs, scales })
+    }
+
+    /// Products of `n` tokens (row-major `n × cols`) → `n × rows`.
+    pub fn forward(&self, x: &[f32], n: usize) -> Result<Vec<f32>> {
+        let (rows, cols) = (self.rows(), self.cols());
+        if x.len() != n * cols || n == 0 {
+            return Err(EngineError::Numerical(format!("linear input has {} values, expected {n} x {cols}", x.len())));
+        }
+        match self {
+            Linear::Ternary(m) => {
+                let q = kernels::QuantizedActivations::quantize(x, n, cols)?;
+                if n == 1 {
+                    let mut out = vec![0.0; rows];
+                    kernels::gemv_quantized_into(m, &q, &mut out, None)?;
+                    Ok(out)
+                } else {
+                    Ok(kernels::gemm_quantized(m, &q, None)?)
+                }
+            }
+            Linear::Q8 { qs, scales, .. } => {
+                let (xq, xd) = quantize_q8(x)?;
+                Ok(q8_product(qs, scales, rows, cols, n, &xq, &xd))
+            }
+            Linear::BitLinear(inner) => {
+                let q = kernels::QuantizedActivations::quantize(x, n, cols)?;
+                match &**inner {
+                    // The per-token int8 values are already Q8 activations: one scale per
+                    // token for every block, no second rounding.
+                    Linear::Q8 { qs, scales, .. } => {
+                        let (xq, xd) = per_token_as_q8(&q);
+                        Ok(q8_product(qs, scales, rows, cols, n, &xq, &xd))
+                    }
+                    _ => {
+                        let mut fake = Vec::with_capacity(x.len());
+                        for (t, &scale) in q.scales().iter().enumerate() {
+                            fake.extend(q.token(t).iter().map(|&v| v as f32 * scale));
+                        }
+                        inner.forward(&fake, n)
+                    }
+                }
+            }
+            Linear::F32 { w, .. } => Ok(rows_product(rows, n, |r, out| {
+                let row = &w[r * cols..][..cols];
+                for (t, o) in out.iter_mut().enumerate() {
+                    *o = dot_f32(row, &x[t * cols..][..cols]);
+                }
+            })),
+        }
+    }
+}
+
+/// Q8_0 weights × Q8 activations (`n × cols` int8 with one scale per 32 values).
+fn q8_product(qs: &[i8], scales: &[f32], rows: usize, cols: usize, n: usize, xq: &[i8], xd: &[f32]) -> Vec<f32> {
+    let blocks = cols / Q8_BLOCK;
+    rows_product(rows, n, |r, out| {
+        let (w, wd) = (&qs[r * cols..][..cols], &scales[r * blocks..][..blocks]);
+        for (t, o) in out.iter_mut().enumerate() {
+            *o = q8_dot(w, wd, &xq[t * cols..][..cols], &xd[t * blocks..][..blocks]);
+        }
+    })
+}
+
+/// Per-token int8 activations as Q8 blocks: the same values, the token's scale on every block.
+fn per_token_as_q8(q: &kernels::QuantizedActivations) -> (Vec<i8>, Vec<f32>) {
+    let blocks = q.cols() / Q8_BLOCK;
+    let mut xq = Vec::with_capacity(q.n_tokens() * q.cols());
+    let mut xd = Vec::with_capacity(q.n_tokens() * blocks);
+    for (t, &scale) in q.scales().iter().enumerate() {
+        xq.extend_from_slice(q.token(t));
+        xd.extend(std::iter::repeat_n(scale, blocks));
+    }
+    (xq, xd)
+}
+
+/// `out[t][r] = f(r)[t]`: computes all tokens of a row together (the row is read once), rows in
+/// parallel, then transposes to token-major.
+fn rows_product(rows: usize, n: usize, f: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+    // A few tasks per thread: enough to balance, few enough that hand-offs stay negligible.
+    let per_task = rows.div_ceil(4 * kernels::num_threads().max(1)).max(MIN_ROWS_PER_TASK);
+    let mut by_row = vec![0f32; rows * n];
+    for_each_chunk(&mut by_row, per_task * n, |task, block| {
+        for (i, out) in block.chunks_mut(n).enumerate() {
+            f(task * per_task + i, out);
+        }
+    });
+    if n == 1 {
+        return by_row;
+    }
+    let mut out = vec![0f32; rows * n];
+    for r in 0..rows {
+        for t in 0..n {
+            out[t * rows + r] = by_row[r * n + t];
+        }
+    }
+    out
+}
+
+/// int8 absmax quantization per 32 values (llama.cpp's Q8_0 activations, round half to even).
+fn quantize_q8(x: &[f32]) -> Result<(Vec<i8>, Vec<f32>)> {
+    let mut q = vec![0i8; x.len()];
+    let mut d = Vec::with_capacity(x.len() / Q8_BLOCK);
+    for (src, dst) in x.chunks_exact(Q8_BLOCK).zip(q.chunks_exact_mut(Q8_BLOCK)) {
+        let max = src.iter().fold(0f32, |m, v| m.max(v.abs()));
+        if !max.is_finite() {
+            return Err(EngineError::Numerical("non-finite activation before the output head".into()));
+        }
+        let scale = max / 127.0;
+        let inv = if max > 0.0 { 127.0 / max } else { 0.0 };
+        for (o, &v) in dst.iter_mut().zip(src) {
+            *o = (v * inv).round_ties_even() as i8;
+        }
+        d.push(scale);
+    }
+    Ok((q, d))
+}
+
+pub(crate) use crate::simd::dot as dot_f32;
+use crate::simd::q8_dot;
