@@ -6,6 +6,9 @@ forward pass, straight-through gradients in the backward pass.
 
 from __future__ import annotations
 
+import json
+import os
+
 import torch
 
 from . import _core
@@ -21,6 +24,15 @@ class QatModel:
             config = ModelConfig.preset(config)
         self.config: ModelConfig = config
         self._model = _core.QatModel(config.to_json(), seed, device)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike[str], device: str = "cpu") -> QatModel:
+        """The weights of a trainer checkpoint (`ckpt-*.safetensors` written by
+        `nanochat_ternary.train`), CRC verified; ValueError names what is wrong."""
+        model = cls.__new__(cls)
+        model._model = _core.QatModel.from_checkpoint(os.fspath(path), device)
+        model.config = ModelConfig.from_dict(json.loads(model._model.config_json()))
+        return model
 
     @property
     def param_count(self) -> int:

@@ -1,17 +1,20 @@
-//! Raw bindings of the `train` crate: model configs (JSON strings) and a QAT
-//! model whose forward pass and loss run in Rust on libtorch. Tensors cross
+//! Raw bindings of the `train` crate: model configs (JSON strings), a QAT
+//! model whose forward pass and loss run in Rust on libtorch, and the trainer
+//! (optimizer steps, evaluation, exact-resume checkpoints). Tensors cross
 //! the boundary without copies (see `torch_io`); compute runs with the GIL
 //! released (libtorch refuses autograd while it is held). Config and input
 //! errors become ValueError; a libtorch failure (a panic inside tch, e.g. out
 //! of memory) becomes RuntimeError instead of unwinding into Python.
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::Mutex;
+use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard};
 
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::types::PyDict;
 use tch::nn::VarStore;
 use tch::{Device, Tensor};
-use train::{ModelConfig, TrainError, Transformer};
+use train::{ModelConfig, TrainError, TrainHyper, Trainer, Transformer};
 
 use crate::torch_io::{tensor_from_py, tensor_to_py};
 
@@ -149,13 +152,158 @@ impl QatModel {
     /// detached views of the model's own storage: copying into them (under
     /// torch.no_grad) changes the model.
     fn named_parameters<'py>(&self, py: Python<'py>) -> PyResult<Vec<(String, Bound<'py, PyAny>)>> {
-        let inner = self.lock()?;
-        let mut vars: Vec<(String, Tensor)> = inner.vs.variables().into_iter().collect();
-        vars.sort_by(|a, b| a.0.cmp(&b.0));
-        vars.into_iter()
-            .map(|(name, t)| Ok((name, tensor_to_py(py, &t.detach())?)))
-            .collect()
+        named_parameters(py, &self.lock()?.vs)
     }
+
+    /// A model with the weights of a trainer checkpoint (CRC verified).
+    #[staticmethod]
+    #[pyo3(signature = (path, device = "cpu"))]
+    fn from_checkpoint(py: Python<'_>, path: PathBuf, device: &str) -> PyResult<Self> {
+        let device = parse_device(device)?;
+        let (vs, model) = py.detach(|| {
+            guarded(|| {
+                let (config, weights) = train::trainer::read_checkpoint_weights(&path)?;
+                let (vs, model) = Transformer::with_var_store(&config, device)?;
+                train::trainer::load_weights(&vs, weights, &path.display().to_string())?;
+                Ok((vs, model))
+            })
+        })?;
+        Ok(Self {
+            inner: Mutex::new(Inner { vs, model }),
+            device,
+        })
+    }
+}
+
+fn named_parameters<'py>(py: Python<'py>, vs: &VarStore) -> PyResult<Vec<(String, Bound<'py, PyAny>)>> {
+    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    vars.into_iter()
+        .map(|(name, t)| Ok((name, tensor_to_py(py, &t.detach())?)))
+        .collect()
+}
+
+/// Model + Muon/Lion + WSD schedule; see `train::Trainer`.
+#[pyclass(name = "QatTrainer", module = "nanochat_ternary._core")]
+struct QatTrainer {
+    inner: Mutex<Trainer>,
+}
+
+impl QatTrainer {
+    fn lock(&self) -> PyResult<MutexGuard<'_, Trainer>> {
+        self.inner
+            .lock()
+            .map_err(|_| PyRuntimeError::new_err("QatTrainer is unusable: an earlier call panicked while holding it"))
+    }
+}
+
+#[pymethods]
+impl QatTrainer {
+    /// A fresh model (seeded by the hyper-parameters' `seed`) and optimizers.
+    #[new]
+    #[pyo3(signature = (config_json, hyper_json, device = "cpu"))]
+    fn new(py: Python<'_>, config_json: &str, hyper_json: &str, device: &str) -> PyResult<Self> {
+        let config = parse_config(config_json)?;
+        let hyper = TrainHyper::from_json(hyper_json).map_err(to_py_err)?;
+        let device = parse_device(device)?;
+        let trainer = py.detach(|| guarded(|| Trainer::new(&config, hyper, device)))?;
+        Ok(Self {
+            inner: Mutex::new(trainer),
+        })
+    }
+
+    /// A trainer restored from a checkpoint, and the data state saved with it.
+    #[staticmethod]
+    #[pyo3(signature = (path, device = "cpu"))]
+    fn load(py: Python<'_>, path: PathBuf, device: &str) -> PyResult<(Self, String)> {
+        let device = parse_device(device)?;
+        let (trainer, data_state) = py.detach(|| guarded(|| Trainer::load(&path, device)))?;
+        Ok((
+            Self {
+                inner: Mutex::new(trainer),
+            },
+            data_state,
+        ))
+    }
+
+    /// One optimizer step over micro-batches [(tokens, targets), ...];
+    /// returns the step's metrics.
+    fn step<'py>(
+        &self,
+        py: Python<'py>,
+        micro_batches: Vec<(Bound<'py, PyAny>, Bound<'py, PyAny>)>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let batches = micro_batches
+            .iter()
+            .map(|(x, y)| Ok((tensor_from_py(x)?, tensor_from_py(y)?)))
+            .collect::<PyResult<Vec<_>>>()?;
+        let mut guard = self.lock()?;
+        let trainer: &mut Trainer = &mut guard;
+        let m = py.detach(move || guarded(|| trainer.step(&batches)))?;
+        let dict = PyDict::new(py);
+        dict.set_item("step", m.step)?;
+        dict.set_item("loss", m.loss)?;
+        dict.set_item("ce", m.ce)?;
+        dict.set_item("entropy", m.entropy)?;
+        dict.set_item("lr_muon", m.lr_muon)?;
+        dict.set_item("lr_lion", m.lr_lion)?;
+        dict.set_item("grad_norm", m.grad_norm)?;
+        dict.set_item("tokens", m.tokens)?;
+        Ok(dict)
+    }
+
+    /// Mean cross-entropy of `targets` given `tokens`, no autograd.
+    fn eval_loss(&self, py: Python<'_>, tokens: &Bound<'_, PyAny>, targets: &Bound<'_, PyAny>) -> PyResult<f64> {
+        let (tokens, targets) = (tensor_from_py(tokens)?, tensor_from_py(targets)?);
+        let mut guard = self.lock()?;
+        let trainer: &mut Trainer = &mut guard;
+        py.detach(move || guarded(|| trainer.eval_loss(&tokens, &targets)))
+    }
+
+    /// Writes an exact-resume checkpoint atomically; `data_state` is stored as given.
+    fn save(&self, py: Python<'_>, path: PathBuf, data_state: &str) -> PyResult<()> {
+        let mut guard = self.lock()?;
+        let trainer: &mut Trainer = &mut guard;
+        py.detach(move || guarded(|| trainer.save(&path, data_state)))
+    }
+
+    /// Optimizer steps done.
+    #[getter]
+    fn step_count(&self) -> PyResult<u64> {
+        Ok(self.lock()?.step_count())
+    }
+
+    fn config_json(&self) -> PyResult<String> {
+        Ok(self.lock()?.config().to_json())
+    }
+
+    fn hyper_json(&self) -> PyResult<String> {
+        Ok(self.lock()?.hyper().to_json())
+    }
+
+    /// (Muon, Lion) learning rates of the next step.
+    fn learning_rates(&self) -> PyResult<(f64, f64)> {
+        Ok(self.lock()?.learning_rates())
+    }
+
+    /// (Muon parameter names, Lion parameter names).
+    fn param_groups(&self) -> PyResult<(Vec<String>, Vec<String>)> {
+        let guard = self.lock()?;
+        let (muon, lion) = guard.param_groups();
+        Ok((muon.to_vec(), lion.to_vec()))
+    }
+
+    /// (name, tensor) of the current weights, sorted by name; views of the
+    /// trainer's storage (copy them to keep a snapshot).
+    fn named_parameters<'py>(&self, py: Python<'py>) -> PyResult<Vec<(String, Bound<'py, PyAny>)>> {
+        named_parameters(py, self.lock()?.var_store())
+    }
+}
+
+/// Default optimization hyper-parameters as JSON.
+#[pyfunction]
+fn train_default_hyper() -> String {
+    TrainHyper::default().to_json()
 }
 
 /// The JSON text of a shipped preset.
@@ -183,6 +331,8 @@ fn train_param_count(config_json: &str) -> PyResult<u64> {
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<QatModel>()?;
+    m.add_class::<QatTrainer>()?;
+    m.add_function(wrap_pyfunction!(train_default_hyper, m)?)?;
     m.add_function(wrap_pyfunction!(train_preset_config, m)?)?;
     m.add_function(wrap_pyfunction!(train_preset_names, m)?)?;
     m.add_function(wrap_pyfunction!(train_validate_config, m)?)?;

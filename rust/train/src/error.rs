@@ -27,6 +27,9 @@ pub enum TrainError {
     #[error("mHC: {0}")]
     Mhc(#[from] mhc::MhcError),
 
+    #[error("checkpoint: {0}")]
+    Checkpoint(#[from] ternary::checkpoint::CheckpointError),
+
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
 }

@@ -1,11 +1,34 @@
 //! The sub-layers of a block: RMSNorm, rotary embeddings, grouped-query
 //! attention and the FFN. Every projection is a BitLinear
 //! ([`crate::quant::bit_linear`]); norms keep full-precision gains.
+use std::cell::RefCell;
+
 use tch::nn::{Init, Path};
 use tch::{Kind, Tensor};
 
 use crate::config::{FfnActivation, ModelConfig};
-use crate::quant::bit_linear;
+use crate::quant::{bit_linear, bit_linear_prequantized};
+
+/// Ternarized values of a layer's projections, set for the duration of one
+/// optimizer step (see `Transformer::with_quantized_weights`) so every
+/// micro-batch reuses them instead of ternarizing again. `None`: ternarize
+/// on the fly (the plain STE path).
+#[derive(Debug, Default)]
+struct Prequantized(RefCell<Option<Vec<Tensor>>>);
+
+impl Prequantized {
+    fn set(&self, weights: Option<Vec<Tensor>>) {
+        *self.0.borrow_mut() = weights;
+    }
+
+    /// BitLinear of projection number `index`, whose latent weight is `latent`.
+    fn linear(&self, x: &Tensor, index: usize, latent: &Tensor) -> Tensor {
+        match self.0.borrow().as_ref() {
+            Some(quantized) => bit_linear_prequantized(x, &quantized[index]),
+            None => bit_linear(x, latent),
+        }
+    }
+}
 
 /// x · rsqrt(mean(x²) + ε) · g over the last dimension.
 #[derive(Debug)]
@@ -78,6 +101,7 @@ pub struct Attention {
     n_heads: i64,
     n_kv_heads: i64,
     head_dim: i64,
+    prequantized: Prequantized,
 }
 
 impl Attention {
@@ -92,21 +116,34 @@ impl Attention {
             n_heads: config.n_heads as i64,
             n_kv_heads: config.n_kv_heads as i64,
             head_dim: config.head_dim() as i64,
+            prequantized: Prequantized::default(),
         }
+    }
+
+    /// The projection weights in the order [`Self::set_prequantized`] expects.
+    pub fn projections(&self) -> Vec<&Tensor> {
+        vec![&self.wq, &self.wk, &self.wv, &self.wo]
+    }
+
+    /// Use these ternarized values (one per [`Self::projections`] entry)
+    /// instead of ternarizing in the forward pass; `None` restores the default.
+    pub fn set_prequantized(&self, weights: Option<Vec<Tensor>>) {
+        self.prequantized.set(weights)
     }
 
     /// `x` is (B, T, dim).
     pub fn forward(&self, x: &Tensor, rope: &Rope) -> Tensor {
         let (b, t) = (x.size()[0], x.size()[1]);
-        let q = bit_linear(x, &self.wq).view([b, t, self.n_heads, self.head_dim]);
-        let k = bit_linear(x, &self.wk).view([b, t, self.n_kv_heads, self.head_dim]);
-        let v = bit_linear(x, &self.wv).view([b, t, self.n_kv_heads, self.head_dim]);
+        let pq = &self.prequantized;
+        let q = pq.linear(x, 0, &self.wq).view([b, t, self.n_heads, self.head_dim]);
+        let k = pq.linear(x, 1, &self.wk).view([b, t, self.n_kv_heads, self.head_dim]);
+        let v = pq.linear(x, 2, &self.wv).view([b, t, self.n_kv_heads, self.head_dim]);
         let (q, k) = (rope.apply(&q).transpose(1, 2), rope.apply(&k).transpose(1, 2));
         let v = v.transpose(1, 2);
         let grouped = self.n_kv_heads != self.n_heads;
         let y = Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, true, None, grouped);
         let y = y.transpose(1, 2).reshape([b, t, self.n_heads * self.head_dim]);
-        bit_linear(&y, &self.wo)
+        pq.linear(&y, 3, &self.wo)
     }
 }
 
@@ -116,6 +153,7 @@ pub struct Mlp {
     pub gate: Option<Tensor>,
     pub up: Tensor,
     pub down: Tensor,
+    prequantized: Prequantized,
 }
 
 impl Mlp {
@@ -130,15 +168,30 @@ impl Mlp {
             gate,
             up: projection(&p, "up", h, d, std),
             down: projection(&p, "down", d, h, out_std),
+            prequantized: Prequantized::default(),
         }
     }
 
+    /// The projection weights in the order [`Self::set_prequantized`] expects
+    /// (up, down, then gate for SwiGLU).
+    pub fn projections(&self) -> Vec<&Tensor> {
+        let mut weights = vec![&self.up, &self.down];
+        weights.extend(self.gate.as_ref());
+        weights
+    }
+
+    /// See [`Attention::set_prequantized`].
+    pub fn set_prequantized(&self, weights: Option<Vec<Tensor>>) {
+        self.prequantized.set(weights)
+    }
+
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        let up = bit_linear(x, &self.up);
+        let pq = &self.prequantized;
+        let up = pq.linear(x, 0, &self.up);
         let hidden = match &self.gate {
-            Some(gate) => bit_linear(x, gate).silu() * up,
+            Some(gate) => pq.linear(x, 2, gate).silu() * up,
             None => up.relu().square(),
         };
-        bit_linear(&hidden, &self.down)
+        pq.linear(&hidden, 1, &self.down)
     }
 }

@@ -6,6 +6,10 @@
 //! - [`layers`], [`mhc_layer`], [`model`]: the transformer (RMSNorm, RoPE, GQA
 //!   attention, SwiGLU/ReLU², BitLinear projections, plain or mHC-lite residual
 //!   streams).
+//! - [`optim`]: Muon, Lion and the warmup-stable-decay schedule.
+//! - [`trainer`]: one optimizer step (gradient accumulation, clipping, entropy
+//!   regularization, weights ternarized once per step) and exact-resume
+//!   checkpoints.
 mod error;
 
 pub mod config;
@@ -14,7 +18,9 @@ pub mod mhc_layer;
 pub mod model;
 pub mod optim;
 pub mod quant;
+pub mod trainer;
 
 pub use config::{FfnActivation, ModelConfig, PRESET_NAMES};
 pub use error::{Result, TrainError};
 pub use model::Transformer;
+pub use trainer::{StepMetrics, TrainHyper, Trainer};

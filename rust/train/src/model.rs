@@ -108,6 +108,53 @@ impl Transformer {
         &self.config
     }
 
+    /// Latent weights of every BitLinear projection (shallow handles), block
+    /// by block in the order [`Self::with_prequantized`] expects.
+    pub fn projection_weights(&self) -> Vec<Tensor> {
+        self.blocks
+            .iter()
+            .flat_map(|b| b.attn.projections().into_iter().chain(b.mlp.projections()))
+            .map(Tensor::shallow_clone)
+            .collect()
+    }
+
+    /// Runs `f` with every projection using the given ternarized values (one
+    /// per [`Self::projection_weights`] entry) instead of ternarizing its
+    /// latent weight on each call: a trainer quantizes once per optimizer
+    /// step and reuses the result for all micro-batches. The default path is
+    /// restored afterwards, also when `f` panics.
+    pub fn with_prequantized<T>(&self, quantized: &[Tensor], f: impl FnOnce() -> T) -> Result<T> {
+        let expected = self.projection_weights().len();
+        if quantized.len() != expected {
+            return Err(TrainError::BadInput(format!(
+                "with_prequantized: got {} weights, the model has {expected} projections",
+                quantized.len()
+            )));
+        }
+        struct Restore<'a>(&'a [Block]);
+        impl Drop for Restore<'_> {
+            fn drop(&mut self) {
+                for block in self.0 {
+                    block.attn.set_prequantized(None);
+                    block.mlp.set_prequantized(None);
+                }
+            }
+        }
+        let _restore = Restore(&self.blocks);
+        let mut rest = quantized;
+        for block in &self.blocks {
+            let (n_attn, n_mlp) = (block.attn.projections().len(), block.mlp.projections().len());
+            let take = |rest: &mut &[Tensor], n: usize| {
+                let (head, tail) = rest.split_at(n);
+                *rest = tail;
+                head.iter().map(Tensor::shallow_clone).collect::<Vec<_>>()
+            };
+            block.attn.set_prequantized(Some(take(&mut rest, n_attn)));
+            block.mlp.set_prequantized(Some(take(&mut rest, n_mlp)));
+        }
+        Ok(f())
+    }
+
     /// Checks that `tokens` is a (B, T) int64 tensor with 1 <= T <= max_seq_len
     /// and ids in [0, vocab_size).
     pub fn check_tokens(&self, tokens: &Tensor, what: &str) -> Result<()> {
@@ -162,8 +209,15 @@ impl Transformer {
     /// Logits (B, T, vocab) for (B, T) int64 token ids.
     pub fn forward(&self, tokens: &Tensor) -> Result<Tensor> {
         self.check_tokens(tokens, "tokens")?;
+        Ok(self.forward_prechecked(tokens))
+    }
+
+    /// [`Self::forward`] for tokens already validated with
+    /// [`Self::check_tokens`] (e.g. on the host before the copy to a GPU,
+    /// where each check would otherwise synchronize with the device).
+    pub fn forward_prechecked(&self, tokens: &Tensor) -> Tensor {
         let x = self.hidden(tokens, None);
-        Ok(x.matmul(&self.head.as_ref().unwrap_or(&self.embed).tr()))
+        x.matmul(&self.head.as_ref().unwrap_or(&self.embed).tr())
     }
 
     /// Mean next-token cross-entropy of `targets` (same shape as `tokens`).
@@ -257,6 +311,30 @@ mod tests {
         let (la, lb) = (model.forward(&a).unwrap(), model.forward(&b).unwrap());
         assert!(la.narrow(1, 0, 8).allclose(&lb.narrow(1, 0, 8), 1e-5, 1e-6, false));
         assert!(!la.narrow(1, 8, 4).allclose(&lb.narrow(1, 8, 4), 1e-5, 1e-6, false));
+    }
+
+    #[test]
+    fn prequantized_forward_equals_the_default_forward() {
+        let config = small_config(2, FfnActivation::Swiglu, false);
+        let (_vs, model) = Transformer::with_var_store(&config, Device::Cpu).unwrap();
+        let tokens = random_tokens(3, 2, 9, 64);
+        let plain = model.forward(&tokens).unwrap();
+        let quantized: Vec<Tensor> = model
+            .projection_weights()
+            .iter()
+            .map(crate::quant::ternarize)
+            .collect();
+        assert_eq!(quantized.len(), 2 * 7);
+        let cached = model
+            .with_prequantized(&quantized, || model.forward(&tokens).unwrap())
+            .unwrap();
+        assert!(plain.allclose(&cached, 1e-6, 1e-6, false));
+        // Cleared afterwards: zero "quantized" weights would change the output.
+        let zeros: Vec<Tensor> = quantized.iter().map(Tensor::zeros_like).collect();
+        let zeroed = model.with_prequantized(&zeros, || model.forward(&tokens).unwrap()).unwrap();
+        assert!(!plain.allclose(&zeroed, 1e-3, 1e-3, false));
+        assert!(plain.allclose(&model.forward(&tokens).unwrap(), 0.0, 0.0, false));
+        assert!(model.with_prequantized(&quantized[1..], || ()).is_err());
     }
 
     #[test]

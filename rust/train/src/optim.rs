@@ -31,20 +31,41 @@ impl Lion {
         }
     }
 
-    /// One update of every parameter that has a gradient.
+    /// One update of every parameter that has a gradient (`Tensor::grad`).
     pub fn step(&mut self) {
+        let grads: Vec<Tensor> = self.params.iter().map(Tensor::grad).collect();
+        self.apply(&grads);
+    }
+
+    /// One update with explicit gradients, one per parameter in order.
+    pub fn step_with(&mut self, grads: &[Tensor]) -> Result<()> {
+        check_grads("Lion", &self.params, grads)?;
+        self.apply(grads);
+        Ok(())
+    }
+
+    fn apply(&mut self, grads: &[Tensor]) {
         tch::no_grad(|| {
-            for (p, m) in self.params.iter().zip(self.momentum.iter_mut()) {
-                let g = p.grad();
+            for ((p, m), g) in self.params.iter().zip(self.momentum.iter_mut()).zip(grads) {
                 if !g.defined() {
                     continue;
                 }
-                let direction = (&*m * self.beta1 + &g * (1.0 - self.beta1)).sign();
-                let update = direction + p * self.weight_decay;
+                let direction = (&*m * self.beta1 + g * (1.0 - self.beta1)).sign();
+                // Skipping a zero decay saves two passes over every parameter.
+                let update = match self.weight_decay {
+                    0.0 => direction,
+                    wd => direction + p * wd,
+                };
                 let _ = p.shallow_clone().g_sub_(&(update * self.lr));
                 let _ = m.g_mul_scalar_(self.beta2).g_add_(&(g * (1.0 - self.beta2)));
             }
         });
+    }
+
+    /// The momentum buffers, one per parameter (in place: copying into them
+    /// restores a saved state).
+    pub fn moments(&self) -> &[Tensor] {
+        &self.momentum
     }
 
     pub fn zero_grad(&mut self) {
@@ -56,10 +77,40 @@ impl Lion {
 pub const NEWTON_SCHULZ_COEFFS: (f64, f64, f64) = (3.4445, -4.7750, 2.0315);
 pub const NEWTON_SCHULZ_STEPS: usize = 5;
 
+/// The precision of the Newton–Schulz products: bf16 (as in the official
+/// Muon, whose coefficients are tuned to tolerate it) on CUDA and on CPUs
+/// with native bf16 dot products, where it is 3-4x faster than f32 (measured
+/// on AVX512-BF16); f32 elsewhere, because emulated bf16 products are slow.
+pub fn newton_schulz_kind(device: tch::Device) -> Kind {
+    if device.is_cuda() || cpu_has_native_bf16() {
+        Kind::BFloat16
+    } else {
+        Kind::Float
+    }
+}
+
+fn cpu_has_native_bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // CPUs with AMX-BF16 (Sapphire Rapids and later) have AVX512-BF16 too.
+        std::arch::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Approximately orthogonalizes a 2-D matrix (U·S·Vᵀ -> ≈ U·Vᵀ): the input is
 /// scaled to Frobenius norm 1, then 5 steps X ← aX + (bA + cA²)X with A = XXᵀ,
-/// iterating on the wide orientation so A is the smaller Gram matrix.
+/// iterating on the wide orientation so A is the smaller Gram matrix. The
+/// iteration runs in [`newton_schulz_kind`]; the result has `g`'s kind.
 pub fn newton_schulz(g: &Tensor) -> Result<Tensor> {
+    newton_schulz_in(g, newton_schulz_kind(g.device()))
+}
+
+/// [`newton_schulz`] with the iteration in `kind` (f32 or bf16).
+pub fn newton_schulz_in(g: &Tensor, kind: Kind) -> Result<Tensor> {
     let size = g.size();
     if size.len() != 2 {
         return Err(TrainError::BadInput(format!(
@@ -72,7 +123,9 @@ pub fn newton_schulz(g: &Tensor) -> Result<Tensor> {
     if tall {
         x = x.tr();
     }
-    x = &x / (x.norm() + 1e-7);
+    x = (&x / (x.norm() + 1e-7)).to_kind(kind);
+    // (A (1, m, n) baddbmm form that fuses the scalings measured slower on
+    // CPU than these 2-D products plus element-wise passes.)
     for _ in 0..NEWTON_SCHULZ_STEPS {
         let gram = x.matmul(&x.tr());
         let poly = &gram * b + gram.matmul(&gram) * c;
@@ -85,7 +138,8 @@ pub fn newton_schulz(g: &Tensor) -> Result<Tensor> {
 }
 
 /// Muon for 2-D hidden weight matrices: Nesterov momentum (β = 0.95), the
-/// momentum-corrected gradient orthogonalized by Newton–Schulz, scaled by
+/// momentum-corrected gradient orthogonalized by Newton–Schulz (see
+/// [`newton_schulz_kind`] for its precision), scaled by
 /// max(1, rows/cols)^0.5 so every matrix gets a comparable per-element step.
 #[derive(Debug)]
 pub struct Muon {
@@ -125,17 +179,36 @@ impl Muon {
         Ok(newton_schulz(&nesterov)? * scale)
     }
 
+    /// One update of every parameter that has a gradient (`Tensor::grad`).
     pub fn step(&mut self) -> Result<()> {
+        let grads: Vec<Tensor> = self.params.iter().map(Tensor::grad).collect();
+        self.apply(&grads)
+    }
+
+    /// One update with explicit gradients, one per parameter in order.
+    pub fn step_with(&mut self, grads: &[Tensor]) -> Result<()> {
+        check_grads("Muon", &self.params, grads)?;
+        self.apply(grads)
+    }
+
+    /// The Nesterov momentum buffers, one per parameter (in place).
+    pub fn moments(&self) -> &[Tensor] {
+        &self.buffers
+    }
+
+    fn apply(&mut self, grads: &[Tensor]) -> Result<()> {
         tch::no_grad(|| {
-            for i in 0..self.params.len() {
-                let g = self.params[i].grad();
+            for (i, g) in grads.iter().enumerate() {
                 if !g.defined() {
                     continue;
                 }
                 let mut buf = self.buffers[i].shallow_clone();
-                let update = self.direction(&g, &mut buf)?;
+                let update = self.direction(g, &mut buf)?;
                 let p = &self.params[i];
-                let decayed = update + p * self.weight_decay;
+                let decayed = match self.weight_decay {
+                    0.0 => update,
+                    wd => update + p * wd,
+                };
                 let _ = p.shallow_clone().g_sub_(&(decayed * self.lr));
             }
             Ok(())
@@ -145,6 +218,26 @@ impl Muon {
     pub fn zero_grad(&mut self) {
         zero_grads(&self.params);
     }
+}
+
+fn check_grads(optimizer: &str, params: &[Tensor], grads: &[Tensor]) -> Result<()> {
+    if grads.len() != params.len() {
+        return Err(TrainError::BadInput(format!(
+            "{optimizer}: {} gradients for {} parameters",
+            grads.len(),
+            params.len()
+        )));
+    }
+    for (p, g) in params.iter().zip(grads) {
+        if g.defined() && g.size() != p.size() {
+            return Err(TrainError::BadInput(format!(
+                "{optimizer}: gradient of shape {:?} for a parameter of shape {:?}",
+                g.size(),
+                p.size()
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn zero_grads(params: &[Tensor]) {
@@ -263,6 +356,12 @@ mod tests {
             assert!(spread < 0.35, "{rows}x{cols}: singular values {sv:?}");
             let input_sv = singular_values(&g);
             assert!(input_sv[0] / input_sv[k as usize - 1] > 50.0, "{input_sv:?}");
+            // Both precisions the optimizer may pick orthogonalize as well.
+            for kind in [Kind::Float, Kind::BFloat16] {
+                let sv = singular_values(&newton_schulz_in(&g, kind).unwrap());
+                let spread = sv.iter().fold(0f64, |m, v| m.max((v - 1.0).abs()));
+                assert!(spread < 0.35, "{rows}x{cols} {kind:?}: singular values {sv:?}");
+            }
         }
     }
 

@@ -1,0 +1,513 @@
+"""Quantization-aware training of the ternary transformer.
+
+Run:
+    python -m nanochat_ternary.train --config tiny --data DATA_DIR --out runs/tiny --steps 300
+    python -m nanochat_ternary.train --out runs/tiny --resume        # continue that run
+
+Python:
+    from nanochat_ternary.train import Trainer
+    trainer = Trainer("tiny", "DATA_DIR", "runs/tiny", steps=300)
+    trainer.fit()
+    trainer = Trainer.resume("runs/tiny")
+
+The optimizer step runs in Rust (`rust/train/src/trainer.rs`): Muon for the
+2-D block projections, Lion for embeddings, head, norm gains and mHC maps,
+warmup-stable-decay learning rates, gradient accumulation and clipping,
+optional entropy regularization (loss = CE - w*H), each projection ternarized
+once per step. This module feeds it sequential windows of a token data
+directory (`nanochat_ternary.data`), logs, evaluates and checkpoints:
+
+    OUT/ckpt-00000100.safetensors   weights, optimizer moments, step, config and
+                                    the data position (exact resume), CRC-checked
+    OUT/latest                      name of the newest checkpoint (atomic)
+    OUT/log.jsonl                   one JSON object per logged step / evaluation
+
+On CPU a resumed run reproduces the uninterrupted run's losses bit for bit when
+both use the same thread count (`--threads`): libtorch's reductions depend on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import _core
+from .data.shards import TokenShards
+from .model_config import PRESETS, ModelConfig
+from .qat import QatModel
+
+CHECKPOINT_PREFIX = "ckpt-"
+CHECKPOINT_SUFFIX = ".safetensors"
+LATEST = "latest"
+LOG_FILE = "log.jsonl"
+
+#: Optimization hyper-parameters understood by the Rust trainer, with defaults.
+DEFAULT_HYPER: dict[str, Any] = json.loads(_core.train_default_hyper())
+#: Loop settings saved with each checkpoint so a resumed run continues identically.
+DEFAULT_LOOP: dict[str, Any] = {
+    "batch_size": 8,
+    "seq_len": None,  # None: min(256, max_seq_len)
+    "grad_accum": 1,
+    "eval_every": 100,
+    "eval_batches": 8,
+    "save_every": 100,
+    "keep": 3,
+    "log_every": 10,
+}
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class TokenBatches:
+    """Sequential (tokens, targets) batches from one split: each row is the
+    next `seq_len + 1` tokens of the stream (targets are tokens shifted by
+    one). At the end of the split it wraps to the start and counts an epoch.
+    `state()` / `load_state()` capture the position exactly."""
+
+    def __init__(self, shards: TokenShards, batch_size: int, seq_len: int) -> None:
+        self.shards, self.batch_size, self.seq_len = shards, batch_size, seq_len
+        self.window = batch_size * (seq_len + 1)
+        if self.window > shards.tokens:
+            raise ValueError(
+                f"split {shards.split!r} of {shards.directory} has {shards.tokens} tokens, fewer than one batch "
+                f"({batch_size} x {seq_len + 1}); lower --batch-size or --seq-len"
+            )
+        self.position = 0
+        self.epoch = 0
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.position + self.window > self.shards.tokens:
+            self.position, self.epoch = 0, self.epoch + 1
+        rows = self.shards.read(self.position, self.window).reshape(self.batch_size, self.seq_len + 1)
+        self.position += self.window
+        rows_t = torch.from_numpy(np.ascontiguousarray(rows))
+        return rows_t[:, :-1].contiguous(), rows_t[:, 1:].contiguous()
+
+    def state(self) -> dict[str, int]:
+        return {"position": self.position, "epoch": self.epoch}
+
+    def load_state(self, state: dict[str, int]) -> None:
+        position, epoch = int(state["position"]), int(state["epoch"])
+        if not 0 <= position <= self.shards.tokens:
+            raise ValueError(f"saved data position {position} is outside the split ({self.shards.tokens} tokens)")
+        self.position, self.epoch = position, epoch
+
+
+def measured_peak_flops(device: str) -> float:
+    """A quick measured matmul rate (f32 on CPU, bf16 on CUDA) in FLOP/s, as
+    the MFU denominator when no --peak-flops is given."""
+    n = 512 if device == "cpu" else 4096
+    dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b  # warm up
+    reps = 4 if device == "cpu" else 20
+    if device != "cpu":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    if device != "cpu":
+        torch.cuda.synchronize()
+    return 2 * n**3 * reps / (time.perf_counter() - start)
+
+
+def _resolve_config(config: ModelConfig | str | os.PathLike[str]) -> ModelConfig:
+    if isinstance(config, ModelConfig):
+        return config
+    text = os.fspath(config)
+    if text in PRESETS:
+        return ModelConfig.preset(text)
+    if Path(text).is_file():
+        return ModelConfig.from_file(text)
+    raise ValueError(f"--config {text!r} is neither a preset ({', '.join(PRESETS)}) nor an existing JSON file")
+
+
+class Trainer:
+    """Trains a `QatModel` config on a token data directory.
+
+    `Trainer(config, data_dir, out_dir, steps=..., **options)`: `config` is a
+    `ModelConfig`, a preset name or a JSON file; `data_dir` a directory made by
+    `nanochat_ternary.data` (optional when you only call `step`); `out_dir`
+    receives checkpoints and `log.jsonl` (optional). Options: the
+    hyper-parameters of `DEFAULT_HYPER` (`steps` sets `total_steps`, the
+    schedule's length), the loop settings of `DEFAULT_LOOP`, `device`
+    ("cpu" | "cuda"), `peak_flops` (for MFU) and `progress` (tqdm bar)."""
+
+    def __init__(
+        self,
+        config: ModelConfig | str | os.PathLike[str],
+        data_dir: str | os.PathLike[str] | None = None,
+        out_dir: str | os.PathLike[str] | None = None,
+        *,
+        steps: int | None = None,
+        device: str = "cpu",
+        peak_flops: float | None = None,
+        progress: bool = True,
+        **options: Any,
+    ) -> None:
+        self.config = _resolve_config(config)
+        unknown = sorted(set(options) - set(DEFAULT_HYPER) - set(DEFAULT_LOOP))
+        if unknown:
+            raise TypeError(f"unknown Trainer options {unknown}; known: {sorted(DEFAULT_HYPER) + sorted(DEFAULT_LOOP)}")
+        hyper = {**DEFAULT_HYPER, **{k: v for k, v in options.items() if k in DEFAULT_HYPER}}
+        if steps is not None:
+            hyper["total_steps"] = steps
+        loop = {**DEFAULT_LOOP, **{k: v for k, v in options.items() if k in DEFAULT_LOOP}}
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} requested but no CUDA GPU is available")
+        self._core = _core.QatTrainer(self.config.to_json(), json.dumps(hyper), device)
+        self.hyper: dict[str, Any] = json.loads(self._core.hyper_json())
+        self._setup(data_dir, out_dir, loop, device, peak_flops, progress)
+
+    def _setup(self, data_dir: str | os.PathLike[str] | None, out_dir: str | os.PathLike[str] | None,
+               loop: dict[str, Any], device: str, peak_flops: float | None, progress: bool) -> None:
+        """Loop settings, data and output directories (shared by __init__ and resume)."""
+        if loop["seq_len"] is None:
+            loop["seq_len"] = min(256, self.config.max_seq_len)
+        for key in ("batch_size", "seq_len", "grad_accum", "eval_batches", "keep"):
+            if not isinstance(loop[key], int) or loop[key] < 1:
+                raise ValueError(f"{key} must be a positive integer, got {loop[key]!r}")
+        for key in ("eval_every", "save_every", "log_every"):
+            if not isinstance(loop[key], int) or loop[key] < 0:
+                raise ValueError(f"{key} must be a non-negative integer (0 = never), got {loop[key]!r}")
+        if loop["seq_len"] > self.config.max_seq_len:
+            raise ValueError(f"seq_len {loop['seq_len']} exceeds the model's max_seq_len {self.config.max_seq_len}")
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} requested but no CUDA GPU is available")
+        self.loop, self.device, self.progress = loop, device, progress
+        self.data_dir = Path(data_dir) if data_dir is not None else None
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.train_batches: TokenBatches | None = None
+        self.val: TokenShards | None = None
+        if self.data_dir is not None:
+            train = TokenShards(self.data_dir, "train")
+            if train.vocab_size > self.config.vocab_size:
+                raise ValueError(
+                    f"{self.data_dir}: token ids go up to vocab_size {train.vocab_size}, "
+                    f"the model's vocab_size is {self.config.vocab_size}"
+                )
+            self.train_batches = TokenBatches(train, loop["batch_size"], loop["seq_len"])
+            if "val" in train.meta["splits"]:
+                self.val = TokenShards(self.data_dir, "val")
+        if self.out_dir is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        if peak_flops is not None and not peak_flops > 0:
+            raise ValueError(f"peak_flops must be positive, got {peak_flops}")
+        self._peak_flops = peak_flops
+        self.peak_flops_source = "given" if peak_flops is not None else "measured matmul"
+        self._flops_per_token = 6 * self.config.param_count
+
+    # ---- construction from a checkpoint --------------------------------------
+
+    @classmethod
+    def resume(cls, out_dir: str | os.PathLike[str], *, data_dir: str | os.PathLike[str] | None = None,
+               device: str = "cpu", peak_flops: float | None = None, progress: bool = True) -> Trainer:
+        """Continues the run in `out_dir` from its newest checkpoint: weights,
+        optimizer state, schedule position, data position and loop settings.
+        `data_dir` defaults to the directory the run was trained on."""
+        path = latest_checkpoint(out_dir)
+        if path is None:
+            raise FileNotFoundError(f"{out_dir}: no checkpoint to resume from (no {LATEST!r} file)")
+        core, data_state = _core.QatTrainer.load(os.fspath(path), device)
+        state = json.loads(data_state)
+        self = cls.__new__(cls)
+        self._core = core
+        self.config = ModelConfig.from_json(core.config_json())
+        self.hyper = json.loads(core.hyper_json())
+        data = data_dir if data_dir is not None else state.get("data_dir")
+        self._setup(data, out_dir, dict(state["loop"]), device, peak_flops, progress)
+        if self.train_batches is not None and state.get("loader") is not None:
+            self.train_batches.load_state(state["loader"])
+        return self
+
+    # ---- one step -------------------------------------------------------------
+
+    def _autocast(self) -> AbstractContextManager[Any]:
+        # The Rust step enables autocast on CUDA; this picks bf16 as its dtype.
+        if self.device.startswith("cuda"):
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+    @property
+    def step_count(self) -> int:
+        """Optimizer steps done."""
+        return self._core.step_count
+
+    def step(self, tokens: torch.Tensor | None = None, targets: torch.Tensor | None = None, *,
+             micro_batches: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None) -> dict[str, float]:
+        """One optimizer step. Either `tokens`, `targets` (both (B, T) int64;
+        split along B into `grad_accum` micro-batches) or explicit
+        `micro_batches=[(tokens, targets), ...]`. Returns the metrics step,
+        loss, ce, entropy, lr_muon, lr_lion, grad_norm, tokens."""
+        if micro_batches is None:
+            if tokens is None or targets is None:
+                raise ValueError("step() needs tokens and targets, or micro_batches")
+            accum = self.loop["grad_accum"]
+            if tokens.shape[0] % accum:
+                raise ValueError(f"batch of {tokens.shape[0]} rows does not split into grad_accum={accum} micro-batches")
+            micro_batches = list(zip(tokens.chunk(accum), targets.chunk(accum)))
+        with self._autocast():
+            return self._core.step([(x.contiguous(), y.contiguous()) for x, y in micro_batches])
+
+    def train_step(self) -> dict[str, float]:
+        """One optimizer step on the next `grad_accum` batches of the data."""
+        if self.train_batches is None:
+            raise ValueError("no data directory: pass data_dir, or call step() with batches")
+        return self.step(micro_batches=[self.train_batches.next() for _ in range(self.loop["grad_accum"])])
+
+    # ---- evaluation -------------------------------------------------------------
+
+    def evaluate(self) -> dict[str, float]:
+        """Mean loss over the first `eval_batches` batches of the val split and
+        bits per byte (loss x tokens / (bytes x ln 2), the split's counts)."""
+        if self.val is None:
+            raise ValueError("no val split in the data directory")
+        b, t = self.loop["batch_size"], self.loop["seq_len"]
+        rows = min(self.loop["eval_batches"] * b, self.val.tokens // (t + 1))
+        if rows == 0:
+            raise ValueError(f"val split has {self.val.tokens} tokens, fewer than one sequence of {t + 1}")
+        losses, weights = [], []
+        for start in range(0, rows, b):
+            n = min(b, rows - start)
+            chunk = torch.from_numpy(self.val.read(start * (t + 1), n * (t + 1)).reshape(n, t + 1))
+            with self._autocast():
+                losses.append(self._core.eval_loss(chunk[:, :-1].contiguous(), chunk[:, 1:].contiguous()))
+            weights.append(n)
+        loss = float(np.average(losses, weights=weights))
+        bpb = loss * self.val.tokens / (self.val.bytes * math.log(2)) if self.val.bytes else float("nan")
+        return {"val_loss": loss, "val_bpb": bpb}
+
+    # ---- checkpoints --------------------------------------------------------------
+
+    def _data_state(self) -> str:
+        return json.dumps({
+            "data_dir": os.fspath(self.data_dir.resolve()) if self.data_dir is not None else None,
+            "loader": self.train_batches.state() if self.train_batches is not None else None,
+            "loop": self.loop,
+        })
+
+    def save(self) -> Path:
+        """Writes OUT/ckpt-<step>.safetensors and OUT/latest (atomically) and
+        keeps the newest `keep` checkpoints."""
+        if self.out_dir is None:
+            raise ValueError("no out_dir to save into")
+        path = self.out_dir / f"{CHECKPOINT_PREFIX}{self.step_count:08d}{CHECKPOINT_SUFFIX}"
+        self._core.save(os.fspath(path), self._data_state())
+        _write_atomic(self.out_dir / LATEST, path.name + "\n")
+        for old in checkpoints(self.out_dir)[: -self.loop["keep"]]:
+            old.unlink()
+        return path
+
+    def named_parameters(self) -> dict[str, torch.Tensor]:
+        """Copies of the current weights by name (for export)."""
+        return {name: t.detach().clone() for name, t in self._core.named_parameters()}
+
+    def model(self) -> QatModel:
+        """A `QatModel` holding a copy of the current weights."""
+        model = QatModel(self.config, device=self.device)
+        params = model.named_parameters()
+        with torch.no_grad():
+            for name, t in self._core.named_parameters():
+                params[name].copy_(t)
+        return model
+
+    # ---- the loop -------------------------------------------------------------------
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.out_dir is not None:
+            with open(self.out_dir / LOG_FILE, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def peak_flops(self) -> float:
+        """The MFU denominator: `peak_flops` as given, else measured once."""
+        if self._peak_flops is None:
+            self._peak_flops = measured_peak_flops("cpu" if self.device == "cpu" else self.device)
+        return self._peak_flops
+
+    def fit(self, steps: int | None = None) -> list[dict[str, float]]:
+        """Trains `steps` more optimizer steps (default: to the end of the
+        schedule), logging, evaluating and checkpointing as configured.
+        Returns every step's metrics."""
+        total = self.hyper["total_steps"]
+        target = total if steps is None else self.step_count + steps
+        loop, history = self.loop, []
+        # Imported here: in a Jupyter kernel without ipywidgets, importing
+        # tqdm.auto prints a warning, which callers of step() alone never need.
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=target, initial=self.step_count, disable=not self.progress, desc="train", unit="step")
+        try:
+            while self.step_count < target:
+                start = time.perf_counter()
+                metrics = self.train_step()
+                seconds = time.perf_counter() - start
+                tok_s = metrics["tokens"] / seconds
+                metrics["tok_per_s"] = tok_s
+                metrics["mfu"] = self._flops_per_token * tok_s / self.peak_flops()
+                history.append(metrics)
+                step = int(metrics["step"])
+                bar.update(1)
+                bar.set_postfix(loss=f"{metrics['loss']:.3f}", refresh=False)
+                if loop["log_every"] and (step % loop["log_every"] == 0 or step == target):
+                    bar.write(
+                        f"step {step}/{total} | loss {metrics['loss']:.4f} | ce {metrics['ce']:.4f} | "
+                        f"entropy {metrics['entropy']:.3f} | lr {metrics['lr_muon']:.2e}/{metrics['lr_lion']:.2e} | "
+                        f"grad-norm {metrics['grad_norm']:.3f} | {tok_s:,.0f} tok/s | "
+                        f"MFU {100 * metrics['mfu']:.2f}% ({self.peak_flops_source} peak)"
+                    )
+                    self._log(metrics)
+                if self.val is not None and loop["eval_every"] and (step % loop["eval_every"] == 0 or step == target):
+                    result = self.evaluate()
+                    bar.write(f"step {step} | val loss {result['val_loss']:.4f} | val bpb {result['val_bpb']:.4f}")
+                    self._log({"step": step, **result})
+                if self.out_dir is not None and (
+                    (loop["save_every"] and step % loop["save_every"] == 0) or step == target
+                ):
+                    self.save()
+        finally:
+            bar.close()
+        return history
+
+
+def checkpoints(out_dir: str | os.PathLike[str]) -> list[Path]:
+    """Checkpoints in `out_dir`, oldest first."""
+    return sorted(Path(out_dir).glob(f"{CHECKPOINT_PREFIX}*{CHECKPOINT_SUFFIX}"))
+
+
+def latest_checkpoint(out_dir: str | os.PathLike[str]) -> Path | None:
+    """The checkpoint named by OUT/latest, or None when there is none."""
+    pointer = Path(out_dir) / LATEST
+    if not pointer.is_file():
+        return None
+    name = pointer.read_text(encoding="utf-8").strip()
+    if Path(name).name != name or not (Path(out_dir) / name).is_file():
+        raise FileNotFoundError(f"{pointer} names {name!r}, which is not a checkpoint in {out_dir}")
+    return Path(out_dir) / name
+
+
+# ---- command line ---------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    h, lp = DEFAULT_HYPER, DEFAULT_LOOP
+    p = argparse.ArgumentParser(
+        prog="python -m nanochat_ternary.train",
+        description="Quantization-aware training of a ternary (BitNet b1.58) transformer.",
+    )
+    p.add_argument("--config", default="tiny", help=f"preset ({', '.join(PRESETS)}) or model config JSON file")
+    p.add_argument("--data", help="token data directory (meta.json + shards); required unless --resume")
+    p.add_argument("--out", required=True, help="run directory: checkpoints, latest, log.jsonl")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its latest checkpoint with its saved settings "
+                        "(only --data, --device, --threads, --peak-flops, --no-progress apply)")
+    p.add_argument("--steps", type=_positive_int, default=h["total_steps"], help="total optimizer steps (schedule length)")
+    p.add_argument("--batch-size", type=_positive_int, default=lp["batch_size"], help="sequences per micro-batch")
+    p.add_argument("--seq-len", type=_positive_int, default=None, help="tokens per sequence (default min(256, max_seq_len))")
+    p.add_argument("--grad-accum", type=_positive_int, default=lp["grad_accum"], help="micro-batches per step")
+    p.add_argument("--lr-muon", type=_positive_float, default=h["lr_muon"], help="peak LR of the Muon group")
+    p.add_argument("--lr-lion", type=_positive_float, default=h["lr_lion"], help="peak LR of the Lion group")
+    p.add_argument("--weight-decay", type=_non_negative_float, default=h["weight_decay"], help="Muon weight decay")
+    p.add_argument("--warmup", type=_non_negative_int, default=h["warmup"], help="warmup steps")
+    p.add_argument("--decay-frac", type=_non_negative_float, default=h["decay_frac"], help="fraction of steps decaying")
+    p.add_argument("--lr-floor", type=_non_negative_float, default=h["lr_floor"], help="final LR as a fraction of peak")
+    p.add_argument("--clip", type=_non_negative_float, default=h["clip"], help="global grad-norm clip (0 = off)")
+    p.add_argument("--entropy-weight", type=_non_negative_float, default=h["entropy_weight"], help="w in CE - w*H")
+    p.add_argument("--seed", type=int, default=h["seed"], help="init seed")
+    p.add_argument("--eval-every", type=_non_negative_int, default=lp["eval_every"], help="steps between evals (0 = off)")
+    p.add_argument("--eval-batches", type=_positive_int, default=lp["eval_batches"], help="val batches per eval")
+    p.add_argument("--save-every", type=_non_negative_int, default=lp["save_every"], help="steps between checkpoints")
+    p.add_argument("--keep", type=_positive_int, default=lp["keep"], help="checkpoints to keep")
+    p.add_argument("--log-every", type=_non_negative_int, default=lp["log_every"], help="steps between log lines")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cpu, or cuda when a GPU exists")
+    p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for libtorch")
+    p.add_argument("--peak-flops", type=_positive_float, default=None,
+                   help="peak FLOP/s for MFU (default: a quick measured matmul rate)")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    common = dict(device=args.device, peak_flops=args.peak_flops, progress=not args.no_progress)
+    try:
+        if args.resume:
+            trainer = Trainer.resume(args.out, data_dir=args.data, **common)
+        else:
+            if args.data is None:
+                parser.error("--data is required (unless --resume)")
+            if latest_checkpoint(args.out) is not None:
+                parser.error(f"{args.out} already holds a run; pass --resume to continue it or choose a new --out")
+            trainer = Trainer(
+                args.config, args.data, args.out, steps=args.steps,
+                batch_size=args.batch_size, seq_len=args.seq_len, grad_accum=args.grad_accum,
+                lr_muon=args.lr_muon, lr_lion=args.lr_lion, weight_decay=args.weight_decay,
+                warmup=args.warmup, decay_frac=args.decay_frac, lr_floor=args.lr_floor, clip=args.clip,
+                entropy_weight=args.entropy_weight, seed=args.seed, eval_every=args.eval_every,
+                eval_batches=args.eval_batches, save_every=args.save_every, keep=args.keep,
+                log_every=args.log_every, **common,
+            )
+    except (ValueError, FileNotFoundError) as e:
+        parser.error(str(e))
+    print(
+        f"model {trainer.config.name or 'custom'}: {trainer.config.param_count:,} parameters on {trainer.device}; "
+        f"step {trainer.step_count}/{trainer.hyper['total_steps']}"
+    )
+    trainer.fit()
+    if trainer.val is not None:
+        result = trainer.evaluate()
+        print(f"final val loss {result['val_loss']:.4f}, val bpb {result['val_bpb']:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,258 @@
+"""The training loop (`nanochat_ternary.train`): exact resume through the
+Python Trainer on real shards, gradient accumulation, entropy and clipping
+metrics, checkpoint retention and corruption, weights export, the data
+loader, and the CLI end to end including bad flags."""
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from nanochat_ternary.data import ShardWriter
+from nanochat_ternary.data.shards import FORMAT, write_json_atomic
+from nanochat_ternary.model_config import ModelConfig
+from nanochat_ternary.qat import QatModel
+from nanochat_ternary.train import TokenBatches, Trainer, checkpoints, latest_checkpoint, main
+
+VOCAB = 48
+SMALL = dict(vocab_size=VOCAB, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden=48, max_seq_len=16)
+FAST = dict(steps=8, warmup=1, batch_size=2, seq_len=8, log_every=0, eval_every=0, save_every=0, progress=False)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def make_data(directory, train_docs=60, val_docs=10, seed=0):
+    """Documents of a learnable pattern (arithmetic runs mod the vocab)."""
+    rng = np.random.default_rng(seed)
+    splits = {}
+    for split, docs in (("train", train_docs), ("val", val_docs)):
+        writer = ShardWriter(directory, split, "uint16", bos_id=0, shard_tokens=300)
+        for _ in range(docs):
+            start, stride, length = rng.integers(1, VOCAB), rng.integers(1, 4), rng.integers(8, 30)
+            ids = 1 + (start + stride * np.arange(length)) % (VOCAB - 1)
+            writer.add(ids, n_bytes=int(3 * length))
+        splits[split] = writer.finish()
+    write_json_atomic(directory / "meta.json", {
+        "format": FORMAT, "dtype": "uint16", "vocab_size": VOCAB, "bos_id": 0,
+        "tokenizer_sha256": "0" * 64, "splits": splits, "source": {"test": True},
+    })
+    return directory
+
+
+@pytest.fixture
+def data(tmp_path):
+    return make_data(tmp_path / "data")
+
+
+def small_config(**overrides):
+    return ModelConfig(**{**SMALL, **overrides})
+
+
+def test_interrupted_and_resumed_run_reproduces_the_losses_exactly(tmp_path, data):
+    config = small_config(mhc_streams=2)
+    options = dict(FAST, grad_accum=2)
+    straight = Trainer(config, data, tmp_path / "a", **options).fit()
+
+    first = Trainer(config, data, tmp_path / "b", **options)
+    part = first.fit(3)
+    assert first.save().name == "ckpt-00000003.safetensors"
+    del first
+    resumed = Trainer.resume(tmp_path / "b", progress=False)
+    assert resumed.step_count == 3 and resumed.loop["grad_accum"] == 2
+    rest = resumed.fit()
+    losses = [m["loss"] for m in part + rest]
+    assert losses == [m["loss"] for m in straight]  # bit-equal, not approximately
+    assert [m["grad_norm"] for m in part + rest] == [m["grad_norm"] for m in straight]
+    assert len(losses) == 8 and losses[-1] < losses[0]
+
+
+def test_two_half_micro_batches_equal_one_batch():
+    torch.manual_seed(0)
+    seq = torch.randint(VOCAB, (4, 9))
+    x, y = seq[:, :-1], seq[:, 1:]
+    whole = Trainer(small_config(), **FAST)
+    halves = Trainer(small_config(), **FAST, grad_accum=2)
+    for step in range(2):
+        a, b = whole.step(x, y), halves.step(x, y)
+        assert a["tokens"] == b["tokens"] == 32
+        assert math.isclose(a["loss"], b["loss"], rel_tol=1e-5)
+        assert math.isclose(a["grad_norm"], b["grad_norm"], rel_tol=1e-4)
+        if step == 0:
+            # After one step. (Later the two drift apart by more than float
+            # rounding: Newton–Schulz may run in bf16, whose rounding turns
+            # 1e-7 gradient differences into ~1e-4 update differences, and a
+            # latent weight at a ternary threshold then flips its trit.)
+            pa, pb = whole.named_parameters(), halves.named_parameters()
+            assert max((pa[n] - pb[n]).abs().max().item() for n in pa) < 1e-3
+    with pytest.raises(ValueError, match="grad_accum=2"):
+        halves.step(x[:3], y[:3])
+
+
+def test_step_metrics_entropy_and_clipping():
+    torch.manual_seed(1)
+    seq = torch.randint(VOCAB, (2, 9))
+    x, y = seq[:, :-1], seq[:, 1:]
+    plain = Trainer(small_config(), **FAST)
+    reg = Trainer(small_config(), **FAST, entropy_weight=0.3, clip=1e-3)
+    m0, m1 = plain.step(x, y), reg.step(x, y)
+    assert set(m0) == {"step", "loss", "ce", "entropy", "lr_muon", "lr_lion", "grad_norm", "tokens"}
+    assert m0["loss"] == m0["ce"] == m1["ce"]
+    assert math.isclose(m1["loss"], m1["ce"] - 0.3 * m1["entropy"], rel_tol=1e-6)  # f32 objective
+    # Entropy by hand: near-uniform at init, at most ln(V).
+    logits = QatModel(small_config()).forward(x)
+    p = logits.double().softmax(-1)
+    h = float(-(p * p.log()).sum(-1).mean())
+    assert math.isclose(m0["entropy"], h, rel_tol=1e-5) and h <= math.log(VOCAB) + 1e-9
+    assert m1["grad_norm"] > 1e-3  # reported before clipping
+    # warmup=1: the first step already runs at the peak rates.
+    assert (m0["lr_muon"], m0["lr_lion"]) == (plain.hyper["lr_muon"], plain.hyper["lr_lion"])
+    assert plain.step_count == 1
+
+
+def test_checkpoints_retention_latest_and_corruption(tmp_path, data):
+    out = tmp_path / "run"
+    trainer = Trainer(small_config(), data, out, **{**FAST, "save_every": 2, "keep": 2})
+    trainer.fit()
+    names = [p.name for p in checkpoints(out)]
+    assert names == ["ckpt-00000006.safetensors", "ckpt-00000008.safetensors"]
+    assert latest_checkpoint(out).name == "ckpt-00000008.safetensors"
+    assert not list(out.glob("*.tmp*"))
+    # Weights export: the checkpoint loads as a QatModel with the trainer's weights.
+    model = QatModel.from_checkpoint(latest_checkpoint(out))
+    mine = trainer.named_parameters()
+    assert set(model.named_parameters()) == set(mine)
+    assert all(torch.equal(t, mine[n]) for n, t in model.named_parameters().items())
+    assert model.config == trainer.config
+    copy = trainer.model()
+    assert all(torch.equal(t, mine[n]) for n, t in copy.named_parameters().items())
+    # A flipped bit or a truncated file is an error, not silently wrong weights.
+    path = latest_checkpoint(out)
+    raw = bytearray(path.read_bytes())
+    raw[-5] ^= 0x10
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="corrupt"):
+        Trainer.resume(out, progress=False)
+    path.write_bytes(bytes(raw[: len(raw) // 3]))
+    with pytest.raises(ValueError, match="checkpoint"):
+        QatModel.from_checkpoint(path)
+    (out / "latest").write_text("../elsewhere.safetensors")
+    with pytest.raises(FileNotFoundError, match="not a checkpoint"):
+        Trainer.resume(out)
+
+
+def test_evaluate_reports_bits_per_byte(data):
+    trainer = Trainer(small_config(), data, **FAST)
+    result = trainer.evaluate()
+    meta = json.loads((data / "meta.json").read_text())["splits"]["val"]
+    expected = result["val_loss"] * meta["tokens"] / (meta["bytes"] * math.log(2))
+    assert math.isclose(result["val_bpb"], expected)
+    assert abs(result["val_loss"] - math.log(VOCAB)) < 0.5
+
+
+def test_loader_windows_wrap_and_restore(data):
+    from nanochat_ternary.data import TokenShards
+
+    shards = TokenShards(data, "train")
+    loader = TokenBatches(shards, batch_size=3, seq_len=5)
+    x, y = loader.next()
+    stream = shards.read(0, 18).reshape(3, 6)
+    assert torch.equal(x, torch.from_numpy(stream[:, :-1])) and torch.equal(y, torch.from_numpy(stream[:, 1:]))
+    per_epoch = shards.tokens // 18
+    for _ in range(per_epoch - 1):
+        loader.next()
+    assert loader.state() == {"position": 18 * per_epoch, "epoch": 0}
+    x2, _ = loader.next()
+    assert loader.state() == {"position": 18, "epoch": 1} and torch.equal(x2, x)
+    loader.load_state({"position": 0, "epoch": 0})
+    assert torch.equal(loader.next()[0], x)
+    with pytest.raises(ValueError, match="outside"):
+        loader.load_state({"position": shards.tokens + 1, "epoch": 0})
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        TokenBatches(shards, batch_size=shards.tokens, seq_len=5)
+
+
+def test_bad_trainer_arguments_are_clear_errors(tmp_path, data):
+    with pytest.raises(ValueError, match="max_seq_len"):
+        Trainer(small_config(), seq_len=17)
+    with pytest.raises(ValueError, match="lr_muon"):
+        Trainer(small_config(), lr_muon=-1.0)
+    with pytest.raises(ValueError, match="exceed total_steps"):
+        Trainer(small_config(), steps=5, warmup=10)
+    with pytest.raises(ValueError, match="hyper-parameters: invalid type"):
+        Trainer(small_config(), warmup=1.5)
+    with pytest.raises(TypeError, match="unknown Trainer options"):
+        Trainer(small_config(), learning_rate=1.0)
+    with pytest.raises(ValueError, match="neither a preset"):
+        Trainer("huge")
+    with pytest.raises(ValueError, match="vocab_size"):
+        Trainer(small_config(vocab_size=32), data)
+    with pytest.raises(FileNotFoundError, match="meta.json"):
+        Trainer(small_config(), tmp_path)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        Trainer.resume(tmp_path)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA"):
+            Trainer(small_config(), device="cuda")
+
+
+def test_cli_end_to_end_and_resume(tmp_path, data, capsys):
+    config = tmp_path / "model.json"
+    config.write_text(small_config().to_json())
+    out = tmp_path / "run"
+    argv = ["--config", str(config), "--data", str(data), "--out", str(out), "--steps", "6", "--batch-size", "2",
+            "--seq-len", "8", "--warmup", "1", "--log-every", "2", "--eval-every", "3", "--save-every", "3",
+            "--eval-batches", "2", "--threads", "1", "--no-progress", "--peak-flops", "1e12"]
+    assert main(argv) == 0
+    log = capsys.readouterr().out
+    assert "step 6/6 | loss" in log and "tok/s" in log and "MFU" in log and "(given peak)" in log
+    assert "val bpb" in log
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [2, 4, 6]
+    assert [r["step"] for r in records if "val_loss" in r] == [3, 6]
+    assert {"loss", "ce", "entropy", "lr_muon", "lr_lion", "grad_norm", "tok_per_s", "mfu"} <= set(records[0])
+    assert [p.name for p in checkpoints(out)] == ["ckpt-00000003.safetensors", "ckpt-00000006.safetensors"]
+    # A second run into the same directory must say how to continue it.
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2 and "--resume" in capsys.readouterr().err
+    # Resuming a finished run does no more steps.
+    assert main(["--out", str(out), "--resume", "--no-progress", "--threads", "1"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--steps", "0"], "--steps: must be a positive integer"),
+        (["--lr-muon", "nan"], "--lr-muon: must be a finite number > 0"),
+        (["--device", "tpu"], "invalid choice"),
+        (["--batch-size", "x"], "--batch-size"),
+        (["--config", "huge"], "neither a preset"),
+        (["--seq-len", "4096"], "max_seq_len"),
+        (["--warmup", "900"], "exceed total_steps"),
+    ],
+)
+def test_cli_bad_flags_exit_2_with_one_message(tmp_path, data, capsys, flags, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--data", str(data), "--out", str(tmp_path / "o"), "--no-progress", *flags])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_cli_missing_data_and_module_entry_point(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "nanochat_ternary.train", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "o")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert "no meta.json" in result.stderr and "Traceback" not in result.stderr
