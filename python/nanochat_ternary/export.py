@@ -1,0 +1,577 @@
+"""Export a trained ternary model to GGUF v3 or to an HF-style directory.
+
+    from nanochat_ternary import QatModel, export
+    export.export_gguf(model, "tokenizer.json", "model.gguf")          # TQ2_0 weights, Q8_0 head
+    export.export_gguf(model, tok, "model-tq1.gguf", weight_type="TQ1_0", head_type="F16")
+    export.export_hf(model, tok, "my-model/")                           # config.json, model.safetensors, ...
+    export.export_checkpoint("runs/tiny", "data/tokenizer.json", "tiny.gguf")   # a trainer checkpoint (or run dir)
+
+Command line:
+
+    python -m nanochat_ternary.export runs/tiny --tokenizer data/tokenizer.json --out tiny.gguf [--weight-type TQ1_0]
+    python -m nanochat_ternary.export runs/tiny/ckpt-00000300.safetensors --tokenizer tok.json --out tiny-hf --format hf
+
+Both are lossless for the ternary projections: the trits written are exactly
+the ones the training forward pass uses (absmean per tensor, the codec's rule)
+and the one per-tensor scale is stored as f16 in every TQ2_0/TQ1_0 block (GGUF)
+or as float32 (HF directory). The GGUF file follows llama.cpp's conventions
+(tensor names, ``{arch}.*`` hyperparameters, ``tokenizer.ggml.*``), and a plain
+llama-shaped model (no mHC, SwiGLU) gets ``general.architecture = llama`` so
+llama.cpp can run it; mHC or ReLU² models use ``nanochat-ternary``.
+
+RoPE layout: training rotates halves ("rotate-half", as HF llama). llama.cpp's
+llama architecture rotates adjacent pairs, so the rows of ``attn_q``/``attn_k``
+are permuted per head in the GGUF file, as ``convert_hf_to_gguf.py`` does. The
+HF directory keeps the training layout and names.
+
+A tokenizer is given as a ``tokenizer.json`` path, its JSON text, or an object
+with ``to_json()`` (e.g. ``nanochat_ternary.tokenizer.Tokenizer``). It must be a
+byte-level BPE with an ``<|endoftext|>`` token (BOS = EOS) and no more tokens
+than the model's vocabulary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import torch
+
+from . import checkpoint, codec
+from .gguf import GGUFValueType, GGUFWriter
+from .model_config import ModelConfig
+
+__all__ = [
+    "EOS_TOKEN",
+    "HF_ARCHITECTURE",
+    "HF_MODEL_TYPE",
+    "CHECKPOINT_FORMAT",
+    "DEFAULT_GENERATION_CONFIG",
+    "export_gguf",
+    "export_hf",
+    "export_checkpoint",
+    "gguf_architecture",
+    "gguf_tensor_name",
+    "rope_permutation",
+    "quantize_q8_0",
+    "tokenizer_json_text",
+    "gguf_tokenizer_metadata",
+]
+
+EOS_TOKEN = "<|endoftext|>"
+"""Documents are stored as ``[bos] + ids`` with this token as BOS and EOS."""
+
+HF_ARCHITECTURE = "NanochatTernaryForCausalLM"
+HF_MODEL_TYPE = "nanochat-ternary"
+CHECKPOINT_FORMAT = "nanochat-ternary-checkpoint/1"
+NCT_ARCHITECTURE = "nanochat-ternary"
+
+DEFAULT_GENERATION_CONFIG: dict[str, Any] = {
+    "max_new_tokens": 256,
+    "do_sample": False,
+    "temperature": 1.0,
+    "top_k": 0,
+    "top_p": 1.0,
+    "repetition_penalty": 1.0,
+}
+"""Sampling defaults written to ``generation_config.json`` (greedy)."""
+
+WeightType = Literal["TQ2_0", "TQ1_0"]
+HeadType = Literal["Q8_0", "F16", "F32"]
+EmbedType = Literal["F32", "F16"]
+
+# llama.cpp's LLAMA_FTYPE_MOSTLY_* for the ternary types ("except 1d tensors").
+_FILE_TYPE = {"TQ1_0": 36, "TQ2_0": 37}
+# gguf TokenType values.
+_TOKEN_NORMAL, _TOKEN_CONTROL, _TOKEN_USER_DEFINED, _TOKEN_UNUSED = 1, 3, 4, 5
+_Q8_BLOCK = 32
+# Ternary projections of a block, by training name suffix -> llama.cpp name.
+_PROJECTIONS = {
+    "attn.wq": "attn_q",
+    "attn.wk": "attn_k",
+    "attn.wv": "attn_v",
+    "attn.wo": "attn_output",
+    "mlp.gate": "ffn_gate",
+    "mlp.up": "ffn_up",
+    "mlp.down": "ffn_down",
+}
+_NORMS = {"attn_norm.gain": "attn_norm", "mlp_norm.gain": "ffn_norm"}
+
+
+class ExportableModel(Protocol):
+    """What export needs: a config and the float (latent) parameters by training name."""
+
+    config: ModelConfig
+
+    def named_parameters(self) -> Mapping[str, torch.Tensor]: ...
+
+
+# --------------------------------------------------------------------------- names and layout
+
+
+def gguf_architecture(config: ModelConfig) -> str:
+    """``llama`` for a llama-shaped model (one residual stream, SwiGLU), else ``nanochat-ternary``."""
+    if config.mhc_streams == 1 and config.ffn_activation == "swiglu":
+        return "llama"
+    return NCT_ARCHITECTURE
+
+
+def is_ternary_parameter(name: str) -> bool:
+    """True for the BitLinear projections inside the blocks (the only ternarized weights)."""
+    parts = name.split(".")
+    return len(parts) == 4 and parts[0] == "blocks" and ".".join(parts[2:]) in _PROJECTIONS
+
+
+def gguf_tensor_name(name: str) -> str:
+    """The llama.cpp tensor name of a training parameter (``blocks.3.attn.wq`` -> ``blk.3.attn_q.weight``)."""
+    if name == "embed":
+        return "token_embd.weight"
+    if name == "head":
+        return "output.weight"
+    if name == "final_norm.gain":
+        return "output_norm.weight"
+    parts = name.split(".")
+    if len(parts) >= 3 and parts[0] == "blocks" and parts[1].isdigit():
+        layer, rest = parts[1], ".".join(parts[2:])
+        if rest in _PROJECTIONS:
+            return f"blk.{layer}.{_PROJECTIONS[rest]}.weight"
+        if rest in _NORMS:
+            return f"blk.{layer}.{_NORMS[rest]}.weight"
+        if parts[2] in ("mhc_attn", "mhc_mlp") and len(parts) == 5:
+            return f"blk.{layer}.{rest}"
+    raise ValueError(f"parameter {name!r} has no GGUF name (unknown architecture?)")
+
+
+def rope_permutation(n_heads: int, head_dim: int) -> np.ndarray:
+    """Row order taking rotate-half Q/K rows to llama.cpp's adjacent-pair layout.
+
+    ``new_rows = old_rows[perm]``: per head, new row ``2j`` is old row ``j`` and
+    new row ``2j+1`` is old row ``j + head_dim/2``.
+    """
+    half = head_dim // 2
+    within = np.stack([np.arange(half), np.arange(half) + half], axis=1).reshape(-1)
+    return (np.arange(n_heads)[:, None] * head_dim + within[None, :]).reshape(-1)
+
+
+# --------------------------------------------------------------------------- quantizers
+
+
+def quantize_q8_0(w: np.ndarray) -> np.ndarray:
+    """ggml's Q8_0 (blocks of 32: f16 scale max|x|/127, int8 round-half-away), byte-identical
+    to ``gguf.quants.quantize``: ``(rows, cols)`` float32 -> ``(rows, cols/32*34)`` uint8."""
+    w = np.ascontiguousarray(w, dtype=np.float32)
+    if w.ndim != 2 or w.shape[1] % _Q8_BLOCK:
+        raise ValueError(f"Q8_0 needs a 2-D array with a multiple of {_Q8_BLOCK} columns, got shape {w.shape}")
+    blocks = w.reshape(-1, _Q8_BLOCK)
+    d = np.abs(blocks).max(axis=1, keepdims=True) / np.float32(127)
+    with np.errstate(divide="ignore"):
+        inv = np.where(d == 0, np.float32(0), np.float32(1) / d)
+    scaled = blocks * inv
+    q = (np.sign(scaled) * np.floor(np.abs(scaled) + np.float32(0.5))).astype(np.int8)
+    out = np.concatenate([d.astype(np.float16).view(np.uint8), q.view(np.uint8)], axis=1)
+    return out.reshape(w.shape[0], -1)
+
+
+def _ternarize(name: str, w: np.ndarray) -> tuple[np.ndarray, float]:
+    """The training forward's trits and per-tensor scale (absmean, the codec's rule)."""
+    trits, scales = codec.quantize(w, group_size=None)
+    return trits, float(scales[0])
+
+
+# --------------------------------------------------------------------------- tokenizer
+
+
+def tokenizer_json_text(tokenizer: Any) -> str:
+    """The HF ``tokenizer.json`` text of ``tokenizer``: a path, JSON text, or an object with
+    ``to_json()`` (or ``save(path)``)."""
+    if isinstance(tokenizer, (str, os.PathLike)):
+        text = os.fspath(tokenizer)
+        if text.lstrip().startswith("{"):
+            return text
+        try:
+            with open(text, encoding="utf-8") as f:
+                return f.read()
+        except FileNotFoundError:
+            raise FileNotFoundError(f"tokenizer file not found: {text}") from None
+    to_json = getattr(tokenizer, "to_json", None)
+    if callable(to_json):
+        return str(to_json())
+    save = getattr(tokenizer, "save", None)
+    if callable(save):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "tokenizer.json")
+            save(path)
+            with open(path, encoding="utf-8") as f:
+                return f.read()
+    raise TypeError(
+        f"tokenizer must be a tokenizer.json path, its JSON text, or an object with to_json(); got {type(tokenizer).__name__}"
+    )
+
+
+def _parse_tokenizer(text: str) -> dict[str, Any]:
+    try:
+        spec = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"tokenizer JSON is not valid JSON: {e}") from None
+    if not isinstance(spec, dict) or not isinstance(spec.get("model"), dict):
+        raise ValueError("tokenizer JSON has no 'model' object (not an HF tokenizer.json)")
+    return spec
+
+
+def _mentions_byte_level(node: Any) -> bool:
+    if isinstance(node, dict):
+        return node.get("type") == "ByteLevel" or any(_mentions_byte_level(v) for v in node.values())
+    if isinstance(node, list):
+        return any(_mentions_byte_level(v) for v in node)
+    return False
+
+
+def gguf_tokenizer_metadata(text: str, vocab_size: int) -> dict[str, Any]:
+    """``tokenizer.ggml.*`` values for a byte-level BPE ``tokenizer.json``, as llama.cpp reads them.
+
+    Returns ``tokens`` (padded with ``[PAD{i}]`` UNUSED entries up to the model's
+    ``vocab_size``, as ``convert_hf_to_gguf`` does), ``merges``, ``token_type``
+    (special added tokens CONTROL, other added tokens USER_DEFINED, the rest
+    NORMAL) and ``eos_id``. ValueError for a tokenizer that isn't byte-level BPE,
+    lacks ``<|endoftext|>`` or has more tokens than the model.
+    """
+    spec = _parse_tokenizer(text)
+    model = spec["model"]
+    if model.get("type") != "BPE":
+        raise ValueError(f"only BPE tokenizers can be written to GGUF, got model type {model.get('type')!r}")
+    if not _mentions_byte_level(spec.get("decoder")) and not _mentions_byte_level(spec.get("pre_tokenizer")):
+        raise ValueError("only byte-level BPE tokenizers (GPT-2 style, ByteLevel decoder) can be written to GGUF")
+    by_id: dict[int, str] = {}
+    for token, index in dict(model.get("vocab") or {}).items():
+        by_id[int(index)] = token
+    types: dict[int, int] = {}
+    for added in spec.get("added_tokens") or []:
+        index = int(added["id"])
+        by_id[index] = added["content"]
+        types[index] = _TOKEN_CONTROL if added.get("special", False) else _TOKEN_USER_DEFINED
+    if not by_id:
+        raise ValueError("tokenizer has an empty vocabulary")
+    n_tokens = max(by_id) + 1
+    if n_tokens > vocab_size:
+        raise ValueError(f"tokenizer has {n_tokens} tokens but the model's vocab_size is {vocab_size} (mismatched tokenizer)")
+    tokens, token_type = [], []
+    for index in range(vocab_size):
+        if index in by_id:
+            tokens.append(by_id[index])
+            token_type.append(types.get(index, _TOKEN_NORMAL))
+        else:
+            tokens.append(f"[PAD{index}]")
+            token_type.append(_TOKEN_UNUSED)
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
+    eos = [i for i, t in by_id.items() if t == EOS_TOKEN]
+    if not eos:
+        raise ValueError(f"tokenizer has no {EOS_TOKEN!r} token (needed as BOS/EOS)")
+    return {"tokens": tokens, "merges": merges, "token_type": token_type, "eos_id": eos[0]}
+
+
+def _eos_id(text: str) -> int:
+    spec = _parse_tokenizer(text)
+    for added in spec.get("added_tokens") or []:
+        if added.get("content") == EOS_TOKEN:
+            return int(added["id"])
+    vocab = spec["model"].get("vocab") or {}
+    if EOS_TOKEN in vocab:
+        return int(vocab[EOS_TOKEN])
+    raise ValueError(f"tokenizer has no {EOS_TOKEN!r} token (needed as BOS/EOS)")
+
+
+def _check_tokenizer_fits(text: str, vocab_size: int) -> int:
+    """Checks the tokenizer against the model's vocab; returns the EOS id."""
+    spec = _parse_tokenizer(text)
+    ids = [int(i) for i in (spec["model"].get("vocab") or {}).values()]
+    ids += [int(a["id"]) for a in spec.get("added_tokens") or []]
+    if ids and max(ids) >= vocab_size:
+        raise ValueError(f"tokenizer has ids up to {max(ids)} but the model's vocab_size is {vocab_size} (mismatched tokenizer)")
+    return _eos_id(text)
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+def _float_parameters(model: ExportableModel) -> dict[str, np.ndarray]:
+    params = model.named_parameters()
+    return {name: t.detach().to("cpu", torch.float32).contiguous().numpy() for name, t in params.items()}
+
+
+def _check_parameters(config: ModelConfig, params: Mapping[str, np.ndarray]) -> None:
+    expected = {"embed", "final_norm.gain"} | ({"head"} if not config.tie_embeddings else set())
+    for i in range(config.n_layers):
+        names = ["attn.wq", "attn.wk", "attn.wv", "attn.wo", "mlp.up", "mlp.down", "attn_norm.gain", "mlp_norm.gain"]
+        names += ["mlp.gate"] if config.ffn_activation == "swiglu" else []
+        if config.mhc_streams > 1:
+            names += [f"{c}.{m}.{p}" for c in ("mhc_attn", "mhc_mlp") for m in ("res", "pre", "post") for p in ("weight", "alpha", "bias")]
+        expected |= {f"blocks.{i}.{n}" for n in names}
+    missing, extra = sorted(expected - set(params)), sorted(set(params) - expected)
+    if missing or extra:
+        raise ValueError(f"model parameters don't match its config: missing {missing[:5]}, unexpected {extra[:5]}")
+    for name, value in params.items():
+        if not np.all(np.isfinite(value)):
+            raise ValueError(f"parameter {name!r} has NaN or Inf values")
+
+
+# --------------------------------------------------------------------------- GGUF
+
+
+def export_gguf(
+    model: ExportableModel,
+    tokenizer: Any,
+    path: str | os.PathLike[str],
+    weight_type: WeightType = "TQ2_0",
+    head_type: HeadType = "Q8_0",
+    embed_type: EmbedType = "F32",
+    arch: str | None = None,
+    generation_config: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``model`` + ``tokenizer`` as a GGUF v3 file (atomically); returns the path.
+
+    ``weight_type``: TQ2_0 (default, 2.0625 bits/weight) or TQ1_0 (1.6875) for
+    the ternary projections; their input dimension must be a multiple of 256.
+    ``head_type``: Q8_0 (default, int8 blocks of 32), F16 or F32 for
+    ``output.weight`` (written even for tied embeddings). ``arch``: None picks
+    ``llama`` for llama-shaped models, else ``nanochat-ternary``; asking for
+    ``llama`` on a model with mHC or ReLU² raises ValueError.
+    """
+    config = model.config
+    weight_type = str(weight_type).upper()  # type: ignore[assignment]
+    head_type = str(head_type).upper()  # type: ignore[assignment]
+    embed_type = str(embed_type).upper()  # type: ignore[assignment]
+    if weight_type not in _FILE_TYPE:
+        raise ValueError(f"weight_type must be 'TQ2_0' or 'TQ1_0', got {weight_type!r}")
+    if head_type not in ("Q8_0", "F16", "F32"):
+        raise ValueError(f"head_type must be 'Q8_0', 'F16' or 'F32', got {head_type!r}")
+    if embed_type not in ("F32", "F16"):
+        raise ValueError(f"embed_type must be 'F32' or 'F16', got {embed_type!r}")
+    natural = gguf_architecture(config)
+    arch = natural if arch is None else arch
+    if arch not in ("llama", NCT_ARCHITECTURE):
+        raise ValueError(f"unknown architecture {arch!r}; expected 'llama' or {NCT_ARCHITECTURE!r}")
+    if arch == "llama" and natural != "llama":
+        raise ValueError(
+            f"arch='llama' needs a llama-shaped model (mhc_streams=1, swiglu); this one has "
+            f"mhc_streams={config.mhc_streams}, ffn_activation={config.ffn_activation!r}"
+        )
+    text = tokenizer_json_text(tokenizer)
+    tok = gguf_tokenizer_metadata(text, config.vocab_size)
+    params = _float_parameters(model)
+    _check_parameters(config, params)
+
+    w = GGUFWriter(path, arch=arch)
+    w.add_string("general.name", config.name or "nanochat-ternary")
+    w.add_uint32("general.file_type", _FILE_TYPE[weight_type])
+    w.add_uint32("general.quantization_version", 2)
+    w.add_string("nct.config", config.to_json())
+    gen = {**DEFAULT_GENERATION_CONFIG, **(generation_config or {})}
+    w.add_string("nct.generation_config", json.dumps(gen))
+    w.add_uint32(f"{arch}.context_length", config.max_seq_len)
+    w.add_uint32(f"{arch}.embedding_length", config.dim)
+    w.add_uint32(f"{arch}.block_count", config.n_layers)
+    w.add_uint32(f"{arch}.feed_forward_length", config.ffn_hidden)
+    w.add_uint32(f"{arch}.attention.head_count", config.n_heads)
+    w.add_uint32(f"{arch}.attention.head_count_kv", config.n_kv_heads)
+    w.add_float32(f"{arch}.attention.layer_norm_rms_epsilon", config.norm_eps)
+    w.add_float32(f"{arch}.rope.freq_base", config.rope_theta)
+    w.add_uint32(f"{arch}.rope.dimension_count", config.head_dim)
+    w.add_uint32(f"{arch}.vocab_size", config.vocab_size)
+    if arch == NCT_ARCHITECTURE:
+        w.add_uint32(f"{arch}.mhc.streams", config.mhc_streams)
+        w.add_string(f"{arch}.ffn_activation", config.ffn_activation)
+    w.add_string("tokenizer.ggml.model", "gpt2")
+    w.add_string("tokenizer.ggml.pre", "gpt-2")
+    w.add_array("tokenizer.ggml.tokens", tok["tokens"], GGUFValueType.STRING)
+    w.add_array("tokenizer.ggml.token_type", tok["token_type"], GGUFValueType.INT32)
+    w.add_array("tokenizer.ggml.merges", tok["merges"], GGUFValueType.STRING)
+    w.add_uint32("tokenizer.ggml.bos_token_id", tok["eos_id"])
+    w.add_uint32("tokenizer.ggml.eos_token_id", tok["eos_id"])
+    w.add_bool("tokenizer.ggml.add_bos_token", False)
+    w.add_string("tokenizer.huggingface.json", text)
+
+    embed = params["embed"]
+    w.add_tensor("token_embd.weight", embed.astype(np.float16) if embed_type == "F16" else embed, embed_type)
+    head = params["embed"] if config.tie_embeddings else params["head"]
+    if head_type == "Q8_0":
+        if head.shape[1] % _Q8_BLOCK:
+            raise ValueError(f"Q8_0 head needs dim to be a multiple of {_Q8_BLOCK} (dim={head.shape[1]}); use head_type='F16'")
+        w.add_tensor("output.weight", quantize_q8_0(head), "Q8_0", shape=head.shape)
+    else:
+        w.add_tensor("output.weight", head.astype(np.float16) if head_type == "F16" else head, head_type)
+    w.add_tensor("output_norm.weight", params["final_norm.gain"], "F32")
+    q_perm = rope_permutation(config.n_heads, config.head_dim)
+    k_perm = rope_permutation(config.n_kv_heads, config.head_dim)
+    for name in sorted(params, key=_block_order):
+        if name in ("embed", "head", "final_norm.gain"):
+            continue
+        value = params[name]
+        gguf_name = gguf_tensor_name(name)
+        if not is_ternary_parameter(name):
+            w.add_tensor(gguf_name, value, "F32")
+            continue
+        if value.shape[1] % codec.BLOCK:
+            raise ValueError(
+                f"{name} has {value.shape[1]} input features, not a multiple of {codec.BLOCK}, so it can't be "
+                f"stored as {weight_type}; export an HF directory with export_hf() instead"
+            )
+        trits, scale = _ternarize(name, value)
+        if name.endswith("attn.wq"):
+            trits = trits[q_perm]
+        elif name.endswith("attn.wk"):
+            trits = trits[k_perm]
+        trits = np.ascontiguousarray(trits)
+        blocks = codec.pack(trits, weight_type.lower(), scales=np.array([scale], np.float32), group_size=None)  # type: ignore[arg-type]
+        w.add_tensor(gguf_name, blocks, weight_type, shape=trits.shape)
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    w.write()
+    return out
+
+
+def _block_order(name: str) -> tuple[int, str]:
+    parts = name.split(".")
+    return (int(parts[1]), name) if parts[0] == "blocks" else (-1, name)
+
+
+# --------------------------------------------------------------------------- HF directory
+
+
+def hf_config(config: ModelConfig) -> dict[str, Any]:
+    """``config.json``: the ModelConfig plus the HF architecture and quantization records."""
+    values = json.loads(config.to_json())
+    values["architectures"] = [HF_ARCHITECTURE]
+    values["model_type"] = HF_MODEL_TYPE
+    values["quantization"] = {"format": CHECKPOINT_FORMAT, "weights": "ternary-absmean", "packing": "packed2"}
+    return values
+
+
+def _write_bytes_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _write_json_atomic(path: Path, value: Any) -> None:
+    _write_bytes_atomic(path, (json.dumps(value, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+
+
+def export_hf(
+    model: ExportableModel,
+    tokenizer: Any,
+    directory: str | os.PathLike[str],
+    generation_config: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write an HF-style directory: ``config.json``, ``model.safetensors`` (ternary projections as
+    packed 2-bit codes + float32 scale, training names and layout; everything else F32),
+    ``tokenizer.json`` and ``generation_config.json``. Returns the directory.
+
+    A new directory is built in a temporary sibling and renamed into place, so
+    it appears complete or not at all; into an existing directory each file is
+    replaced atomically.
+    """
+    config = model.config
+    text = tokenizer_json_text(tokenizer)
+    _parse_tokenizer(text)
+    eos = _check_tokenizer_fits(text, config.vocab_size)
+    params = _float_parameters(model)
+    _check_parameters(config, params)
+    tensors: dict[str, Any] = {}
+    for name, value in params.items():
+        if is_ternary_parameter(name):
+            trits, scale = _ternarize(name, value)
+            tensors[name] = checkpoint.TernaryTensor(trits, np.array([scale], np.float32), None)
+        else:
+            tensors[name] = value
+    generation = {"bos_token_id": eos, "eos_token_id": eos, **DEFAULT_GENERATION_CONFIG, **(generation_config or {})}
+
+    target = Path(directory)
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"{target} exists and is not a directory")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fresh = not target.exists()
+    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent)) if fresh else target
+    try:
+        if fresh:
+            os.chmod(work, 0o755)  # mkdtemp makes it private; the export is an ordinary directory
+        checkpoint.save(work / "model.safetensors", tensors, {"format": CHECKPOINT_FORMAT, "config": config.to_json()})
+        _write_bytes_atomic(work / "tokenizer.json", text.encode("utf-8"))
+        _write_json_atomic(work / "generation_config.json", generation)
+        _write_json_atomic(work / "config.json", hf_config(config))  # last: its presence marks a complete export
+        if fresh:
+            os.replace(work, target)
+    finally:
+        if fresh and work.exists():
+            shutil.rmtree(work, ignore_errors=True)
+    return target
+
+
+# --------------------------------------------------------------------------- checkpoints and CLI
+
+
+def export_checkpoint(
+    checkpoint_path: str | os.PathLike[str],
+    tokenizer: Any,
+    out: str | os.PathLike[str],
+    format: Literal["gguf", "hf"] = "gguf",
+    **options: Any,
+) -> Path:
+    """Export a trainer checkpoint (``ckpt-*.safetensors``, or a run directory: its newest
+    checkpoint) to a GGUF file (``format="gguf"``; ``options`` as :func:`export_gguf`) or an HF
+    directory (``format="hf"``)."""
+    from .qat import QatModel
+    from .train import latest_checkpoint
+
+    path = Path(checkpoint_path)
+    if path.is_dir():
+        newest = latest_checkpoint(path)
+        if newest is None:
+            raise FileNotFoundError(f"{path} holds no trainer checkpoint")
+        path = newest
+    if not path.is_file():
+        raise FileNotFoundError(f"no such checkpoint: {path}")
+    if format not in ("gguf", "hf"):
+        raise ValueError(f"format must be 'gguf' or 'hf', got {format!r}")
+    model = QatModel.from_checkpoint(path)
+    if format == "gguf":
+        return export_gguf(model, tokenizer, out, **options)
+    return export_hf(model, tokenizer, out, **options)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(prog="python -m nanochat_ternary.export", description="Export a trainer checkpoint.")
+    p.add_argument("checkpoint", help="ckpt-*.safetensors file or a run directory (its newest checkpoint)")
+    p.add_argument("--tokenizer", required=True, help="tokenizer.json of the training data")
+    p.add_argument("--out", required=True, help="output .gguf file or HF directory")
+    p.add_argument("--format", choices=["gguf", "hf"], default="gguf")
+    p.add_argument("--weight-type", choices=["TQ2_0", "TQ1_0"], default="TQ2_0")
+    p.add_argument("--head-type", choices=["Q8_0", "F16", "F32"], default="Q8_0")
+    args = p.parse_args(argv)
+    options = {"weight_type": args.weight_type, "head_type": args.head_type} if args.format == "gguf" else {}
+    try:
+        out = export_checkpoint(args.checkpoint, args.tokenizer, args.out, format=args.format, **options)
+    except (ValueError, TypeError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

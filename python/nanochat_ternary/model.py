@@ -1,0 +1,569 @@
+"""`TernaryModel`: load an exported ternary model and generate text (CPU, no torch at run time).
+
+    from nanochat_ternary import TernaryModel
+    model = TernaryModel.from_pretrained("model.gguf")        # or a directory, a zoo name, "org/repo"
+    model.generate("fn main() {", max_new_tokens=64)           # greedy -> str
+    model.generate(["a", "b"], do_sample=True, temperature=0.8, top_p=0.9, seed=1)   # -> list[str]
+    for piece in model.stream("fn add(", stop="\\n}"):
+        print(piece, end="", flush=True)
+    model.save_pretrained("copy/")
+
+The forward pass, sampling and KV cache run in the Rust engine (`_core.Engine`)
+with the GIL released, so a notebook stays responsive and other Python threads
+run. Prompts are encoded as ``[<|endoftext|>] + encode(text)``, the layout the
+training shards use. Streaming decodes incrementally and never yields a broken
+UTF-8 sequence; stop strings are cut before they are yielded.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, Union
+
+import numpy as np
+import numpy.typing as npt
+
+from . import _core, hub, zoo
+from .export import DEFAULT_GENERATION_CONFIG, EOS_TOKEN
+from .model_config import ModelConfig
+
+__all__ = ["TernaryModel", "Streamer", "SamplingParams"]
+
+
+class _StreamerObject(Protocol):
+    def put(self, text: str) -> Any: ...
+    def end(self) -> Any: ...
+
+
+Streamer = Union[Callable[[str], Any], _StreamerObject]
+"""A callable receiving each text piece, or an object with ``put(text)`` and ``end()``."""
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Validated sampling settings (temperature 0 = greedy)."""
+
+    max_new_tokens: int
+    temperature: float
+    top_k: int
+    top_p: float
+    min_p: float
+    repetition_penalty: float
+    seed: int
+
+    def engine_kwargs(self) -> dict[str, Any]:
+        return {
+            "temperature": self.temperature,
+            "top_k": self.top_k,
+            "top_p": self.top_p,
+            "min_p": self.min_p,
+            "repetition_penalty": self.repetition_penalty,
+            "seed": self.seed,
+        }
+
+
+# --------------------------------------------------------------------------- tokenizer access
+
+
+class _Tokens:
+    """Encode/decode over ``nanochat_ternary.tokenizer.Tokenizer`` built from tokenizer.json text."""
+
+    def __init__(self, json_text: str) -> None:
+        from .tokenizer import Tokenizer
+
+        self.tokenizer = Tokenizer.from_json(json_text)
+        self.json_text = json_text
+        eos = self.tokenizer.token_to_id(EOS_TOKEN)
+        if eos is None:
+            raise ValueError(f"the model's tokenizer has no {EOS_TOKEN!r} token")
+        self.eos_id: int = int(eos)
+        # Models may have more ids than the tokenizer (vocab padded to a round size);
+        # those ids have no text and decode to nothing.
+        self.n_tokens: int = int(self.tokenizer.vocab_size)
+
+    def encode(self, text: str) -> list[int]:
+        return [int(i) for i in self.tokenizer.encode(text)]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return str(self.tokenizer.decode([int(i) for i in ids if 0 <= int(i) < self.n_tokens]))
+
+    def token_bytes(self, token_id: int) -> bytes:
+        if not 0 <= token_id < self.n_tokens:
+            return b""
+        return bytes(self.tokenizer.token_bytes(int(token_id)))
+
+
+class _TextAssembler:
+    """Turns token ids into text pieces that are always whole UTF-8 characters.
+
+    Token bytes go through an incremental UTF-8 decoder, which holds back an
+    incomplete multi-byte sequence until the next token completes it (invalid
+    bytes become U+FFFD).
+    """
+
+    def __init__(self, tokens: _Tokens) -> None:
+        self._tokens = tokens
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def add(self, token_id: int) -> str:
+        return self._decoder.decode(self._tokens.token_bytes(token_id))
+
+    def finish(self) -> str:
+        return self._decoder.decode(b"", final=True)
+
+
+class _StopFilter:
+    """Holds back text that might be the start of a stop string; reports when one is found."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self._stops = list(stops)
+        self._pending = ""
+        self.stopped = False
+
+    def feed(self, text: str) -> str:
+        self._pending += text
+        if not self._stops:
+            out, self._pending = self._pending, ""
+            return out
+        hits = [i for i in (self._pending.find(s) for s in self._stops) if i >= 0]
+        if hits:
+            self.stopped = True
+            out, self._pending = self._pending[: min(hits)], ""
+            return out
+        keep = 0
+        for s in self._stops:
+            for k in range(min(len(s) - 1, len(self._pending)), keep, -1):
+                if self._pending.endswith(s[:k]):
+                    keep = k
+                    break
+        out = self._pending[: len(self._pending) - keep]
+        self._pending = self._pending[len(self._pending) - keep :]
+        return out
+
+    def flush(self) -> str:
+        out, self._pending = self._pending, ""
+        return out
+
+
+def _emit(streamer: Streamer | None, text: str) -> None:
+    if streamer is None or not text:
+        return
+    put = getattr(streamer, "put", None)
+    if callable(put):
+        put(text)
+    elif callable(streamer):
+        streamer(text)
+    else:
+        raise TypeError("streamer must be a callable or an object with put(text) and end()")
+
+
+def _end(streamer: Streamer | None) -> None:
+    end = getattr(streamer, "end", None)
+    if streamer is not None and callable(end):
+        end()
+
+
+# --------------------------------------------------------------------------- the model
+
+
+class TernaryModel:
+    """A ternary language model running in the Rust inference engine.
+
+    Build it with :meth:`from_pretrained`. ``config`` is the model's
+    :class:`ModelConfig`, ``architecture`` ``"llama"`` or ``"nanochat-ternary"``,
+    ``generation_config`` the defaults :meth:`generate` uses.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], name: str | None = None, source: str = "local") -> None:
+        """Loads a ``.gguf`` file or an HF-style directory directly (see :meth:`from_pretrained`)."""
+        path = Path(path)
+        self.path: Path = path
+        self.name: str = name or (path.stem if path.is_file() else path.name)
+        self.source: str = source
+        self._engine = _core.Engine(os.fspath(path))
+        values = json.loads(self._engine.config_json())
+        self.architecture: str = str(values.pop("architecture", "nanochat-ternary"))
+        known = set(ModelConfig.__dataclass_fields__)
+        self.config: ModelConfig = ModelConfig.from_dict({k: v for k, v in values.items() if k in known})
+        tokenizer_json = self._tokenizer_json()
+        if tokenizer_json is None:
+            raise ValueError(f"{path} has no tokenizer (GGUF tokenizer.ggml.* metadata or tokenizer.json)")
+        self._tokens = _Tokens(tokenizer_json)
+        self.generation_config: dict[str, Any] = self._read_generation_config()
+
+    # ----------------------------------------------------------------------- loading and saving
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike[str] | None = None,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        local_files_only: bool = False,
+    ) -> TernaryModel:
+        """Load a model from a local ``.gguf`` file or directory, a zoo name, or a Hugging Face
+        Hub id (``org/name``; ``revision`` a branch, tag or commit). ``local_files_only=True`` (or
+        ``HF_HUB_OFFLINE=1``) reads only the hub cache (``cache_dir`` or the default). Without a
+        name, loads the zoo's default model.
+
+        Raises FileNotFoundError (nothing there / not cached), ValueError (corrupt or foreign
+        files, unknown architecture, mismatched tokenizer), ``zoo.ZooChecksumError`` (a zoo file
+        differs from its pinned sha256).
+        """
+        if name_or_path is None:
+            default = zoo.default_name()
+            if default is None:
+                raise ValueError(
+                    "no default model is registered in the zoo yet; pass a path, zoo name or hub id "
+                    f"(zoo names: {', '.join(zoo.names()) or 'none'})"
+                )
+            name_or_path = default
+        found = hub.resolve(name_or_path, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
+        return cls(found.path, name=found.name, source=found.source)
+
+    def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
+        """Copy this model's files into ``directory`` so ``from_pretrained(directory)`` loads it:
+        the ``.gguf`` file, or the HF-style files. A new directory appears complete or not at all."""
+        target = Path(directory)
+        if target.exists() and not target.is_dir():
+            raise ValueError(f"{target} exists and is not a directory")
+        if self.path.is_file():
+            files = [(self.path, "model.gguf" if not self.path.name.endswith(".gguf") else self.path.name)]
+        else:
+            names = ["config.json", "model.safetensors", "tokenizer.json", "generation_config.json"]
+            files = [(self.path / n, n) for n in names if (self.path / n).is_file()]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fresh = not target.exists()
+        work = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent)) if fresh else target
+        try:
+            if fresh:
+                os.chmod(work, 0o755)
+            for src, name in files:
+                _copy_atomic(src, work / name)
+            if fresh:
+                os.replace(work, target)
+        finally:
+            if fresh and work.exists():
+                shutil.rmtree(work, ignore_errors=True)
+        return target
+
+    # ----------------------------------------------------------------------- properties
+
+    @property
+    def context_length(self) -> int:
+        return int(self._engine.context_length)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self._engine.vocab_size)
+
+    @property
+    def eos_token_id(self) -> int:
+        return self._tokens.eos_id
+
+    @property
+    def param_count(self) -> int:
+        return self.config.param_count
+
+    @property
+    def tokenizer(self) -> Any:
+        """The ``nanochat_ternary.tokenizer.Tokenizer`` of this model."""
+        return self._tokens.tokenizer
+
+    def __repr__(self) -> str:
+        return (
+            f"TernaryModel(name={self.name!r}, params={_human(self.param_count)}, arch={self.architecture!r}, "
+            f"layers={self.config.n_layers}, dim={self.config.dim}, mhc_streams={self.config.mhc_streams}, "
+            f"context={self.context_length}, vocab={self.vocab_size}, source={self.source!r})"
+        )
+
+    # ----------------------------------------------------------------------- tokens and logits
+
+    def encode(self, text: str, add_bos: bool = True) -> list[int]:
+        """Token ids of ``text``, with ``<|endoftext|>`` first when ``add_bos`` (as in training)."""
+        if not isinstance(text, str):
+            raise TypeError(f"prompt must be a str, got {type(text).__name__}")
+        ids = self._tokens.encode(text)
+        return [self._tokens.eos_id, *ids] if add_bos else ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._tokens.decode(ids)
+
+    def logits(self, ids: Sequence[int]) -> npt.NDArray[np.float32]:
+        """(len(ids), vocab) float32 next-token logits of one causal forward pass."""
+        return self._engine.logits([int(i) for i in ids])
+
+    # ----------------------------------------------------------------------- generation
+
+    def generate(
+        self,
+        prompt: str | Sequence[str],
+        max_new_tokens: int | None = None,
+        do_sample: bool | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        min_p: float | None = None,
+        repetition_penalty: float | None = None,
+        stop: str | Sequence[str] | None = None,
+        seed: int = 0,
+        streamer: Streamer | None = None,
+        truncate: bool = False,
+        add_bos: bool = True,
+    ) -> str | list[str]:
+        """Continue ``prompt`` (a str -> str, a list of str -> list of str; the prompt is not repeated).
+
+        ``do_sample=False`` (the default unless ``generation_config`` says otherwise, or a
+        ``temperature`` > 0 is given without ``do_sample``) decodes greedily. Generation ends at
+        ``<|endoftext|>``, at a ``stop`` string (cut from the text) or after ``max_new_tokens``
+        (default: ``generation_config["max_new_tokens"]``, capped by the room left in the context).
+        ``streamer`` receives text pieces as they are made (single prompts only). A prompt longer
+        than the context raises ValueError unless ``truncate=True``, which keeps its tail.
+        ``seed`` makes sampling reproducible.
+        """
+        single = isinstance(prompt, str)
+        prompts = [prompt] if single else list(prompt)  # type: ignore[list-item]
+        if not prompts:
+            raise ValueError("prompt list is empty")
+        if streamer is not None and not single:
+            raise ValueError("streamer= works with a single prompt, not a list")
+        stops = _stop_list(stop)
+        batches = [
+            self._prepare(p, max_new_tokens, do_sample, temperature, top_k, top_p, min_p, repetition_penalty, seed, truncate, add_bos)
+            for p in prompts
+        ]
+        if streamer is not None or stops:
+            texts = ["".join(self._stream_ids(ids, params, stops, streamer)) for ids, params in batches]
+            _end(streamer)
+            return texts[0] if single else texts
+        # One engine call per distinct sampling setting keeps whole batches together.
+        groups: dict[SamplingParams, list[int]] = {}
+        for index, (_, params) in enumerate(batches):
+            groups.setdefault(params, []).append(index)
+        out: list[str] = [""] * len(batches)
+        for params, indices in groups.items():
+            new_ids = self._engine.generate(
+                [batches[i][0] for i in indices],
+                params.max_new_tokens,
+                stop_ids=[self._tokens.eos_id],
+                **params.engine_kwargs(),
+            )
+            for i, ids in zip(indices, new_ids):
+                out[i] = self._text(ids)
+        return out[0] if single else out
+
+    def stream(
+        self,
+        prompt: str,
+        max_new_tokens: int | None = None,
+        do_sample: bool | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        min_p: float | None = None,
+        repetition_penalty: float | None = None,
+        stop: str | Sequence[str] | None = None,
+        seed: int = 0,
+        truncate: bool = False,
+        add_bos: bool = True,
+    ) -> Iterator[str]:
+        """Like :meth:`generate` for one prompt, but yields text pieces as they are produced.
+        Arguments are validated when called, before the first piece."""
+        if not isinstance(prompt, str):
+            raise TypeError(f"stream() takes one str prompt, got {type(prompt).__name__}")
+        ids, params = self._prepare(
+            prompt, max_new_tokens, do_sample, temperature, top_k, top_p, min_p, repetition_penalty, seed, truncate, add_bos
+        )
+        return self._stream_ids(ids, params, _stop_list(stop), None)
+
+    # ----------------------------------------------------------------------- internals
+
+    def _stream_ids(
+        self, ids: list[int], params: SamplingParams, stops: list[str], streamer: Streamer | None
+    ) -> Iterator[str]:
+        # Stop strings are matched here on the text, not in the engine, so that text
+        # held back as a possible stop prefix is released exactly when it isn't one.
+        tokens = self._engine.stream(ids, params.max_new_tokens, stop_ids=[self._tokens.eos_id], **params.engine_kwargs())
+        text = _TextAssembler(self._tokens)
+        stop_filter = _StopFilter(stops)
+        for token in tokens:
+            if token == self._tokens.eos_id:
+                break
+            piece = stop_filter.feed(text.add(token))
+            _emit(streamer, piece)
+            if piece:
+                yield piece
+            if stop_filter.stopped:
+                return
+        piece = stop_filter.feed(text.finish())
+        if not stop_filter.stopped:
+            piece += stop_filter.flush()
+        _emit(streamer, piece)
+        if piece:
+            yield piece
+
+    def _text(self, ids: Sequence[int]) -> str:
+        ids = [i for i in ids if i != self._tokens.eos_id]
+        text = _TextAssembler(self._tokens)
+        return "".join(text.add(i) for i in ids) + text.finish()
+
+    def _prepare(
+        self,
+        prompt: Any,
+        max_new_tokens: int | None,
+        do_sample: bool | None,
+        temperature: float | None,
+        top_k: int | None,
+        top_p: float | None,
+        min_p: float | None,
+        repetition_penalty: float | None,
+        seed: int,
+        truncate: bool,
+        add_bos: bool,
+    ) -> tuple[list[int], SamplingParams]:
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompts must be str, got {type(prompt).__name__}")
+        if prompt == "":
+            raise ValueError("prompt is empty")
+        gen = self.generation_config
+        if do_sample is None:
+            do_sample = bool(gen.get("do_sample", False)) or (temperature is not None and temperature > 0)
+        temperature = _number("temperature", gen.get("temperature", 1.0) if temperature is None else temperature)
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if do_sample and temperature == 0:
+            raise ValueError("do_sample=True needs temperature > 0 (use do_sample=False for greedy decoding)")
+        top_k = _integer("top_k", gen.get("top_k", 0) if top_k is None else top_k)
+        if top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 = off), got {top_k}")
+        top_p = _number("top_p", gen.get("top_p", 1.0) if top_p is None else top_p)
+        if not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        min_p = _number("min_p", gen.get("min_p", 0.0) if min_p is None else min_p)
+        if not 0 <= min_p < 1:
+            raise ValueError(f"min_p must be in [0, 1), got {min_p}")
+        penalty = _number("repetition_penalty", gen.get("repetition_penalty", 1.0) if repetition_penalty is None else repetition_penalty)
+        if penalty <= 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {penalty}")
+        seed = _integer("seed", seed)
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}")
+
+        ids = self.encode(prompt, add_bos=add_bos)
+        context = self.context_length
+        if max_new_tokens is not None:
+            max_new_tokens = _integer("max_new_tokens", max_new_tokens)
+            if max_new_tokens < 1:
+                raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+            if max_new_tokens >= context:
+                raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in a context of {context}")
+            budget = context - max_new_tokens
+        else:
+            budget = context - 1
+        if len(ids) > budget:
+            if not truncate:
+                raise ValueError(
+                    f"prompt is {len(ids)} tokens but only {budget} fit in the context of {context}"
+                    + (f" with max_new_tokens={max_new_tokens}" if max_new_tokens is not None else "")
+                    + "; pass truncate=True to keep its tail"
+                )
+            ids = ids[len(ids) - budget :]
+        if max_new_tokens is None:
+            max_new_tokens = max(1, min(int(gen.get("max_new_tokens", 256)), context - len(ids)))
+        params = SamplingParams(
+            max_new_tokens=max_new_tokens,
+            temperature=temperature if do_sample else 0.0,
+            top_k=top_k,
+            top_p=top_p,
+            min_p=min_p,
+            repetition_penalty=penalty,
+            seed=seed,
+        )
+        return ids, params
+
+    def _tokenizer_json(self) -> str | None:
+        if self.path.is_dir() and (self.path / "tokenizer.json").is_file():
+            return (self.path / "tokenizer.json").read_text(encoding="utf-8")
+        if self.path.is_file():
+            # Our exports embed the exact tokenizer.json; other GGUF files get the engine's rebuild.
+            from .gguf import GGUFReader
+
+            try:
+                text = GGUFReader(self.path).metadata.get("tokenizer.huggingface.json")
+            except ValueError:
+                text = None
+            if isinstance(text, str):
+                return text
+        return self._engine.tokenizer_json()
+
+    def _read_generation_config(self) -> dict[str, Any]:
+        values = dict(DEFAULT_GENERATION_CONFIG)
+        text: str | None = None
+        if self.path.is_dir() and (self.path / "generation_config.json").is_file():
+            text = (self.path / "generation_config.json").read_text(encoding="utf-8")
+        elif self.path.is_file():
+            from .gguf import GGUFReader
+
+            stored = GGUFReader(self.path).metadata.get("nct.generation_config")
+            text = stored if isinstance(stored, str) else None
+        if text:
+            try:
+                loaded = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"generation config of {self.path} is not valid JSON: {e}") from None
+            if isinstance(loaded, dict):
+                values.update(loaded)
+        return values
+
+
+def _copy_atomic(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    try:
+        with open(src, "rb") as fin, open(tmp, "wb") as fout:
+            shutil.copyfileobj(fin, fout, 1 << 20)
+            fout.flush()
+            os.fsync(fout.fileno())
+        os.replace(tmp, dst)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _stop_list(stop: str | Sequence[str] | None) -> list[str]:
+    if stop is None:
+        return []
+    stops = [stop] if isinstance(stop, str) else list(stop)
+    for s in stops:
+        if not isinstance(s, str) or not s:
+            raise ValueError(f"stop strings must be non-empty str, got {s!r}")
+    return stops
+
+
+def _number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return value
+
+
+def _integer(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an int, got {value!r}")
+    return int(value)
+
+
+def _human(n: int) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(n)
