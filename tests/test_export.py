@@ -256,6 +256,12 @@ def test_bad_inputs(tmp_path, tok, llama_model, mhc_model):
         export.export_gguf(narrow, tok, tmp_path / "a.gguf")
     export.export_hf(narrow, tok, tmp_path / "narrow")  # the HF directory holds any width
     assert not (tmp_path / "a.gguf").exists()
+    # The full-precision baseline has no lossless ternary export.
+    full = small_model(ternary=False)
+    with pytest.raises(ValueError, match="without ternary"):
+        export.export_gguf(full, tok, tmp_path / "a.gguf")
+    with pytest.raises(ValueError, match="without ternary"):
+        export.export_hf(full, tok, tmp_path / "full")
 
 
 def test_nonfinite_weights_are_rejected(tmp_path, tok):

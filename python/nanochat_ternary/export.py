@@ -305,6 +305,11 @@ def _float_parameters(model: ExportableModel) -> dict[str, np.ndarray]:
 
 
 def _check_parameters(config: ModelConfig, params: Mapping[str, np.ndarray]) -> None:
+    if not config.ternary:
+        raise ValueError(
+            "this model was trained without ternary quantization (config ternary=false): its "
+            "full-precision projections have no lossless ternary export"
+        )
     expected = {"embed", "final_norm.gain"} | ({"head"} if not config.tie_embeddings else set())
     for i in range(config.n_layers):
         names = ["attn.wq", "attn.wk", "attn.wv", "attn.wo", "mlp.up", "mlp.down", "attn_norm.gain", "mlp_norm.gain"]

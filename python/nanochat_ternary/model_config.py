@@ -37,6 +37,8 @@ class ModelConfig:
     norm_eps: float = 1e-5
     tie_embeddings: bool = True
     mhc_streams: int = 1
+    # False: full-precision linear layers (the baseline measuring what ternary costs; not exportable).
+    ternary: bool = True
 
     def __post_init__(self) -> None:
         # Validation lives in Rust (one source of truth); it raises ValueError.

@@ -57,6 +57,12 @@ pub struct ModelConfig {
     /// 1 = plain residual; 2 or 4 = mHC-lite residual streams.
     #[serde(default = "default_streams")]
     pub mhc_streams: usize,
+    /// `true`: every projection is a BitLinear (ternary weights, int8
+    /// activations). `false`: plain full-precision linear layers, the
+    /// baseline that measures what ternary quantization costs; such a model
+    /// trains and evaluates but cannot be exported to the ternary formats.
+    #[serde(default = "default_true")]
+    pub ternary: bool,
 }
 
 /// Preset names, in increasing size.
@@ -271,6 +277,7 @@ mod tests {
             norm_eps: 1e-5,
             tie_embeddings: false,
             mhc_streams: 2,
+            ternary: true,
         };
         // head_dim 4, kv_dim 4: q 64 + o 64 + k 32 + v 32 + up 48 + down 48 = 288 per block.
         assert_eq!(c.ternary_param_count(), 2 * 288);

@@ -13,19 +13,29 @@ use crate::quant::{bit_linear, bit_linear_prequantized};
 /// optimizer step (see `Transformer::with_quantized_weights`) so every
 /// micro-batch reuses them instead of ternarizing again. `None`: ternarize
 /// on the fly (the plain STE path).
-#[derive(Debug, Default)]
-struct Prequantized(RefCell<Option<Vec<Tensor>>>);
+#[derive(Debug)]
+struct Prequantized {
+    weights: RefCell<Option<Vec<Tensor>>>,
+    /// `false`: the full-precision baseline (`ModelConfig::ternary`).
+    ternary: bool,
+}
 
 impl Prequantized {
+    fn new(ternary: bool) -> Self {
+        Self { weights: RefCell::new(None), ternary }
+    }
+
     fn set(&self, weights: Option<Vec<Tensor>>) {
-        *self.0.borrow_mut() = weights;
+        *self.weights.borrow_mut() = weights;
     }
 
     /// BitLinear of projection number `index`, whose latent weight is `latent`.
     fn linear(&self, x: &Tensor, index: usize, latent: &Tensor) -> Tensor {
-        match self.0.borrow().as_ref() {
-            Some(quantized) => bit_linear_prequantized(x, &quantized[index]),
-            None => bit_linear(x, latent),
+        match (self.weights.borrow().as_ref(), self.ternary) {
+            (Some(quantized), true) => bit_linear_prequantized(x, &quantized[index]),
+            (None, true) => bit_linear(x, latent),
+            (Some(weights), false) => x.matmul(&weights[index].tr()),
+            (None, false) => x.matmul(&latent.tr()),
         }
     }
 }
@@ -116,7 +126,7 @@ impl Attention {
             n_heads: config.n_heads as i64,
             n_kv_heads: config.n_kv_heads as i64,
             head_dim: config.head_dim() as i64,
-            prequantized: Prequantized::default(),
+            prequantized: Prequantized::new(config.ternary),
         }
     }
 
@@ -168,7 +178,7 @@ impl Mlp {
             gate,
             up: projection(&p, "up", h, d, std),
             down: projection(&p, "down", d, h, out_std),
-            prequantized: Prequantized::default(),
+            prequantized: Prequantized::new(config.ternary),
         }
     }
 

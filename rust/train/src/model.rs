@@ -118,6 +118,20 @@ impl Transformer {
             .collect()
     }
 
+    /// The values the projections use for one optimizer step, detached: the
+    /// ternarized latent weights, or copies of them for the full-precision
+    /// baseline (`ModelConfig::ternary = false`).
+    pub fn step_weights(&self) -> Vec<Tensor> {
+        tch::no_grad(|| {
+            let weights = self.projection_weights();
+            if self.config.ternary {
+                weights.iter().map(crate::quant::ternarize).collect()
+            } else {
+                weights.iter().map(|w| w.detach().copy()).collect()
+            }
+        })
+    }
+
     /// Runs `f` with every projection using the given ternarized values (one
     /// per [`Self::projection_weights`] entry) instead of ternarizing its
     /// latent weight on each call: a trainer quantizes once per optimizer
@@ -263,6 +277,7 @@ mod tests {
             norm_eps: 1e-5,
             tie_embeddings: tied,
             mhc_streams: streams,
+            ternary: true,
         }
     }
 
@@ -335,6 +350,31 @@ mod tests {
         assert!(!plain.allclose(&zeroed, 1e-3, 1e-3, false));
         assert!(plain.allclose(&model.forward(&tokens).unwrap(), 0.0, 0.0, false));
         assert!(model.with_prequantized(&quantized[1..], || ()).is_err());
+    }
+
+    #[test]
+    fn full_precision_baseline_uses_the_latent_weights() {
+        let mut config = small_config(1, FfnActivation::Swiglu, true);
+        config.ternary = false;
+        let (_vs, model) = Transformer::with_var_store(&config, Device::Cpu).unwrap();
+        // Step weights are exact copies, not ternarized values.
+        for (step, latent) in model.step_weights().iter().zip(model.projection_weights()) {
+            assert!(step.equal(&latent));
+            assert!(!step.equal(&crate::quant::ternarize(&latent)));
+        }
+        // The forward differs from the ternary model's on the same weights, and
+        // the prequantized path (the trainer's) equals the default one.
+        let tokens = random_tokens(4, 2, 9, 64);
+        let full = model.forward(&tokens).unwrap();
+        let cached = model.with_prequantized(&model.step_weights(), || model.forward(&tokens).unwrap()).unwrap();
+        assert!(full.allclose(&cached, 1e-6, 1e-6, false));
+        let ternary = model
+            .with_prequantized(
+                &model.projection_weights().iter().map(crate::quant::ternarize).collect::<Vec<_>>(),
+                || model.forward(&tokens).unwrap(),
+            )
+            .unwrap();
+        assert!(!full.allclose(&ternary, 1e-3, 1e-3, false));
     }
 
     #[test]

@@ -26,7 +26,6 @@ use crate::config::ModelConfig;
 use crate::error::{Result, TrainError};
 use crate::model::Transformer;
 use crate::optim::{DecayShape, Lion, Muon, Wsd};
-use crate::quant::ternarize;
 
 /// `format` field of a trainer checkpoint's metadata.
 pub const STATE_FORMAT: &str = "nanochat-ternary-trainer/1";
@@ -422,13 +421,8 @@ impl Trainer {
             .collect::<Result<Vec<_>>>()?;
         let total_tokens: i64 = batches.iter().map(|(x, _)| x.numel() as i64).sum();
         // Ternarize once per step; the leaves collect the projections' STE gradients.
-        let quantized: Vec<Tensor> = tch::no_grad(|| {
-            self.model
-                .projection_weights()
-                .iter()
-                .map(|w| ternarize(w).detach().set_requires_grad(true))
-                .collect()
-        });
+        let quantized: Vec<Tensor> =
+            self.model.step_weights().into_iter().map(|w| w.set_requires_grad(true)).collect();
         let inputs: Vec<Tensor> = quantized
             .iter()
             .map(Tensor::shallow_clone)
@@ -476,7 +470,7 @@ impl Trainer {
     pub fn eval_loss(&self, tokens: &Tensor, targets: &Tensor) -> Result<f64> {
         let (tokens, targets) = checked_pair(&self.model, tokens, targets, self.device)?;
         tch::no_grad(|| {
-            let quantized: Vec<Tensor> = self.model.projection_weights().iter().map(ternarize).collect();
+            let quantized = self.model.step_weights();
             let cuda = self.device.is_cuda();
             let (_, ce, _) = self
                 .model

@@ -30,6 +30,7 @@ fn config(streams: usize) -> ModelConfig {
         norm_eps: 1e-5,
         tie_embeddings: true,
         mhc_streams: streams,
+        ternary: true,
     }
 }
 

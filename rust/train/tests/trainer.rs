@@ -31,6 +31,7 @@ fn config(streams: usize) -> ModelConfig {
         norm_eps: 1e-5,
         tie_embeddings: false,
         mhc_streams: streams,
+        ternary: true,
     }
 }
 
