@@ -301,6 +301,22 @@ class TernaryModel:
         """(len(ids), vocab) float32 next-token logits of one causal forward pass."""
         return self._engine.logits([int(i) for i in ids])
 
+    def nll(self, ids: Sequence[int]) -> npt.NDArray[np.float64]:
+        """Per-token negative log-likelihood (nats) of ``ids``, each given the ones before it and
+        a leading ``<|endoftext|>`` (how training sees a document start). At most
+        ``context_length`` ids; the evaluation harness scores longer streams window by window."""
+        ids = [int(i) for i in ids]
+        if not ids:
+            raise ValueError("nll needs at least one token")
+        if len(ids) > self.context_length:
+            raise ValueError(f"{len(ids)} tokens exceed the context of {self.context_length}; score them in windows")
+        if min(ids) < 0 or max(ids) >= self.vocab_size:
+            raise ValueError(f"token ids must lie in 0..{self.vocab_size - 1}")
+        logits = self.logits([self._tokens.eos_id, *ids[:-1]]).astype(np.float64)
+        top = logits.max(axis=1, keepdims=True)
+        log_z = np.log(np.exp(logits - top).sum(axis=1)) + top[:, 0]
+        return log_z - logits[np.arange(len(ids)), ids]
+
     # ----------------------------------------------------------------------- generation
 
     def generate(

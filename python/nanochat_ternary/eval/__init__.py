@@ -6,7 +6,7 @@ CLI: ``python -m nanochat_ternary.eval {humaneval,compile-rate,loss} --help``.
 """
 
 from .generate import Generator, generate
-from .loss import LossResult, UnigramModel, evaluate_files, evaluate_texts, evaluate_tokens
+from .loss import LossResult, UnigramModel, evaluate_files, evaluate_shards, evaluate_texts, evaluate_tokens
 from .passk import mean_pass_at_k, pass_at_k
 from .sandbox import Limits, RunResult, namespaces_available, run_untrusted, sandbox_dir, sandbox_report
 
@@ -18,6 +18,7 @@ __all__ = [
     "UnigramModel",
     "evaluate_files",
     "evaluate_texts",
+    "evaluate_shards",
     "evaluate_tokens",
     "generate",
     "mean_pass_at_k",

@@ -27,6 +27,27 @@ def _load_attr(spec: str) -> Any:
         raise argparse.ArgumentTypeError(f"cannot load {spec!r}: {exc}") from exc
 
 
+def _sampling_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-new-tokens", type=_positive_int, default=256, help="with --model")
+    parser.add_argument("--temperature", type=float, default=0.2, help="with --model (0 = greedy)")
+    parser.add_argument("--top-p", type=float, default=0.95, help="with --model")
+    parser.add_argument("--seed", type=int, default=0, help="with --model; sample j uses seed + j")
+
+
+def _model_generator(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """A TernaryModel for ``--model`` and the sampling arguments for its ``generate``."""
+    from ..model import TernaryModel
+
+    model = TernaryModel.from_pretrained(args.model)
+    sampling: dict[str, Any] = {"max_new_tokens": args.max_new_tokens, "seed": args.seed, "stop": ["\n}"],
+                                "truncate": True}  # fmt: skip
+    if args.temperature > 0:
+        sampling.update(do_sample=True, temperature=args.temperature, top_p=args.top_p)
+    else:
+        sampling.update(do_sample=False)
+    return model, sampling
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -42,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     source = he.add_mutually_exclusive_group(required=True)
     source.add_argument("--completions", type=Path, help="jsonl of {name, completion} per sample")
     source.add_argument("--generator", type=_load_attr, help="MODULE:ATTR producing completions")
+    source.add_argument("--model", help="TernaryModel: .gguf, directory, zoo name or hub id")
+    _sampling_args(he)
     he.add_argument("--problems", type=Path, default=None, help="problem jsonl (default: vendored)")
     he.add_argument("--limit", type=_positive_int, default=None, help="only the first N problems")
     he.add_argument("--n", type=_positive_int, default=1, help="samples per problem (with --generator)")
@@ -53,6 +76,8 @@ def _parser() -> argparse.ArgumentParser:
     source = cr.add_mutually_exclusive_group(required=True)
     source.add_argument("--completions", type=Path, help="jsonl of {prompt, completion} or {source}")
     source.add_argument("--generator", type=_load_attr, help="MODULE:ATTR producing completions")
+    source.add_argument("--model", help="TernaryModel: .gguf, directory, zoo name or hub id")
+    _sampling_args(cr)
     cr.add_argument("--prompts", type=Path, default=None, help="prompt file (default: built-in set)")
     cr.add_argument("--n", type=_positive_int, default=1)
     cr.add_argument("--no-rustc", action="store_true", help="syn parse check only")
@@ -60,8 +85,13 @@ def _parser() -> argparse.ArgumentParser:
     cr.add_argument("--output", type=Path, default=None)
 
     lo = sub.add_parser("loss", help="mean loss, perplexity, bits per byte")
-    lo.add_argument("--text", type=Path, nargs="+", required=True, help="raw UTF-8 text files")
+    data = lo.add_mutually_exclusive_group(required=True)
+    data.add_argument("--text", type=Path, nargs="+", help="raw UTF-8 text files")
+    data.add_argument("--data", type=Path, help="token data directory (meta.json + shards)")
+    lo.add_argument("--split", default="val", help="split of --data")
+    lo.add_argument("--max-tokens", type=_positive_int, default=None, help="score only the first N tokens of --data")
     model = lo.add_mutually_exclusive_group(required=True)
+    model.add_argument("--model", help="TernaryModel (its tokenizer encodes --text; context = its context)")
     model.add_argument("--nll", type=_load_attr, help="MODULE:ATTR: token ids -> NLL per token (nats)")
     model.add_argument("--unigram-fit", type=Path, nargs="+", help="baseline: byte unigram fitted on files")
     lo.add_argument("--encode", type=_load_attr, default=None, help="MODULE:ATTR: text -> ids (default bytes)")
@@ -85,11 +115,14 @@ def _read_sources(path: Path) -> list[str]:
 
 
 def _run(args: argparse.Namespace) -> dict[str, Any]:
+    sampling: dict[str, Any] = {}
+    if args.command != "loss" and args.model is not None:
+        args.generator, sampling = _model_generator(args)
     if args.command == "humaneval":
         problems = humaneval.load_problems(args.problems)
         if args.generator is not None:
             return humaneval.evaluate_model(args.generator, problems[: args.limit], n=args.n, ks=args.k,
-                                            parallel=args.parallel)  # fmt: skip
+                                            parallel=args.parallel, **sampling)  # fmt: skip
         completions = humaneval.read_completions(args.completions)
         if args.limit is not None:
             problems = problems[: args.limit]
@@ -101,16 +134,30 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         if args.generator is not None:
             prompts = compile_rate.read_prompts(args.prompts) if args.prompts else None
             return compile_rate.evaluate_model(args.generator, prompts, n=args.n, use_rustc=not args.no_rustc,
-                                               parallel=args.parallel)  # fmt: skip
+                                               parallel=args.parallel, **sampling)  # fmt: skip
         return compile_rate.evaluate_sources(_read_sources(args.completions), use_rustc=not args.no_rustc,
                                              parallel=args.parallel)  # fmt: skip
     encode = args.encode or loss.utf8_byte_ids
-    if args.unigram_fit:
+    context = args.context
+    if args.model is not None:
+        from ..model import TernaryModel
+
+        model = TernaryModel.from_pretrained(args.model)
+        nll_fn: Any = model.nll
+        context = min(context, model.context_length)
+        if args.encode is None:
+            encode = lambda text: model.encode(text, add_bos=False)  # noqa: E731
+    elif args.unigram_fit:
         fit_ids = loss.utf8_byte_ids("".join(p.read_text("utf-8") for p in args.unigram_fit))
         nll_fn = loss.UnigramModel.fit(fit_ids, vocab=256)
     else:
         nll_fn = args.nll
-    result = loss.evaluate_files(nll_fn, args.text, encode=encode, context=args.context)
+    if args.data is not None:
+        if args.unigram_fit:
+            raise ValueError("--unigram-fit scores bytes; use it with --text")
+        result = loss.evaluate_shards(nll_fn, args.data, split=args.split, context=context, max_tokens=args.max_tokens)
+    else:
+        result = loss.evaluate_files(nll_fn, args.text, encode=encode, context=context)
     return {"loss": result.__dict__}
 
 

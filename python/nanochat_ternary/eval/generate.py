@@ -20,7 +20,8 @@ Generator = Union[HasGenerate, Callable[..., Sequence[str]]]
 
 def generate(model: Generator, prompts: Sequence[str], *, n: int = 1, **sampling: Any) -> list[list[str]]:
     """`n` completions per prompt: ``result[i][j]`` is sample j of prompt i.
-    Each of the n rounds asks the model for all prompts at once."""
+    Each of the n rounds asks the model for all prompts at once; when ``seed`` is
+    among the sampling arguments, round j uses ``seed + j`` so the samples differ."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     if isinstance(model, HasGenerate):
@@ -30,8 +31,9 @@ def generate(model: Generator, prompts: Sequence[str], *, n: int = 1, **sampling
     else:
         raise TypeError(f"expected a callable or an object with .generate(), got {type(model).__name__}")
     samples: list[list[str]] = [[] for _ in prompts]
-    for _ in range(n):
-        outputs = list(call(list(prompts), **sampling))
+    for round_ in range(n):
+        kwargs = {**sampling, "seed": sampling["seed"] + round_} if "seed" in sampling else sampling
+        outputs = list(call(list(prompts), **kwargs))
         if len(outputs) != len(prompts) or not all(isinstance(o, str) for o in outputs):
             raise ValueError(f"the model must return one string per prompt ({len(prompts)}), got {len(outputs)} items")
         for i, text in enumerate(outputs):

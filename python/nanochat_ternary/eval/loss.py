@@ -117,6 +117,28 @@ def evaluate_tokens(
     return _result(len(ids), n_bytes, _score(nll_fn, ids.astype(np.int64), context))
 
 
+def evaluate_shards(
+    nll_fn: NllFn,
+    directory: str | Path,
+    *,
+    split: str = "val",
+    context: int = 1024,
+    max_tokens: int | None = None,
+) -> LossResult:
+    """Loss over one split of a token data directory (``python -m nanochat_ternary.data build``).
+    Bits per byte use the split's byte count from ``meta.json``; with ``max_tokens`` only the
+    first tokens are scored and the bytes are prorated (tokens / split tokens)."""
+    from ..data.shards import TokenShards
+
+    shards = TokenShards(directory, split)
+    n = shards.tokens if max_tokens is None else min(int(max_tokens), shards.tokens)
+    if n < 1:
+        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+    total = _score(nll_fn, shards.read(0, n), context)
+    n_bytes = round(shards.bytes * n / shards.tokens) if shards.bytes else None
+    return _result(n, n_bytes, total)
+
+
 def load_token_shard(path: str | Path, dtype: str = "uint16") -> np.ndarray:
     """A raw flat token file (``.npy`` or headerless ``dtype`` array), memory-mapped."""
     path = Path(path)
