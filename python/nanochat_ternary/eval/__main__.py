@@ -39,8 +39,10 @@ def _model_generator(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     from ..model import TernaryModel
 
     model = TernaryModel.from_pretrained(args.model)
-    sampling: dict[str, Any] = {"max_new_tokens": args.max_new_tokens, "seed": args.seed, "stop": ["\n}"],
-                                "truncate": True}  # fmt: skip
+    # No stop strings: generate() would drop them from the text, and the harness needs to see
+    # where a completion closed (it truncates at the problem's stop sequences itself). Without
+    # them the engine also decodes all prompts as one batch.
+    sampling: dict[str, Any] = {"max_new_tokens": args.max_new_tokens, "seed": args.seed, "truncate": True}
     if args.temperature > 0:
         sampling.update(do_sample=True, temperature=args.temperature, top_p=args.top_p)
     else:

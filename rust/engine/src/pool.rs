@@ -1,29 +1,19 @@
-//! A rayon pool for the engine's own parallel loops (attention, the int8/f32 head), sized like
-//! the kernels' pool (`kernels::num_threads`, set by `set_num_threads`). The kernels keep their
-//! own pool; both are idle while the other runs, so they never compete for cores.
+//! The engine's parallel loops (attention, the int8/f32 head) run on the kernels' own rayon pool
+//! (`kernels::thread_pool`, sized by `set_num_threads`). A second pool would leave its idle
+//! workers spinning on the very cores the kernels use between layers, which made two-thread
+//! decode slower than one thread on small models.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use rayon::{ThreadPool, ThreadPoolBuilder};
+use rayon::ThreadPool;
 
-static POOL: Mutex<Option<(usize, Arc<ThreadPool>)>> = Mutex::new(None);
-
-/// The pool for the current thread count (rebuilt when `kernels::set_num_threads` changed it);
-/// `None` when one thread is configured (callers then run inline) or a pool cannot be built.
+/// The shared pool; `None` when one thread is configured (callers then run inline) or the pool
+/// cannot be built.
 pub(crate) fn pool() -> Option<Arc<ThreadPool>> {
-    let threads = kernels::num_threads().max(1);
-    if threads == 1 {
+    if kernels::num_threads() <= 1 {
         return None;
     }
-    let mut guard = POOL.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((n, p)) = guard.as_ref() {
-        if *n == threads {
-            return Some(p.clone());
-        }
-    }
-    let p = Arc::new(ThreadPoolBuilder::new().num_threads(threads).thread_name(|i| format!("engine-{i}")).build().ok()?);
-    *guard = Some((threads, p.clone()));
-    Some(p)
+    kernels::thread_pool().ok()
 }
 
 /// Runs `f(index, chunk)` over `out` cut into chunks of `chunk` items, in parallel when a pool

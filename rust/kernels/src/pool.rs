@@ -47,6 +47,13 @@ pub fn num_threads() -> usize {
     pool().map_or(1, |p| p.current_num_threads())
 }
 
+/// The kernels' pool, for callers that interleave their own parallel loops with kernel calls
+/// (the inference engine): one pool means idle workers of a second pool never spin on the
+/// cores the kernels need.
+pub fn thread_pool() -> Result<Arc<ThreadPool>, KernelError> {
+    pool()
+}
+
 pub(crate) fn pool() -> Result<Arc<ThreadPool>, KernelError> {
     let mut guard = POOL.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(pool) = guard.as_ref() {
