@@ -118,7 +118,7 @@ impl Linear {
                     }
                 }
             }
-            Linear::F32 { w, .. } => Ok(rows_product(rows, n, |r, out| {
+            Linear::F32 { w, .. } => Ok(rows_product(rows, cols, n, |r, out| {
                 let row = &w[r * cols..][..cols];
                 for (t, o) in out.iter_mut().enumerate() {
                     *o = dot_f32(row, &x[t * cols..][..cols]);
@@ -131,7 +131,7 @@ impl Linear {
 /// Q8_0 weights × Q8 activations (`n × cols` int8 with one scale per 32 values).
 fn q8_product(qs: &[i8], scales: &[f32], rows: usize, cols: usize, n: usize, xq: &[i8], xd: &[f32]) -> Vec<f32> {
     let blocks = cols / Q8_BLOCK;
-    rows_product(rows, n, |r, out| {
+    rows_product(rows, cols, n, |r, out| {
         let (w, wd) = (&qs[r * cols..][..cols], &scales[r * blocks..][..blocks]);
         for (t, o) in out.iter_mut().enumerate() {
             *o = q8_dot(w, wd, &xq[t * cols..][..cols], &xd[t * blocks..][..blocks]);
@@ -153,9 +153,12 @@ fn per_token_as_q8(q: &kernels::QuantizedActivations) -> (Vec<i8>, Vec<f32>) {
 
 /// `out[t][r] = f(r)[t]`: computes all tokens of a row together (the row is read once), rows in
 /// parallel, then transposes to token-major.
-fn rows_product(rows: usize, n: usize, f: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+fn rows_product(rows: usize, cols: usize, n: usize, f: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
     // A few tasks per thread: enough to balance, few enough that hand-offs stay negligible.
-    let per_task = rows.div_ceil(4 * kernels::num_threads().max(1)).max(MIN_ROWS_PER_TASK);
+    let mut per_task = rows.div_ceil(4 * kernels::num_threads().max(1)).max(MIN_ROWS_PER_TASK);
+    if rows * cols * n < kernels::GEMV_MIN_PARALLEL_BYTES {
+        per_task = rows; // too little work to pay for waking another thread
+    }
     let mut by_row = vec![0f32; rows * n];
     for_each_chunk(&mut by_row, per_task * n, |task, block| {
         for (i, out) in block.chunks_mut(n).enumerate() {

@@ -56,6 +56,7 @@ fn column_sums(x: &QuantizedActivations, ranges: &[Range<usize>]) -> Vec<i32> {
 /// into pieces of `per_tile` items (the last may be shorter). Work is split into a few tasks per
 /// thread; with one thread it runs inline on the caller, avoiding the pool hand-off.
 fn for_each_block<T: Send>(
+    parallel: bool,
     tiles: usize,
     per_tile: usize,
     out: &mut [T],
@@ -68,7 +69,7 @@ fn for_each_block<T: Send>(
             f(task * tiles_per_task + i, dst);
         }
     };
-    if threads == 1 || tiles == 1 {
+    if !parallel || threads == 1 || tiles == 1 {
         run_block(0, tiles, out);
         return Ok(());
     }
@@ -79,6 +80,16 @@ fn for_each_block<T: Send>(
             .for_each(|(task, block)| run_block(task, tiles_per_task, block))
     });
     Ok(())
+}
+
+/// Smallest GEMV (bytes of packed weights) split across threads. Waking parked pool workers
+/// costs tens of µs per call, in which one core streams about a megabyte: with a 512 KiB
+/// threshold a 4.5M-parameter model still decoded 1.6× slower on two threads than on one;
+/// at 2 MiB both run at the same speed (measured with examples/rust_tiny/make_card.py).
+pub const GEMV_MIN_PARALLEL_BYTES: usize = 2 << 20;
+
+fn worth_threads(w: &PlanarMatrix) -> bool {
+    w.as_bytes().len() >= GEMV_MIN_PARALLEL_BYTES
 }
 
 /// The checks every GEMV shares: matching shapes, one token, one output per row.
@@ -140,7 +151,7 @@ pub fn gemv_i32_into(
     let all = 0..w.chunks_per_tile();
     let x_sum = column_sums(x, std::slice::from_ref(&all))[0];
     let blocks = GemvBlocks::new(kernel, w);
-    for_each_block(blocks.count(), blocks.rows_per_block(), out, |b, dst| {
+    for_each_block(worth_threads(w), blocks.count(), blocks.rows_per_block(), out, |b, dst| {
         let mut dots = [[0; TILE_ROWS]; MAX_GEMV_TILES];
         blocks.dots(b, x.values(), all.clone(), x_sum, &mut dots);
         dst.copy_from_slice(&dots.as_flattened()[..dst.len()]);
@@ -167,7 +178,7 @@ pub fn gemv_quantized_into(
     let x_sums = column_sums(x, &groups);
     let (scales, n_groups, x_scale) = (w.scales(), groups.len(), x.scales()[0]);
     let blocks = GemvBlocks::new(kernel, w);
-    for_each_block(blocks.count(), blocks.rows_per_block(), out, |b, dst| {
+    for_each_block(worth_threads(w), blocks.count(), blocks.rows_per_block(), out, |b, dst| {
         let first_row = b * blocks.rows_per_block();
         let mut acc = [0f32; MAX_GEMV_TILES * TILE_ROWS];
         let mut dots = [[0; TILE_ROWS]; MAX_GEMV_TILES];
