@@ -65,7 +65,7 @@ def main() -> None:
     p.add_argument("--data", type=Path, required=True, help="token data directory")
     p.add_argument("--reports", type=Path, required=True, help="loss.json, compile.json, humaneval.json")
     p.add_argument("--started", required=True, help="UTC start of the training runs, ISO 8601")
-    p.add_argument("--name", default="nanochat-ternary/rust-tiny")
+    p.add_argument("--name", default="rust-tiny")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
 
@@ -99,7 +99,8 @@ def main() -> None:
 The default model of `nanochat-ternary`: a {model.param_count / 1e6:.2f}M-parameter ternary (BitNet b1.58) Rust-code
 model trained from scratch with this package's own tokenizer, data pipeline and QAT trainer, shipped as a
 {size_mb:.1f} MB GGUF file (`general.architecture = {model.architecture}`; block projections TQ2_0, tied
-embedding/head Q8_0). It is small and briefly trained: it writes Rust-looking code, not correct programs.
+embedding/head Q8_0). It is small and briefly trained (about 1 token per parameter): it writes Rust-flavoured
+text, not correct programs, and the quality rows below say exactly that.
 
 ```python
 from nanochat_ternary import TernaryModel
@@ -109,8 +110,7 @@ print(model.generate("fn fibonacci(n: u64) -> u64 {{", max_new_tokens=64))
 
 ## Data
 
-Recipe: `{meta['source'].get('recipe', 'python -m nanochat_ternary.data')}` via
-`python -m nanochat_ternary.data rust-corpus` (every `.rs` file of the local cargo registry after building this
+Recipe: `python -m nanochat_ternary.data rust-corpus` (every `.rs` file of the local cargo registry after building this
 project, plus the Rust standard library sources from `rustup component add rust-src`), byte-level BPE with
 vocabulary {meta['vocab_size']} trained on the training split.
 
@@ -146,7 +146,8 @@ vocabulary {meta['vocab_size']} trained on the training split.
 | HumanEval-Rust outcomes | {', '.join(f'{k} {v}' for k, v in he['outcomes'].items())} |
 
 Sampling for the compile and HumanEval rows: temperature {he_cfg['temperature']}, top-p {he_cfg['top_p']},
-at most {he_cfg['max_new_tokens']} new tokens, stop at `\\n}}`.
+at most {he_cfg['max_new_tokens']} new tokens; the harness cuts each completion at the problem's stop
+sequences (`\\n}}` …) and closes the function.
 
 ## Speed
 

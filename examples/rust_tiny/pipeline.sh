@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole recipe of the shipped default model `nanochat-ternary/rust-tiny`:
+# The whole recipe of the shipped default model `rust-tiny`:
 # corpus -> tokenizer + shards -> ternary QAT run and its full-precision twin ->
 # GGUF export -> evaluation -> model card -> zoo registration.
 #

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from nanochat_ternary import zoo
 
-NAME = "nanochat-ternary/rust-tiny"
+NAME = "rust-tiny"
 
 
 def main() -> None:

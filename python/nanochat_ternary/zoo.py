@@ -65,9 +65,6 @@ def _load_registry() -> dict[str, Any]:
     return {"default": data.get("default"), "models": dict(models)}
 
 
-_registry: dict[str, Any] = _load_registry()
-
-
 def _validate(name: str, value: Any) -> None:
     if not isinstance(name, str) or not name or "/" in name:
         raise ValueError(f"zoo names are non-empty and contain no '/', got {name!r}")
@@ -86,6 +83,9 @@ def _validate(name: str, value: Any) -> None:
             raise ValueError(f"zoo entry {name!r}: {filename!r} needs a lowercase hex sha256, got {digest!r}")
     if "hub" in value and not isinstance(value.get("revision"), str):
         raise ValueError(f"zoo entry {name!r}: a hub entry needs a pinned 'revision' (a commit hash)")
+
+
+_registry: dict[str, Any] = _load_registry()  # after _validate, which it calls
 
 
 def names() -> list[str]:
