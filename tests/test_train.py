@@ -7,6 +7,7 @@ import json
 import math
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -219,7 +220,9 @@ def test_cli_end_to_end_and_resume(tmp_path, data, capsys):
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == [2, 4, 6]
     assert [r["step"] for r in records if "val_loss" in r] == [3, 6]
-    assert {"loss", "ce", "entropy", "lr_muon", "lr_lion", "grad_norm", "tok_per_s", "mfu"} <= set(records[0])
+    assert {"loss", "ce", "entropy", "lr_muon", "lr_lion", "grad_norm", "tok_per_s", "mfu", "time"} <= set(records[0])
+    times = [r["time"] for r in records]
+    assert times == sorted(times) and abs(times[-1] - time.time()) < 600
     assert [p.name for p in checkpoints(out)] == ["ckpt-00000003.safetensors", "ckpt-00000006.safetensors"]
     # A second run into the same directory must say how to continue it.
     with pytest.raises(SystemExit) as exit_info:

@@ -20,7 +20,8 @@ directory (`nanochat_ternary.data`), logs, evaluates and checkpoints:
     OUT/ckpt-00000100.safetensors   weights, optimizer moments, step, config and
                                     the data position (exact resume), CRC-checked
     OUT/latest                      name of the newest checkpoint (atomic)
-    OUT/log.jsonl                   one JSON object per logged step / evaluation
+    OUT/log.jsonl                   one JSON object per logged step / evaluation,
+                                    each with its wall-clock "time" (Unix seconds)
 
 On CPU a resumed run reproduces the uninterrupted run's losses bit for bit when
 both use the same thread count (`--threads`): libtorch's reductions depend on it.
@@ -333,9 +334,11 @@ class Trainer:
     # ---- the loop -------------------------------------------------------------------
 
     def _log(self, record: dict[str, Any]) -> None:
+        """Appends one record to log.jsonl, stamped with the wall-clock time (Unix seconds) so a
+        run's duration can be read back from its log."""
         if self.out_dir is not None:
             with open(self.out_dir / LOG_FILE, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write(json.dumps({**record, "time": round(time.time(), 3)}) + "\n")
 
     def peak_flops(self) -> float:
         """The MFU denominator: `peak_flops` as given, else measured once."""
