@@ -43,7 +43,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import torch
 
-from . import checkpoint, codec
+from . import _atomic, checkpoint, codec
 from .gguf import GGUFValueType, GGUFWriter
 from .model_config import ModelConfig
 
@@ -457,23 +457,6 @@ def hf_config(config: ModelConfig) -> dict[str, Any]:
     return values
 
 
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _write_json_atomic(path: Path, value: Any) -> None:
-    _write_bytes_atomic(path, (json.dumps(value, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
-
-
 def export_hf(
     model: ExportableModel,
     tokenizer: Any,
@@ -513,9 +496,9 @@ def export_hf(
         if fresh:
             os.chmod(work, 0o755)  # mkdtemp makes it private; the export is an ordinary directory
         checkpoint.save(work / "model.safetensors", tensors, {"format": CHECKPOINT_FORMAT, "config": config.to_json()})
-        _write_bytes_atomic(work / "tokenizer.json", text.encode("utf-8"))
-        _write_json_atomic(work / "generation_config.json", generation)
-        _write_json_atomic(work / "config.json", hf_config(config))  # last: its presence marks a complete export
+        _atomic.write_text(work / "tokenizer.json", text)
+        _atomic.write_json(work / "generation_config.json", generation)
+        _atomic.write_json(work / "config.json", hf_config(config))  # last: its presence marks a complete export
         if fresh:
             os.replace(work, target)
     finally:

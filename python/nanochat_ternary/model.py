@@ -31,7 +31,7 @@ from typing import Any, Protocol, Union
 import numpy as np
 import numpy.typing as npt
 
-from . import _core, hub, zoo
+from . import _atomic, _core, hub, zoo
 from .export import DEFAULT_GENERATION_CONFIG, EOS_TOKEN
 from .model_config import ModelConfig
 
@@ -247,7 +247,7 @@ class TernaryModel:
             if fresh:
                 os.chmod(work, 0o755)
             for src, name in files:
-                _copy_atomic(src, work / name)
+                _atomic.copy_file(src, work / name)
             if fresh:
                 os.replace(work, target)
         finally:
@@ -538,19 +538,6 @@ class TernaryModel:
             if isinstance(loaded, dict):
                 values.update(loaded)
         return values
-
-
-def _copy_atomic(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
-    try:
-        with open(src, "rb") as fin, open(tmp, "wb") as fout:
-            shutil.copyfileobj(fin, fout, 1 << 20)
-            fout.flush()
-            os.fsync(fout.fileno())
-        os.replace(tmp, dst)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _stop_list(stop: str | Sequence[str] | None) -> list[str]:

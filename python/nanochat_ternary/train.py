@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import _core
+from . import _atomic, _core
 from .data.shards import TokenShards
 from .model_config import PRESETS, ModelConfig
 from .qat import QatModel
@@ -66,15 +66,6 @@ DEFAULT_LOOP: dict[str, Any] = {
     "keep": 3,
     "log_every": 10,
 }
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class TokenBatches:
@@ -313,7 +304,7 @@ class Trainer:
             raise ValueError("no out_dir to save into")
         path = self.out_dir / f"{CHECKPOINT_PREFIX}{self.step_count:08d}{CHECKPOINT_SUFFIX}"
         self._core.save(os.fspath(path), self._data_state())
-        _write_atomic(self.out_dir / LATEST, path.name + "\n")
+        _atomic.write_text(self.out_dir / LATEST, path.name + "\n")
         for old in checkpoints(self.out_dir)[: -self.loop["keep"]]:
             old.unlink()
         return path

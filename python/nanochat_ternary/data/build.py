@@ -17,12 +17,12 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from .. import _atomic
 from ..tokenizer import DEFAULT_VOCAB_SIZE, Tokenizer
 from .corpus import Corpus, CorpusOptions, DataError, Document
 from .shards import FORMAT, ShardWriter, dtype_for_vocab, sha256_file, write_json_atomic
@@ -109,14 +109,6 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def _copy_atomic(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(dst.name + ".tmp")
-    shutil.copyfile(src, tmp)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, dst)
-
-
 def _write_split(docs: list[Document], tok: Tokenizer, out: Path, split: str, dtype: str,
                  opts: BuildOptions) -> dict:
     writer = ShardWriter(out, split, dtype, tok.bos_id, shard_tokens=opts.shard_tokens)
@@ -149,7 +141,7 @@ def build(opts: BuildOptions) -> dict:
     _prepare_out(out, opts.overwrite)
     if opts.tokenizer is not None:
         tok = Tokenizer.from_file(opts.tokenizer)
-        _copy_atomic(Path(opts.tokenizer), out / "tokenizer.json")
+        _atomic.copy_file(opts.tokenizer, out / "tokenizer.json")
         tokenizer_recipe: dict = {"from": str(Path(opts.tokenizer).resolve())}
     else:
         if opts.progress:

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import _atomic
+
 FORMAT = "nanochat-ternary-tokens/1"
 DTYPES = {"uint16": np.uint16, "uint32": np.uint32}
 
@@ -47,14 +49,8 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 
 
 def write_json_atomic(path: str | os.PathLike[str], value: object) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(value, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """meta.json style: sorted keys, ASCII-escaped (byte-identical rebuilds)."""
+    _atomic.write_json(path, value, sort_keys=True, ensure_ascii=True)
 
 
 def read_meta(directory: str | os.PathLike[str]) -> dict:
