@@ -33,6 +33,12 @@ impl KvCache {
         self.len == 0
     }
 
+    /// Forgets every position from `len` on (a no-op when `len >= self.len()`), so a decode can
+    /// be rerun from the same prompt without prefilling it again.
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
     /// Bytes held by the cache.
     pub fn bytes(&self) -> usize {
         self.keys.iter().chain(&self.values).map(|v| v.capacity() * 4).sum()

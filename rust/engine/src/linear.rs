@@ -118,10 +118,12 @@ impl Linear {
                     }
                 }
             }
-            Linear::F32 { w, .. } => Ok(rows_product(rows, cols, n, |r, out| {
-                let row = &w[r * cols..][..cols];
-                for (t, o) in out.iter_mut().enumerate() {
-                    *o = dot_f32(row, &x[t * cols..][..cols]);
+            Linear::F32 { w, .. } => Ok(rows_product(rows, cols, n, |first, by_row| {
+                for (i, out) in by_row.chunks_exact_mut(n).enumerate() {
+                    let row = &w[(first + i) * cols..][..cols];
+                    for (t, o) in out.iter_mut().enumerate() {
+                        *o = dot_f32(row, &x[t * cols..][..cols]);
+                    }
                 }
             })),
         }
@@ -131,10 +133,18 @@ impl Linear {
 /// Q8_0 weights × Q8 activations (`n × cols` int8 with one scale per 32 values).
 fn q8_product(qs: &[i8], scales: &[f32], rows: usize, cols: usize, n: usize, xq: &[i8], xd: &[f32]) -> Vec<f32> {
     let blocks = cols / Q8_BLOCK;
-    rows_product(rows, cols, n, |r, out| {
-        let (w, wd) = (&qs[r * cols..][..cols], &scales[r * blocks..][..blocks]);
-        for (t, o) in out.iter_mut().enumerate() {
-            *o = q8_dot(w, wd, &xq[t * cols..][..cols], &xd[t * blocks..][..blocks]);
+    rows_product(rows, cols, n, |first, by_row| {
+        let count = by_row.len() / n;
+        let (w, wd) = (&qs[first * cols..][..count * cols], &scales[first * blocks..][..count * blocks]);
+        if n == 1 {
+            return q8_dots(w, wd, xq, xd, by_row);
+        }
+        let mut dots = vec![0f32; count];
+        for t in 0..n {
+            q8_dots(w, wd, &xq[t * cols..][..cols], &xd[t * blocks..][..blocks], &mut dots);
+            for (i, &d) in dots.iter().enumerate() {
+                by_row[i * n + t] = d;
+            }
         }
     })
 }
@@ -151,8 +161,9 @@ fn per_token_as_q8(q: &kernels::QuantizedActivations) -> (Vec<i8>, Vec<f32>) {
     (xq, xd)
 }
 
-/// `out[t][r] = f(r)[t]`: computes all tokens of a row together (the row is read once), rows in
-/// parallel, then transposes to token-major.
+/// `out[t][r]` for `n` tokens: `f(first_row, by_row)` fills a block of consecutive rows,
+/// `by_row[i·n + t]` for row `first_row + i` (all tokens of a row together, so a row block is
+/// read from memory once); blocks run in parallel, then the result is transposed to token-major.
 fn rows_product(rows: usize, cols: usize, n: usize, f: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
     // A few tasks per thread: enough to balance, few enough that hand-offs stay negligible.
     let mut per_task = rows.div_ceil(4 * kernels::num_threads().max(1)).max(MIN_ROWS_PER_TASK);
@@ -160,11 +171,7 @@ fn rows_product(rows: usize, cols: usize, n: usize, f: impl Fn(usize, &mut [f32]
         per_task = rows; // too little work to pay for waking another thread
     }
     let mut by_row = vec![0f32; rows * n];
-    for_each_chunk(&mut by_row, per_task * n, |task, block| {
-        for (i, out) in block.chunks_mut(n).enumerate() {
-            f(task * per_task + i, out);
-        }
-    });
+    for_each_chunk(&mut by_row, per_task * n, |task, block| f(task * per_task, block));
     if n == 1 {
         return by_row;
     }
@@ -197,4 +204,4 @@ fn quantize_q8(x: &[f32]) -> Result<(Vec<i8>, Vec<f32>)> {
 }
 
 pub(crate) use crate::simd::dot as dot_f32;
-use crate::simd::q8_dot;
+use crate::simd::q8_dots;

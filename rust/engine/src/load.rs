@@ -309,7 +309,11 @@ fn ternary_to_planar(name: &str, m: &TernaryMatrix) -> Result<Linear> {
     let err = |e: ternary::planar::PlanarError| tensor_err(name, e.to_string());
     let p = match m.granularity {
         Granularity::PerTensor => PlanarMatrix::from_trits_per_tensor(&m.trits, m.rows, m.cols, m.scales[0]).map_err(err)?,
-        Granularity::PerGroup(g) => PlanarMatrix::from_trits(&m.trits, m.rows, m.cols, &m.scales, g).map_err(err)?,
+        Granularity::PerGroup(g) => {
+            let mut p = PlanarMatrix::from_trits(&m.trits, m.rows, m.cols, &m.scales, g).map_err(err)?;
+            p.merge_equal_groups();
+            p
+        }
     };
     Ok(Linear::Ternary(p))
 }

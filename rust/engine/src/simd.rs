@@ -31,26 +31,33 @@ fn level() -> Level {
     })
 }
 
-/// Σ_b wd[b]·xd[b]·Σ_{i∈b} w[i]·x[i] over Q8_0 blocks (`w.len() == x.len() == 32·wd.len()`).
-pub fn q8_dot(w: &[i8], wd: &[f32], x: &[i8], xd: &[f32]) -> f32 {
-    assert!(w.len() == x.len() && w.len() == wd.len() * Q8_BLOCK && xd.len() == wd.len());
+/// Q8_0 row dots: `out[r] = Σ_b wd[r][b]·xd[b]·Σ_{i∈b} w[r][i]·x[i]` for the `out.len()` rows
+/// of `w` (row-major, `x.len()` columns; `wd` row-major `rows × blocks`). One call covers many
+/// rows so the per-call dispatch is not paid per row (a 50k-row head is 50k rows).
+pub fn q8_dots(w: &[i8], wd: &[f32], x: &[i8], xd: &[f32], out: &mut [f32]) {
+    let (cols, blocks) = (x.len(), xd.len());
+    assert!(cols == blocks * Q8_BLOCK && w.len() == out.len() * cols && wd.len() == out.len() * blocks);
     match level() {
         // SAFETY: the CPU features were detected above; lengths were asserted.
         #[cfg(target_arch = "x86_64")]
-        Level::Vnni => unsafe { x86::q8_dot_vnni(w, wd, x, xd) },
+        Level::Vnni => unsafe { x86::q8_dots_vnni(w, wd, x, xd, out) },
         #[cfg(target_arch = "x86_64")]
-        Level::Avx2 => unsafe { x86::q8_dot_avx2(w, wd, x, xd) },
-        _ => q8_dot_portable(w, wd, x, xd),
+        Level::Avx2 => unsafe { x86::q8_dots_avx2(w, wd, x, xd, out) },
+        _ => q8_dots_portable(w, wd, x, xd, out),
     }
 }
 
-fn q8_dot_portable(w: &[i8], wd: &[f32], x: &[i8], xd: &[f32]) -> f32 {
-    let mut acc = 0f32;
-    for (b, (wb, xb)) in w.chunks_exact(Q8_BLOCK).zip(x.chunks_exact(Q8_BLOCK)).enumerate() {
-        let s: i32 = wb.iter().zip(xb).map(|(&a, &c)| a as i32 * c as i32).sum();
-        acc += wd[b] * xd[b] * s as f32;
+fn q8_dots_portable(w: &[i8], wd: &[f32], x: &[i8], xd: &[f32], out: &mut [f32]) {
+    let (cols, blocks) = (x.len(), xd.len());
+    for (r, o) in out.iter_mut().enumerate() {
+        let (row, row_d) = (&w[r * cols..][..cols], &wd[r * blocks..][..blocks]);
+        let mut acc = 0f32;
+        for (b, (wb, xb)) in row.chunks_exact(Q8_BLOCK).zip(x.chunks_exact(Q8_BLOCK)).enumerate() {
+            let s: i32 = wb.iter().zip(xb).map(|(&a, &c)| a as i32 * c as i32).sum();
+            acc += row_d[b] * xd[b] * s as f32;
+        }
+        *o = acc;
     }
-    acc
 }
 
 #[inline(always)]
@@ -145,9 +152,114 @@ mod x86 {
         dot_body(a, b)
     }
 
+    /// One head's attention with AVX2: eight positions' scores at a time (eight independent
+    /// FMA chains, reduced together by a transposing add tree), a vector exp, and the value sum
+    /// four positions per pass over the output. Head sizes that are not a multiple of 8 take
+    /// the portable body.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn attend_avx2(h: &HeadQuery<'_>, scores: &mut Vec<f32>, out: &mut [f32]) {
-        attend_body(h, scores, out)
+        let hd = h.q.len();
+        if !hd.is_multiple_of(8) || h.visible == 0 {
+            return attend_body(h, scores, out);
+        }
+        let n = h.visible;
+        // Every row p < n exists: the caller's cache holds `visible` positions.
+        assert!(h.keys.len() >= (n - 1) * h.stride + h.offset + hd && h.values.len() >= (n - 1) * h.stride + h.offset + hd);
+        assert!(out.len() == hd);
+        scores.clear();
+        scores.resize(n.next_multiple_of(8), f32::NEG_INFINITY);
+        let (q, k0, v0) = (h.q.as_ptr(), h.keys.as_ptr().add(h.offset), h.values.as_ptr().add(h.offset));
+        let row = |base: *const f32, p: usize| base.add(p * h.stride);
+        let scale = _mm256_set1_ps(h.scale);
+        let mut maxv = _mm256_set1_ps(f32::NEG_INFINITY);
+        let mut p = 0;
+        while p + 8 <= n {
+            let mut acc = [_mm256_setzero_ps(); 8];
+            for l in (0..hd).step_by(8) {
+                let qv = _mm256_loadu_ps(q.add(l));
+                for (j, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(_mm256_loadu_ps(row(k0, p + j).add(l)), qv, *a);
+                }
+            }
+            let s = _mm256_mul_ps(transpose_sum8(&acc), scale);
+            maxv = _mm256_max_ps(maxv, s);
+            _mm256_storeu_ps(scores.as_mut_ptr().add(p), s);
+            p += 8;
+        }
+        let mut max = hmax(maxv);
+        for p in p..n {
+            let mut acc = _mm256_setzero_ps();
+            for l in (0..hd).step_by(8) {
+                acc = _mm256_fmadd_ps(_mm256_loadu_ps(row(k0, p).add(l)), _mm256_loadu_ps(q.add(l)), acc);
+            }
+            let s = hsum(acc) * h.scale;
+            scores[p] = s;
+            max = max.max(s);
+        }
+        // exp(s − max) in place; the −∞ padding past n becomes 0.
+        let (maxb, mut sumv) = (_mm256_set1_ps(max), _mm256_setzero_ps());
+        for c in scores.chunks_exact_mut(8) {
+            let e = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(c.as_ptr()), maxb));
+            sumv = _mm256_add_ps(sumv, e);
+            _mm256_storeu_ps(c.as_mut_ptr(), e);
+        }
+        let inv = 1.0 / hsum(sumv);
+        out.fill(0.0);
+        let o = out.as_mut_ptr();
+        let mut p = 0;
+        while p + 4 <= n {
+            let w = [0, 1, 2, 3].map(|j| _mm256_set1_ps(scores[p + j] * inv));
+            for l in (0..hd).step_by(8) {
+                let mut a = _mm256_loadu_ps(o.add(l));
+                for (j, wj) in w.iter().enumerate() {
+                    a = _mm256_fmadd_ps(*wj, _mm256_loadu_ps(row(v0, p + j).add(l)), a);
+                }
+                _mm256_storeu_ps(o.add(l), a);
+            }
+            p += 4;
+        }
+        for p in p..n {
+            let w = _mm256_set1_ps(scores[p] * inv);
+            for l in (0..hd).step_by(8) {
+                _mm256_storeu_ps(o.add(l), _mm256_fmadd_ps(w, _mm256_loadu_ps(row(v0, p).add(l)), _mm256_loadu_ps(o.add(l))));
+            }
+        }
+    }
+
+    /// Lane j of the result is the sum of the eight lanes of `a[j]`.
+    #[inline(always)]
+    unsafe fn transpose_sum8(a: &[__m256; 8]) -> __m256 {
+        let (t0, t1) = (_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+        let (t2, t3) = (_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
+        let (u0, u1) = (_mm256_hadd_ps(t0, t1), _mm256_hadd_ps(t2, t3));
+        _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31))
+    }
+
+    #[inline(always)]
+    unsafe fn hmax(v: __m256) -> f32 {
+        let m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
+        _mm_cvtss_f32(m)
+    }
+
+    /// e^x for x ≤ 0 (softmax arguments; −∞ gives 0): x = n·ln2 + r with |r| ≤ ln2/2, e^r by
+    /// a degree-6 Taylor polynomial (relative error < 2e-7 on that interval), times 2^n built in
+    /// the exponent bits. Below −87.3 the result would be subnormal and is flushed to 0.
+    #[inline(always)]
+    unsafe fn exp_avx2(x: __m256) -> __m256 {
+        let underflow = _mm256_cmp_ps(x, _mm256_set1_ps(-87.3), _CMP_LT_OQ);
+        let x = _mm256_max_ps(x, _mm256_set1_ps(-87.3));
+        let n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        // ln2 split into a part exact in f32 and the rest (Cody–Waite), so r keeps its bits.
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_145_75), x);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428_606_8e-6), r);
+        let mut poly = _mm256_set1_ps(1.0 / 720.0);
+        for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+            poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(c));
+        }
+        let pow2n = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
+        _mm256_andnot_ps(underflow, _mm256_mul_ps(poly, pow2n))
     }
 
     #[inline(always)]
@@ -160,30 +272,58 @@ mod x86 {
 
     /// Unsigned × signed products need one unsigned operand: |w| and x·sign(w). |w| of −128 is
     /// 0x80 = 128 as u8, so Q8_0's full int8 range is exact; x ∈ [−127, 127] never overflows.
+    /// One block's float sum goes to one of four accumulators in turn: a single accumulator
+    /// would chain every block on the FMA latency (4 cycles per 32 bytes, ~24 GB/s), which is
+    /// below what memory delivers.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn q8_dot_avx2(w: &[i8], wd: &[f32], x: &[i8], xd: &[f32]) -> f32 {
+    pub unsafe fn q8_dots_avx2(w: &[i8], wd: &[f32], x: &[i8], xd: &[f32], out: &mut [f32]) {
         let ones = _mm256_set1_epi16(1);
-        let mut acc = _mm256_setzero_ps();
-        for b in 0..wd.len() {
-            let wv = _mm256_loadu_si256(w.as_ptr().add(b * Q8_BLOCK).cast());
-            let xv = _mm256_loadu_si256(x.as_ptr().add(b * Q8_BLOCK).cast());
-            let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
-            let sums = _mm256_madd_epi16(pairs, ones);
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_set1_ps(wd[b] * xd[b]), acc);
+        let (cols, blocks) = (x.len(), xd.len());
+        for (r, o) in out.iter_mut().enumerate() {
+            let (row, row_d) = (w.as_ptr().add(r * cols), wd.as_ptr().add(r * blocks));
+            let block = |b: usize| {
+                let wv = _mm256_loadu_si256(row.add(b * Q8_BLOCK).cast());
+                let xv = _mm256_loadu_si256(x.as_ptr().add(b * Q8_BLOCK).cast());
+                let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
+                (_mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones)), _mm256_set1_ps(*row_d.add(b) * xd[b]))
+            };
+            *o = q8_blocks(blocks, block);
         }
-        hsum(acc)
     }
 
     #[target_feature(enable = "avx2,fma,avx512f,avx512vl,avx512vnni")]
-    pub unsafe fn q8_dot_vnni(w: &[i8], wd: &[f32], x: &[i8], xd: &[f32]) -> f32 {
-        let mut acc = _mm256_setzero_ps();
-        for b in 0..wd.len() {
-            let wv = _mm256_loadu_si256(w.as_ptr().add(b * Q8_BLOCK).cast());
-            let xv = _mm256_loadu_si256(x.as_ptr().add(b * Q8_BLOCK).cast());
-            let sums = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_set1_ps(wd[b] * xd[b]), acc);
+    pub unsafe fn q8_dots_vnni(w: &[i8], wd: &[f32], x: &[i8], xd: &[f32], out: &mut [f32]) {
+        let (cols, blocks) = (x.len(), xd.len());
+        for (r, o) in out.iter_mut().enumerate() {
+            let (row, row_d) = (w.as_ptr().add(r * cols), wd.as_ptr().add(r * blocks));
+            let block = |b: usize| {
+                let wv = _mm256_loadu_si256(row.add(b * Q8_BLOCK).cast());
+                let xv = _mm256_loadu_si256(x.as_ptr().add(b * Q8_BLOCK).cast());
+                let sums = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
+                (_mm256_cvtepi32_ps(sums), _mm256_set1_ps(*row_d.add(b) * xd[b]))
+            };
+            *o = q8_blocks(blocks, block);
         }
-        hsum(acc)
+    }
+
+    /// Σ over `blocks` of sums(b)·scale(b), where `block(b)` gives both, in four accumulators.
+    #[inline(always)]
+    unsafe fn q8_blocks(blocks: usize, block: impl Fn(usize) -> (__m256, __m256)) -> f32 {
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut b = 0;
+        while b + 4 <= blocks {
+            for (i, a) in acc.iter_mut().enumerate() {
+                let (sums, scale) = block(b + i);
+                *a = _mm256_fmadd_ps(sums, scale, *a);
+            }
+            b += 4;
+        }
+        while b < blocks {
+            let (sums, scale) = block(b);
+            acc[0] = _mm256_fmadd_ps(sums, scale, acc[0]);
+            b += 1;
+        }
+        hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])))
     }
 }
 
@@ -192,15 +332,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn q8_dot_matches_the_portable_body_including_minus_128() {
-        let n = 32 * 7;
-        let w: Vec<i8> = (0..n).map(|i| ((i * 97 + 3) % 256) as u8 as i8).collect(); // includes -128
-        let x: Vec<i8> = (0..n).map(|i| ((i * 31 + 7) % 255 - 127) as i8).collect();
-        let wd: Vec<f32> = (0..7).map(|b| 0.01 * (b + 1) as f32).collect();
-        let xd: Vec<f32> = (0..7).map(|b| 0.02 / (b + 1) as f32).collect();
-        let (fast, slow) = (q8_dot(&w, &wd, &x, &xd), q8_dot_portable(&w, &wd, &x, &xd));
-        assert!((fast - slow).abs() <= 1e-5 * slow.abs().max(1.0), "{fast} vs {slow}");
-        assert!(w.contains(&-128));
+    fn q8_dots_match_the_portable_body_including_minus_128() {
+        // 7 and 9 blocks: the four-accumulator loop plus a remainder; 3 rows.
+        for blocks in [1, 7, 9] {
+            let (rows, n) = (3, 32 * blocks);
+            let mut w: Vec<i8> = (0..rows * n).map(|i| ((i * 97 + 3) % 256) as u8 as i8).collect();
+            w[5] = -128;
+            let x: Vec<i8> = (0..n).map(|i| ((i * 31 + 7) % 255) as i32 - 127).map(|v| v as i8).collect();
+            let wd: Vec<f32> = (0..rows * blocks).map(|b| 0.01 * (b + 1) as f32).collect();
+            let xd: Vec<f32> = (0..blocks).map(|b| 0.02 / (b + 1) as f32).collect();
+            let (mut fast, mut slow) = (vec![0.0; rows], vec![0.0; rows]);
+            q8_dots(&w, &wd, &x, &xd, &mut fast);
+            q8_dots_portable(&w, &wd, &x, &xd, &mut slow);
+            for (f, s) in fast.iter().zip(&slow) {
+                assert!((f - s).abs() <= 1e-5 * s.abs().max(1.0), "{f} vs {s}");
+            }
+        }
     }
 
     #[test]
@@ -218,5 +365,28 @@ mod tests {
         let w0 = 1f32.exp() / (1f32.exp() + 1.0);
         assert!((out[0] - (w0 * 1.0 + (1.0 - w0) * 3.0)).abs() < 1e-6);
         assert!((out[1] - (w0 * 2.0 + (1.0 - w0) * 4.0)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn attend_matches_the_portable_body_over_odd_lengths() {
+        let mut rng = crate::sampling::Rng::new(7);
+        let mut uniform = |n: usize, amp: f32| -> Vec<f32> { (0..n).map(|_| (rng.next_f64() as f32 * 2.0 - 1.0) * amp).collect() };
+        // Head sizes 8 and 64 run the SIMD body, 6 the portable one; positions around the
+        // 8-wide and 4-wide steps; a large score spread makes some exponents underflow.
+        for (hd, amp) in [(8, 1.0), (64, 1.0), (64, 30.0), (6, 1.0)] {
+            for visible in [1, 3, 4, 7, 8, 9, 12, 33, 200] {
+                let (stride, offset) = (3 * hd, hd);
+                let keys = uniform(visible * stride, amp);
+                let values = uniform(visible * stride, 1.0);
+                let q = uniform(hd, 1.0);
+                let h = HeadQuery { q: &q, keys: &keys, values: &values, stride, offset, visible, scale: 0.125 };
+                let (mut fast, mut slow) = (vec![0.0; hd], vec![0.0; hd]);
+                attend(&h, &mut Vec::new(), &mut fast);
+                attend_body(&h, &mut Vec::new(), &mut slow);
+                for (f, s) in fast.iter().zip(&slow) {
+                    assert!((f - s).abs() <= 2e-6 * s.abs().max(1.0), "hd {hd} visible {visible}: {f} vs {s}");
+                }
+            }
+        }
     }
 }

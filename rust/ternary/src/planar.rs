@@ -249,7 +249,25 @@ impl PlanarMatrix {
             let scale = half::f16::from_le_bytes([block[64], block[65]]).to_f32();
             scales.push(scale);
         }
-        Self::from_trits(&trits, rows, cols, &scales, BLOCK_WEIGHTS)
+        let mut matrix = Self::from_trits(&trits, rows, cols, &scales, BLOCK_WEIGHTS)?;
+        matrix.merge_equal_groups();
+        Ok(matrix)
+    }
+
+    /// Keeps one scale per row when every group of every row repeats its row's scale (what a
+    /// per-tensor or per-row scale looks like after TQ2_0/TQ1_0 wrote it once per 256-weight
+    /// block). The product is the same, but kernels then run each row in one pass instead of one
+    /// pass per group. Codes are untouched (their layout does not depend on the groups).
+    pub fn merge_equal_groups(&mut self) {
+        let groups = self.groups_per_row();
+        if groups <= 1 {
+            return;
+        }
+        let uniform = self.scales.chunks_exact(groups).all(|row| row.iter().all(|s| s.to_bits() == row[0].to_bits()));
+        if uniform {
+            self.scales = self.scales.chunks_exact(groups).map(|row| row[0]).collect();
+            self.group_cols = self.cols;
+        }
     }
 
     /// Unpacks to row-major trits. Exact inverse of [`from_trits`](Self::from_trits).
@@ -471,6 +489,12 @@ mod tests {
         assert_eq!(m.scales(), &[0.25, 0.5]);
         assert_eq!(m.group_cols(), 256);
         assert!(matches!(PlanarMatrix::from_tq2_0(&blocks, 1, 500), Err(PlanarError::Tq2Cols { .. })));
+        // Equal block scales (a per-tensor scale written per block) become one scale per row.
+        let mut same = blocks.clone();
+        same[66 + 64..66 + 66].copy_from_slice(&blocks[64..66]);
+        let merged = PlanarMatrix::from_tq2_0(&same, 1, 512).unwrap();
+        assert_eq!((merged.scales(), merged.group_cols(), merged.groups_per_row()), (&[0.25][..], 512, 1));
+        assert_eq!(merged.to_trits(), trits);
         assert!(matches!(PlanarMatrix::from_tq2_0(&blocks[1..], 1, 512), Err(PlanarError::ByteCount { .. })));
     }
 }
