@@ -9,7 +9,12 @@ token. What may differ, measured here on 2 cores (x86-64, AVX-512):
   moves a few activations across an int8 rounding boundary, one step each:
   max |Δlogit| ≈ 0.023 on random-init models (logits ≈ ±1) and ≈ 0.03–0.08 on
   the trained ones (logits ≈ ±18);
-* the default Q8_0 head (≈ 0.04–0.05 on the trained models).
+* the default Q8_0 head (≈ 0.04–0.05 on the trained models);
+* the default f16 KV cache: a key or value that f32 and the training model's
+  float put on either side of an f16 rounding step moves the later int8
+  activations (≈ 0.02 on random-init models, ≈ 0.16 on the trained ones
+  together with the Q8_0 head). The strict checks below run the engine with an
+  f32 cache (``kv_cache="f32"``), which is what training computes.
 
 With the scales made f16-exact (latent weights multiplied by f16(s)/s, which
 keeps every trit), GGUF and HF agree with training to ≈ 5e-6 at almost every
@@ -46,8 +51,9 @@ activation sits on an int8 rounding boundary (x·127/max|x| within float error o
 sides round it one step apart, which moves the logits by up to ≈ 0.03 (measured 0.026)."""
 EXACT_POSITION = 1e-4
 """A position counts as exact below this |Δlogit|; at most 10 % of positions may not be."""
-TRAINED_Q8_HEAD_BOUND = 0.15
-"""Max |Δlogit| of the trained models with the default Q8_0 head (measured 0.05 on logits of ≈ 18)."""
+TRAINED_Q8_HEAD_BOUND = 0.3
+"""Max |Δlogit| of the trained models as shipped: Q8_0 head and f16 KV cache (measured 0.16 on
+logits of ≈ 18; 0.05 with an f32 cache)."""
 NEW_TOKENS = 64
 RANDOM_PROMPTS = [[0, 50, 60, 70, 80], [0, 100], [0, 7, 8, 9, 10, 11, 12, 200, 201], [0, 300, 2, 3, 4, 5]]
 TEXT_PROMPTS = ["fn main() {", "The quick", "pub fn add(a", "    let"]
@@ -139,7 +145,7 @@ def test_trained_checkpoint_default_export_within_bound(trained_case):
 @pytest.mark.parametrize("fmt", ["gguf-tq2", "hf"])
 def test_trained_logits_agree_when_only_activation_rounding_differs(trained_case, fmt):
     _, model, paths, _, prompts, _ = trained_case
-    engine = _core.Engine(str(paths[fmt]))
+    engine = _core.Engine(str(paths[fmt]), kv_cache="f32")
     per_position = np.concatenate([np.abs(engine.logits(p) - training_logits(model, p)).max(-1) for p in prompts])
     assert per_position.max() < EXACT_SCALE_BOUND, f"{fmt}: max |Δlogit| {per_position.max()}"
     inexact = float(np.mean(per_position >= EXACT_POSITION))

@@ -77,9 +77,18 @@ pub struct PyEngine(Arc<Model>);
 
 #[pymethods]
 impl PyEngine {
+    /// `kv_cache`: the KV cache's element type, "f16" (default: half the bytes per decode
+    /// step) or "f32" (exactly what the training model computes).
     #[new]
-    fn new(py: Python<'_>, path: std::path::PathBuf) -> PyResult<Self> {
-        let model = py.detach(|| engine::load(&path)).map_err(to_py_err)?;
+    #[pyo3(signature = (path, kv_cache="f16"))]
+    fn new(py: Python<'_>, path: std::path::PathBuf, kv_cache: &str) -> PyResult<Self> {
+        let kv_precision = match kv_cache {
+            "f16" => engine::KvPrecision::F16,
+            "f32" => engine::KvPrecision::F32,
+            other => return Err(PyValueError::new_err(format!("kv_cache must be \"f16\" or \"f32\", got {other:?}"))),
+        };
+        let mut model = py.detach(|| engine::load(&path)).map_err(to_py_err)?;
+        model.kv_precision = kv_precision;
         Ok(Self(Arc::new(model)))
     }
 

@@ -101,7 +101,7 @@ fn dir_size(path: &Path) -> u64 {
 
 /// KV-cache bytes one decode step reads at position `pos` (keys and values of every layer).
 fn kv_bytes_at(c: &ModelConfig, pos: usize) -> usize {
-    c.n_layers * 2 * pos * c.kv_dim() * 4
+    c.n_layers * 2 * pos * c.kv_dim() * engine::KvPrecision::default().bytes()
 }
 
 fn bench_model(name: &str, model: &Model, file_bytes: u64) {

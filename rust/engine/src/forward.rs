@@ -2,27 +2,81 @@
 //! values to the KV cache. One token → GEMV kernels; several (a prompt) → GEMM kernels.
 //!
 //! Per block: RMSNorm → Q/K/V (ternary × int8) → adjacent-pair RoPE → causal GQA attention over
-//! the cache (f32) → output projection → residual; RMSNorm → SwiGLU / ReLU² FFN → residual. With
+//! the cache (f16 by default) → output projection → residual; RMSNorm → SwiGLU / ReLU² FFN → residual. With
 //! mHC-lite the residual is n streams mixed by the `mhc` crate's maps (f64, exactly its math).
 
 use crate::config::FfnActivation;
 use crate::error::{invalid_arg, EngineError, Result};
 use crate::model::{Layer, Model};
-use crate::pool::for_each_chunk;
+use half::f16;
 
-/// Keys and values of every layer for the positions processed so far (f32, `len × kv_dim`).
+use crate::pool::for_each_chunk;
+use crate::simd::KvElem;
+
+/// Element type of the KV cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum KvPrecision {
+    /// f16, as llama.cpp keeps it: half the bytes a decode step reads, and f16's 2⁻¹¹ rounding
+    /// is well below the int8 activation rounding every projection already applies.
+    #[default]
+    F16,
+    /// f32: what the training model computes, for exact parity checks.
+    F32,
+}
+
+impl KvPrecision {
+    /// Bytes per cached key or value.
+    pub fn bytes(self) -> usize {
+        match self {
+            KvPrecision::F16 => 2,
+            KvPrecision::F32 => 4,
+        }
+    }
+}
+
+/// One layer's keys and values, head-major (`kv_heads × room × head_dim`), so one head's keys
+/// over all positions are one contiguous run that streams from memory.
+type Layers<T> = Vec<(Vec<T>, Vec<T>)>;
+
+enum Store {
+    F16(Layers<f16>),
+    F32(Layers<f32>),
+}
+
+/// Keys and values of every layer for the positions processed so far, in the model's
+/// [`KvPrecision`].
 pub struct KvCache {
-    keys: Vec<Vec<f32>>,
-    values: Vec<Vec<f32>>,
+    store: Store,
     len: usize,
+    /// Positions the layers' buffers have room for.
+    room: usize,
+    /// Positions to make room for at the first write (grown on demand, never past the context).
     capacity: usize,
+    /// The context length.
+    max_len: usize,
+    kv_heads: usize,
+    head_dim: usize,
 }
 
 impl KvCache {
-    /// A cache for up to `capacity` positions (grown on demand, never past the context length).
+    /// A cache for up to `capacity` positions (grown on demand, never past the context length),
+    /// in `model.kv_precision`.
     pub fn new(model: &Model, capacity: usize) -> Self {
-        let n = model.config.n_layers;
-        Self { keys: vec![Vec::new(); n], values: vec![Vec::new(); n], len: 0, capacity }
+        let c = &model.config;
+        let n = c.n_layers;
+        let store = match model.kv_precision {
+            KvPrecision::F16 => Store::F16(vec![(Vec::new(), Vec::new()); n]),
+            KvPrecision::F32 => Store::F32(vec![(Vec::new(), Vec::new()); n]),
+        };
+        Self {
+            store,
+            len: 0,
+            room: 0,
+            capacity: capacity.min(c.max_seq_len),
+            max_len: c.max_seq_len,
+            kv_heads: c.n_kv_heads,
+            head_dim: c.head_dim(),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -41,7 +95,62 @@ impl KvCache {
 
     /// Bytes held by the cache.
     pub fn bytes(&self) -> usize {
-        self.keys.iter().chain(&self.values).map(|v| v.capacity() * 4).sum()
+        fn held<T>(layers: &Layers<T>) -> usize {
+            layers.iter().map(|(k, v)| (k.capacity() + v.capacity()) * std::mem::size_of::<T>()).sum()
+        }
+        match &self.store {
+            Store::F16(l) => held(l),
+            Store::F32(l) => held(l),
+        }
+    }
+
+    /// Makes room for `needed` positions in every layer, keeping what is cached.
+    fn reserve(&mut self, needed: usize) {
+        if needed <= self.room {
+            return;
+        }
+        // Doubling keeps a long decode past the planned capacity at amortized O(1) copies.
+        let room = needed.max(self.capacity).max((2 * self.room).min(self.max_len));
+        let shape = (self.kv_heads, self.head_dim, self.len, self.room);
+        match &mut self.store {
+            Store::F16(l) => grow(l, shape, room),
+            Store::F32(l) => grow(l, shape, room),
+        }
+        self.room = room;
+    }
+
+    /// Stores `n` tokens' keys and values (`n × kv_dim` each) of layer `li` at `len..len + n`.
+    fn write(&mut self, li: usize, k: &[f32], v: &[f32], n: usize) {
+        let shape = (self.kv_heads, self.head_dim, self.room, self.len);
+        match &mut self.store {
+            Store::F16(l) => write(&mut l[li], shape, k, v, n),
+            Store::F32(l) => write(&mut l[li], shape, k, v, n),
+        }
+    }
+}
+
+/// Regrows every layer to `room` positions, copying the first `len` of each head.
+fn grow<T: KvElem>(layers: &mut Layers<T>, (heads, hd, len, old_room): (usize, usize, usize, usize), room: usize) {
+    for (keys, values) in layers.iter_mut() {
+        for buf in [keys, values] {
+            let mut grown = vec![T::ZERO; heads * room * hd];
+            if old_room > 0 {
+                for g in 0..heads {
+                    grown[g * room * hd..][..len * hd].copy_from_slice(&buf[g * old_room * hd..][..len * hd]);
+                }
+            }
+            *buf = grown;
+        }
+    }
+}
+
+fn write<T: KvElem>(layer: &mut (Vec<T>, Vec<T>), (heads, hd, room, pos0): (usize, usize, usize, usize), k: &[f32], v: &[f32], n: usize) {
+    for (src, dst) in [(k, &mut layer.0), (v, &mut layer.1)] {
+        for t in 0..n {
+            for g in 0..heads {
+                T::store(&mut dst[(g * room + pos0 + t) * hd..][..hd], &src[(t * heads + g) * hd..][..hd]);
+            }
+        }
     }
 }
 
@@ -70,11 +179,20 @@ fn apply_rope(model: &Model, x: &mut [f32], width: usize, pos0: usize) {
     }
 }
 
-/// Causal attention of `n` new tokens (queries `n × dim`) over the cache of one layer, which
-/// already holds their keys/values at `pos0..pos0+n`. Heads of all tokens run in parallel.
-fn attention(model: &Model, q: &[f32], keys: &[f32], values: &[f32], n: usize, pos0: usize) -> Vec<f32> {
+/// Causal attention of `n` new tokens (queries `n × dim`) over the cache of layer `li`, which
+/// already holds their keys/values at `pos0..pos0+n`.
+fn attention(model: &Model, q: &[f32], cache: &KvCache, li: usize, n: usize, pos0: usize) -> Vec<f32> {
+    match &cache.store {
+        Store::F16(l) => attention_over(model, q, &l[li], cache.room, n, pos0),
+        Store::F32(l) => attention_over(model, q, &l[li], cache.room, n, pos0),
+    }
+}
+
+/// [`attention`] over one layer's head-major keys and values (`room` positions per head).
+/// Heads of all tokens run in parallel.
+fn attention_over<T: KvElem>(model: &Model, q: &[f32], layer: &(Vec<T>, Vec<T>), room: usize, n: usize, pos0: usize) -> Vec<f32> {
     let c = &model.config;
-    let (hd, kv_dim, group) = (c.head_dim(), c.kv_dim(), c.n_heads / c.n_kv_heads);
+    let (hd, group) = (c.head_dim(), c.n_heads / c.n_kv_heads);
     let scale = 1.0 / (hd as f32).sqrt();
     let mut out = vec![0f32; n * c.dim];
     // A task is a run of (token, head) output slices. The (token, head) pairs are split into one
@@ -89,16 +207,9 @@ fn attention(model: &Model, q: &[f32], keys: &[f32], values: &[f32], n: usize, p
         for (i, o) in block.chunks_exact_mut(hd).enumerate() {
             let index = task * heads_per_task + i;
             let (t, head) = (index / c.n_heads, index % c.n_heads);
-            let kv_head = head / group;
-            let query = crate::simd::HeadQuery {
-                q: &q[t * c.dim + head * hd..][..hd],
-                keys,
-                values,
-                stride: kv_dim,
-                offset: kv_head * hd,
-                visible: pos0 + t + 1,
-                scale,
-            };
+            let (at, len) = ((head / group) * room * hd, (pos0 + t + 1) * hd);
+            let (keys, values) = (&layer.0[at..][..len], &layer.1[at..][..len]);
+            let query = crate::simd::HeadQuery { q: &q[t * c.dim + head * hd..][..hd], keys, values, scale };
             crate::simd::attend(&query, &mut scores, o);
         }
     });
@@ -108,34 +219,27 @@ fn attention(model: &Model, q: &[f32], keys: &[f32], values: &[f32], n: usize, p
 fn attention_block(model: &Model, layer: &Layer, li: usize, h: &[f32], n: usize, cache: &mut KvCache) -> Result<Vec<f32>> {
     let c = &model.config;
     let pos0 = cache.len;
-    let mut q = layer.wq.forward(h, n)?;
-    let mut k = layer.wk.forward(h, n)?;
-    let v = layer.wv.forward(h, n)?;
+    let mut q = layer.wq.forward(h, n, model.residency)?;
+    let mut k = layer.wk.forward(h, n, model.residency)?;
+    let v = layer.wv.forward(h, n, model.residency)?;
     apply_rope(model, &mut q, c.dim, pos0);
     apply_rope(model, &mut k, c.kv_dim(), pos0);
-    let (keys, values) = (&mut cache.keys[li], &mut cache.values[li]);
-    if keys.capacity() == 0 {
-        keys.reserve_exact(cache.capacity * c.kv_dim());
-        values.reserve_exact(cache.capacity * c.kv_dim());
-    }
-    keys.truncate(pos0 * c.kv_dim());
-    values.truncate(pos0 * c.kv_dim());
-    keys.extend_from_slice(&k);
-    values.extend_from_slice(&v);
-    let y = attention(model, &q, keys, values, n, pos0);
-    layer.wo.forward(&y, n)
+    cache.reserve(pos0 + n);
+    cache.write(li, &k, &v, n);
+    let y = attention(model, &q, cache, li, n, pos0);
+    layer.wo.forward(&y, n, model.residency)
 }
 
 fn ffn_block(model: &Model, layer: &Layer, h: &[f32], n: usize) -> Result<Vec<f32>> {
-    let up = layer.up.forward(h, n)?;
+    let up = layer.up.forward(h, n, model.residency)?;
     let hidden: Vec<f32> = match (model.config.ffn_activation, &layer.gate) {
         (FfnActivation::Swiglu, Some(gate)) => {
-            let g = gate.forward(h, n)?;
+            let g = gate.forward(h, n, model.residency)?;
             g.iter().zip(&up).map(|(&g, &u)| g / (1.0 + (-g).exp()) * u).collect()
         }
         _ => up.iter().map(|&u| u.max(0.0) * u.max(0.0)).collect(),
     };
-    layer.down.forward(&hidden, n)
+    layer.down.forward(&hidden, n, model.residency)
 }
 
 /// x' = H_res·x + H_postᵀ ⊗ F(H_pre·x) for every token; `streams` is `n_tok × n × C`.
@@ -183,6 +287,13 @@ impl Model {
             return Err(invalid_arg(format!("token id {bad} is outside the vocabulary (size {})", c.vocab_size)));
         }
         cache.capacity = cache.capacity.max(cache.len + n_tok).min(c.max_seq_len);
+        crate::pool::install(|| self.forward_checked(cache, ids, all_logits))
+    }
+
+    /// [`forward`](Self::forward) after its checks, on a thread of the kernels' pool.
+    fn forward_checked(&self, cache: &mut KvCache, ids: &[u32], all_logits: bool) -> Result<Vec<f32>> {
+        let c = &self.config;
+        let n_tok = ids.len();
         let d = c.dim;
         let eps = c.norm_eps as f32;
         let mut x = Vec::with_capacity(n_tok * d);
@@ -226,7 +337,7 @@ impl Model {
         }
         let rows = if all_logits { &x[..] } else { &x[(n_tok - 1) * d..] };
         rms_norm(rows, &self.output_norm, eps, &mut h);
-        let logits = self.head.forward(&h, rows.len() / d)?;
+        let logits = self.head.forward(&h, rows.len() / d, self.residency)?;
         if let Some(i) = logits.iter().position(|v| !v.is_finite()) {
             return Err(EngineError::Numerical(format!("logit {i} is not finite (overflow in the weights?)")));
         }

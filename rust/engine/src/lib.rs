@@ -24,7 +24,7 @@ mod vocab;
 
 pub use config::{FfnActivation, ModelConfig};
 pub use error::{EngineError, Result};
-pub use forward::KvCache;
+pub use forward::{KvCache, KvPrecision};
 pub use generate::{check_request, generate, Generation};
 pub use linear::Linear;
 pub use load::{load, load_gguf, load_hf_dir};

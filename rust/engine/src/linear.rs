@@ -7,6 +7,7 @@
 //!   llama.cpp's Q8_0 × Q8_0 path does; this is the fast LM head.
 //! - `F32`: plain floats (F32/F16/BF16 tensors, and tied heads from an F32/F16 embedding).
 
+use kernels::Residency;
 use ternary::planar::PlanarMatrix;
 
 use crate::error::{EngineError, Result};
@@ -79,8 +80,9 @@ impl Linear {
         Ok(Linear::Q8 { rows, cols, qs, scales })
     }
 
-    /// Products of `n` tokens (row-major `n × cols`) → `n × rows`.
-    pub fn forward(&self, x: &[f32], n: usize) -> Result<Vec<f32>> {
+    /// Products of `n` tokens (row-major `n × cols`) → `n × rows`. `residency`: whether the
+    /// weights are expected in cache or streamed from DRAM (it only changes prefetching).
+    pub fn forward(&self, x: &[f32], n: usize, residency: Residency) -> Result<Vec<f32>> {
         let (rows, cols) = (self.rows(), self.cols());
         if x.len() != n * cols || n == 0 {
             return Err(EngineError::Numerical(format!("linear input has {} values, expected {n} x {cols}", x.len())));
@@ -90,7 +92,7 @@ impl Linear {
                 let q = kernels::QuantizedActivations::quantize(x, n, cols)?;
                 if n == 1 {
                     let mut out = vec![0.0; rows];
-                    kernels::gemv_quantized_into(m, &q, &mut out, None)?;
+                    kernels::gemv_quantized_into_with(m, &q, &mut out, None, residency)?;
                     Ok(out)
                 } else {
                     Ok(kernels::gemm_quantized(m, &q, None)?)
@@ -98,7 +100,7 @@ impl Linear {
             }
             Linear::Q8 { qs, scales, .. } => {
                 let (xq, xd) = quantize_q8(x)?;
-                Ok(q8_product(qs, scales, rows, cols, n, &xq, &xd))
+                Ok(q8_product(qs, scales, rows, cols, n, &xq, &xd, residency))
             }
             Linear::BitLinear(inner) => {
                 let q = kernels::QuantizedActivations::quantize(x, n, cols)?;
@@ -107,14 +109,14 @@ impl Linear {
                     // token for every block, no second rounding.
                     Linear::Q8 { qs, scales, .. } => {
                         let (xq, xd) = per_token_as_q8(&q);
-                        Ok(q8_product(qs, scales, rows, cols, n, &xq, &xd))
+                        Ok(q8_product(qs, scales, rows, cols, n, &xq, &xd, residency))
                     }
                     _ => {
                         let mut fake = Vec::with_capacity(x.len());
                         for (t, &scale) in q.scales().iter().enumerate() {
                             fake.extend(q.token(t).iter().map(|&v| v as f32 * scale));
                         }
-                        inner.forward(&fake, n)
+                        inner.forward(&fake, n, residency)
                     }
                 }
             }
@@ -131,17 +133,19 @@ impl Linear {
 }
 
 /// Q8_0 weights × Q8 activations (`n × cols` int8 with one scale per 32 values).
-fn q8_product(qs: &[i8], scales: &[f32], rows: usize, cols: usize, n: usize, xq: &[i8], xd: &[f32]) -> Vec<f32> {
+#[allow(clippy::too_many_arguments)]
+fn q8_product(qs: &[i8], scales: &[f32], rows: usize, cols: usize, n: usize, xq: &[i8], xd: &[f32], residency: Residency) -> Vec<f32> {
     let blocks = cols / Q8_BLOCK;
+    let streamed = residency == Residency::Streamed;
     rows_product(rows, cols, n, |first, by_row| {
         let count = by_row.len() / n;
         let (w, wd) = (&qs[first * cols..][..count * cols], &scales[first * blocks..][..count * blocks]);
         if n == 1 {
-            return q8_dots(w, wd, xq, xd, by_row);
+            return q8_dots(w, wd, xq, xd, by_row, streamed);
         }
         let mut dots = vec![0f32; count];
         for t in 0..n {
-            q8_dots(w, wd, &xq[t * cols..][..cols], &xd[t * blocks..][..blocks], &mut dots);
+            q8_dots(w, wd, &xq[t * cols..][..cols], &xd[t * blocks..][..blocks], &mut dots, false);
             for (i, &d) in dots.iter().enumerate() {
                 by_row[i * n + t] = d;
             }
@@ -167,7 +171,7 @@ fn per_token_as_q8(q: &kernels::QuantizedActivations) -> (Vec<i8>, Vec<f32>) {
 fn rows_product(rows: usize, cols: usize, n: usize, f: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
     // A few tasks per thread: enough to balance, few enough that hand-offs stay negligible.
     let mut per_task = rows.div_ceil(4 * kernels::num_threads().max(1)).max(MIN_ROWS_PER_TASK);
-    if rows * cols * n < kernels::GEMV_MIN_PARALLEL_BYTES {
+    if rows * cols * n < kernels::min_parallel_bytes() {
         per_task = rows; // too little work to pay for waking another thread
     }
     let mut by_row = vec![0f32; rows * n];

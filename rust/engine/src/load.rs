@@ -291,9 +291,11 @@ pub fn load_gguf(path: &Path) -> Result<Model> {
         eos_id: token_id(f, "tokenizer.ggml.eos_token_id")?,
         architecture: arch,
         config,
+        residency: kernels::Residency::Cached,
+        kv_precision: Default::default(),
     };
     model.validate()?;
-    Ok(model)
+    Ok(Model { residency: model.default_residency(), ..model })
 }
 
 // ---------------------------------------------------------------- HF directory
@@ -463,7 +465,9 @@ pub fn load_hf_dir(dir: &Path) -> Result<Model> {
         bos_id,
         eos_id,
         config,
+        residency: kernels::Residency::Cached,
+        kv_precision: Default::default(),
     };
     model.validate()?;
-    Ok(model)
+    Ok(Model { residency: model.default_residency(), ..model })
 }

@@ -95,6 +95,11 @@ pub struct Model {
     pub tokenizer_json: Option<String>,
     pub bos_id: Option<u32>,
     pub eos_id: Option<u32>,
+    /// Whether decode streams the weights from DRAM (they exceed the last-level cache), which
+    /// makes the kernels prefetch far ahead. Set at load; see [`Model::default_residency`].
+    pub residency: kernels::Residency,
+    /// Element type of the KV caches made for this model (f16 unless set otherwise).
+    pub kv_precision: crate::forward::KvPrecision,
 }
 
 impl Model {
@@ -156,6 +161,16 @@ impl Model {
         Ok(())
     }
 
+    /// `Streamed` when the weights one decode step reads exceed the last-level cache (whose
+    /// size Linux reports in sysfs; 32 MiB when it is unknown), else `Cached`.
+    pub fn default_residency(&self) -> kernels::Residency {
+        if self.bytes_per_token() > last_level_cache_bytes() {
+            kernels::Residency::Streamed
+        } else {
+            kernels::Residency::Cached
+        }
+    }
+
     /// Weight bytes one decode step streams: every block matrix, the head, one embedding row.
     pub fn bytes_per_token(&self) -> usize {
         let blocks: usize = self
@@ -168,4 +183,25 @@ impl Model {
             .sum();
         blocks + self.head.weight_bytes()
     }
+}
+
+/// Size of the largest CPU cache of cpu0 (`/sys/devices/system/cpu/cpu0/cache/index*/size`, e.g.
+/// "32768K"); 32 MiB when it cannot be read.
+fn last_level_cache_bytes() -> usize {
+    let parse = |text: &str| -> Option<usize> {
+        let t = text.trim();
+        let (digits, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+        let n: usize = digits.parse().ok()?;
+        Some(n * match unit {
+            "K" => 1 << 10,
+            "M" => 1 << 20,
+            "" => 1,
+            _ => return None,
+        })
+    };
+    (0..8)
+        .filter_map(|i| std::fs::read_to_string(format!("/sys/devices/system/cpu/cpu0/cache/index{i}/size")).ok())
+        .filter_map(|t| parse(&t))
+        .max()
+        .unwrap_or(32 << 20)
 }

@@ -28,3 +28,14 @@ pub(crate) fn for_each_chunk<T: Send>(out: &mut [T], chunk: usize, f: impl Fn(us
         _ => out.chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c)),
     }
 }
+
+/// Runs `f` on a thread of the shared pool (inline with one thread). A whole forward pass runs
+/// this way, so its serial parts and its parallel loops share the pool's threads: a caller
+/// thread waiting outside the pool would be one thread too many, and the pool's idle workers
+/// spinning between loops took cores from it (two-thread decode was no faster than one).
+pub(crate) fn install<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    match pool() {
+        Some(p) => p.install(f),
+        None => f(),
+    }
+}

@@ -26,7 +26,9 @@ mod avx2;
 mod avx512;
 
 pub use error::KernelError;
-pub use matmul::{gemm, gemm_i32, gemm_quantized, gemv, gemv_i32, gemv_i32_into, gemv_quantized_into, GEMV_MIN_PARALLEL_BYTES, MAX_COLS};
+pub use matmul::{gemm, gemm_i32, gemm_quantized, gemv, gemv_i32, gemv_i32_into, gemv_quantized_into, gemv_quantized_into_with, Residency, GEMV_MIN_PARALLEL_BYTES, GEMV_MIN_PARALLEL_BYTES_IN_POOL, MAX_COLS, min_parallel_bytes};
 pub use pool::{num_threads, set_num_threads, thread_pool, THREADS_ENV};
 pub use quantize::QuantizedActivations;
 pub use variant::{Kernel, Variant, KERNEL_ENV};
+
+

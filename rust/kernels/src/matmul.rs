@@ -89,7 +89,21 @@ fn for_each_block<T: Send>(
 pub const GEMV_MIN_PARALLEL_BYTES: usize = 2 << 20;
 
 fn worth_threads(w: &PlanarMatrix) -> bool {
-    w.as_bytes().len() >= GEMV_MIN_PARALLEL_BYTES
+    w.as_bytes().len() >= min_parallel_bytes()
+}
+
+/// Smallest GEMV split across threads when the caller already runs on a pool thread (the
+/// engine's forward pass does): the other workers are then awake or about to be, and a split
+/// costs about a microsecond instead of a wake-up from outside the pool.
+pub const GEMV_MIN_PARALLEL_BYTES_IN_POOL: usize = 1 << 16;
+
+/// The GEMV split threshold for the calling thread.
+pub fn min_parallel_bytes() -> usize {
+    if rayon::current_thread_index().is_some() {
+        GEMV_MIN_PARALLEL_BYTES_IN_POOL
+    } else {
+        GEMV_MIN_PARALLEL_BYTES
+    }
 }
 
 /// The checks every GEMV shares: matching shapes, one token, one output per row.
@@ -108,6 +122,7 @@ fn check_gemv(w: &PlanarMatrix, x: &QuantizedActivations, out_len: usize) -> Res
 /// together in one call (4 for AVX-512, 1 otherwise).
 struct GemvBlocks<'a> {
     kernel: Kernel,
+    residency: Residency,
     bytes: &'a [u8],
     tile_stride: usize,
     per_block: usize,
@@ -115,10 +130,10 @@ struct GemvBlocks<'a> {
 }
 
 impl<'a> GemvBlocks<'a> {
-    fn new(kernel: Kernel, w: &'a PlanarMatrix) -> Self {
+    fn new(kernel: Kernel, residency: Residency, w: &'a PlanarMatrix) -> Self {
         let per_block = gemv_tiles_per_call(kernel);
         let (bytes, tile_stride, row_tiles) = (w.as_bytes(), w.chunks_per_tile() * CHUNK_BYTES, w.row_tiles());
-        Self { kernel, bytes, tile_stride, per_block, row_tiles }
+        Self { kernel, residency, bytes, tile_stride, per_block, row_tiles }
     }
 
     fn count(&self) -> usize {
@@ -135,7 +150,7 @@ impl<'a> GemvBlocks<'a> {
         let first = b * self.per_block;
         let n = self.per_block.min(self.row_tiles - first);
         let tiles = &self.bytes[first * self.tile_stride..];
-        gemv_tiles(self.kernel, tiles, self.tile_stride, x, chunks, x_sum, &mut dots[..n]);
+        gemv_tiles(self.kernel, self.residency, tiles, self.tile_stride, x, chunks, x_sum, &mut dots[..n]);
     }
 }
 
@@ -150,7 +165,7 @@ pub fn gemv_i32_into(
     check_gemv(w, x, out.len())?;
     let all = 0..w.chunks_per_tile();
     let x_sum = column_sums(x, std::slice::from_ref(&all))[0];
-    let blocks = GemvBlocks::new(kernel, w);
+    let blocks = GemvBlocks::new(kernel, Residency::Cached, w);
     for_each_block(worth_threads(w), blocks.count(), blocks.rows_per_block(), out, |b, dst| {
         let mut dots = [[0; TILE_ROWS]; MAX_GEMV_TILES];
         blocks.dots(b, x.values(), all.clone(), x_sum, &mut dots);
@@ -165,6 +180,18 @@ pub fn gemv_i32(w: &PlanarMatrix, x: &QuantizedActivations, variant: Option<Vari
     Ok(out)
 }
 
+/// Where a GEMV's weights are expected to come from, which decides how far ahead it prefetches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Residency {
+    /// In cache (a matrix used again and again, as in a benchmark of one matrix, or a model
+    /// that fits in the last-level cache): prefetch a short way ahead of each row tile.
+    #[default]
+    Cached,
+    /// From DRAM on every call (decode of a model larger than the last-level cache): prefetch
+    /// far ahead, so one core keeps enough misses in flight to approach its bandwidth.
+    Streamed,
+}
+
 /// Float GEMV on quantized activations: `out[r] = x_scale · Σ_g w_scale[r][g] · Σ_{k∈g} trit·x`.
 pub fn gemv_quantized_into(
     w: &PlanarMatrix,
@@ -172,12 +199,23 @@ pub fn gemv_quantized_into(
     out: &mut [f32],
     variant: Option<Variant>,
 ) -> Result<(), KernelError> {
+    gemv_quantized_into_with(w, x, out, variant, Residency::Cached)
+}
+
+/// [`gemv_quantized_into`] with the weights' expected [`Residency`].
+pub fn gemv_quantized_into_with(
+    w: &PlanarMatrix,
+    x: &QuantizedActivations,
+    out: &mut [f32],
+    variant: Option<Variant>,
+    residency: Residency,
+) -> Result<(), KernelError> {
     let kernel = Kernel::resolve(variant)?;
     check_gemv(w, x, out.len())?;
     let groups = group_chunks(w);
     let x_sums = column_sums(x, &groups);
     let (scales, n_groups, x_scale) = (w.scales(), groups.len(), x.scales()[0]);
-    let blocks = GemvBlocks::new(kernel, w);
+    let blocks = GemvBlocks::new(kernel, residency, w);
     for_each_block(worth_threads(w), blocks.count(), blocks.rows_per_block(), out, |b, dst| {
         let first_row = b * blocks.rows_per_block();
         let mut acc = [0f32; MAX_GEMV_TILES * TILE_ROWS];

@@ -7,6 +7,7 @@ use std::ops::Range;
 use ternary::planar::{CHUNK_BYTES, CHUNK_COLS, TILE_ROWS};
 
 use crate::variant::{Kernel, Variant};
+use crate::Residency;
 
 /// Most row tiles any variant streams in one GEMV call (drivers size stack buffers with it).
 pub(crate) const MAX_GEMV_TILES: usize = 4;
@@ -25,9 +26,11 @@ pub(crate) fn gemv_tiles_per_call(kernel: Kernel) -> usize {
 
 /// `Σ trit·x` for the 16 rows of each of `out.len()` (≤ [`gemv_tiles_per_call`]) consecutive row
 /// tiles over `chunks`: tile i starts at byte `i * tile_stride` of `tiles`; `x_sum` is Σ x over the
-/// same columns.
+/// same columns. `residency` picks the prefetch (only the AVX-512 kernel prefetches).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn gemv_tiles(
     kernel: Kernel,
+    residency: Residency,
     tiles: &[u8],
     tile_stride: usize,
     x: &[i8],
@@ -49,7 +52,7 @@ pub(crate) fn gemv_tiles(
         #[cfg(target_arch = "x86_64")]
         Variant::Avx512 => unsafe {
             let (t, xp, o) = (tiles.as_ptr(), x.as_ptr(), out.as_mut_ptr());
-            crate::avx512::gemv_tiles(t, tile_stride, n, xp, chunks.start, chunks.end, x_sum, o)
+            crate::avx512::gemv_tiles(t, tile_stride, n, xp, chunks.start, chunks.end, x_sum, o, residency == Residency::Streamed)
         },
         // SAFETY: as above, one tile at a time.
         #[cfg(target_arch = "x86_64")]

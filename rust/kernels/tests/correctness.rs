@@ -2,7 +2,7 @@
 //! scalar reference must equal a naive dot product over the original trits.
 
 use kernels::{
-    gemm_i32, gemm_quantized, gemv, gemv_i32, gemv_i32_into, gemv_quantized_into, set_num_threads, KernelError,
+    gemm_i32, gemm_quantized, gemv, gemv_i32, gemv_i32_into, gemv_quantized_into, gemv_quantized_into_with, set_num_threads, KernelError, Residency,
     QuantizedActivations, Variant,
 };
 use proptest::prelude::*;
@@ -118,6 +118,10 @@ fn check_group_scales(rows: usize, cols: usize, group: usize, n_tokens: usize, s
             gemv_quantized_into(&w, &qt, &mut one, Some(v)).unwrap();
             assert_eq!(one, got[t * rows..(t + 1) * rows], "{v}: gemv vs gemm token {t}");
             assert_eq!(gemv(&w, xt, Some(v)).unwrap(), one);
+            // The streamed GEMV only prefetches differently: bit-identical results.
+            let mut streamed = vec![0f32; rows];
+            gemv_quantized_into_with(&w, &qt, &mut streamed, Some(v), Residency::Streamed).unwrap();
+            assert_eq!(streamed, one, "{v}: streamed gemv");
         }
     }
 }
