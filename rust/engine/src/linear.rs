@@ -171,7 +171,7 @@ fn per_token_as_q8(q: &kernels::QuantizedActivations) -> (Vec<i8>, Vec<f32>) {
 fn rows_product(rows: usize, cols: usize, n: usize, f: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
     // A few tasks per thread: enough to balance, few enough that hand-offs stay negligible.
     let mut per_task = rows.div_ceil(4 * kernels::num_threads().max(1)).max(MIN_ROWS_PER_TASK);
-    if rows * cols * n < kernels::min_parallel_bytes() {
+    if rows * cols * n < kernels::GEMV_MIN_PARALLEL_BYTES {
         per_task = rows; // too little work to pay for waking another thread
     }
     let mut by_row = vec![0f32; rows * n];

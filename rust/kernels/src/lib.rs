@@ -5,7 +5,8 @@
 //! - [`gemv`], [`gemm`] (f32 in, f32 out) and the `*_quantized` forms: integer result × scales.
 //! - [`Variant`]: `scalar` (the reference), `avx2`, `avx512` (VNNI); picked at run time by CPU
 //!   detection, forced by the `variant` argument or the `NCT_KERNEL` environment variable.
-//! - [`set_num_threads`]: the crate's own rayon pool (default `NCT_NUM_THREADS` or all cores).
+//! - [`set_num_threads`]: the crate's own thread team (default `NCT_NUM_THREADS` or all cores;
+//!   its idle workers spin briefly between calls, see `team.rs`).
 //!
 //! Why Rust intrinsics rather than C in `csrc/`: `#[target_feature]` gives per-function ISA
 //! selection in a generic x86-64 build (AVX-512 intrinsics are stable since Rust 1.89), with no C
@@ -17,6 +18,7 @@ mod panel;
 mod pool;
 mod quantize;
 mod scalar;
+mod team;
 mod tile;
 mod variant;
 
@@ -26,8 +28,9 @@ mod avx2;
 mod avx512;
 
 pub use error::KernelError;
-pub use matmul::{gemm, gemm_i32, gemm_quantized, gemv, gemv_i32, gemv_i32_into, gemv_quantized_into, gemv_quantized_into_with, Residency, GEMV_MIN_PARALLEL_BYTES, GEMV_MIN_PARALLEL_BYTES_IN_POOL, MAX_COLS, min_parallel_bytes};
-pub use pool::{num_threads, set_num_threads, thread_pool, THREADS_ENV};
+pub use matmul::{gemm, gemm_i32, gemm_quantized, gemv, gemv_i32, gemv_i32_into, gemv_quantized_into, gemv_quantized_into_with, Residency, GEMV_MIN_PARALLEL_BYTES, MAX_COLS};
+pub use pool::{num_threads, set_num_threads, team, THREADS_ENV};
+pub use team::Team;
 pub use quantize::QuantizedActivations;
 pub use variant::{Kernel, Variant, KERNEL_ENV};
 

@@ -3,11 +3,10 @@
 use std::marker::PhantomData;
 use std::ops::Range;
 
-use rayon::prelude::*;
 use ternary::planar::{PlanarMatrix, CHUNK_BYTES, CHUNK_COLS, TILE_ROWS};
 
 use crate::panel::Panels;
-use crate::pool::pool;
+use crate::pool::team;
 use crate::quantize::QuantizedActivations;
 use crate::tile::{gemm_tiles, gemm_tiles_per_call, gemv_tiles, gemv_tiles_per_call, panel_tokens, MAX_GEMV_TILES};
 use crate::variant::{Kernel, Variant};
@@ -62,8 +61,8 @@ fn for_each_block<T: Send>(
     out: &mut [T],
     f: impl Fn(usize, &mut [T]) + Sync,
 ) -> Result<(), KernelError> {
-    let pool = pool()?;
-    let threads = pool.current_num_threads();
+    let team = team()?;
+    let threads = team.threads();
     let run_block = |task: usize, tiles_per_task: usize, block: &mut [T]| {
         for (i, dst) in block.chunks_mut(per_tile).enumerate() {
             f(task * tiles_per_task + i, dst);
@@ -74,36 +73,17 @@ fn for_each_block<T: Send>(
         return Ok(());
     }
     let tiles_per_task = tiles.div_ceil(threads * 4).max(1);
-    pool.install(|| {
-        out.par_chunks_mut(tiles_per_task * per_tile)
-            .enumerate()
-            .for_each(|(task, block)| run_block(task, tiles_per_task, block))
-    });
+    team.for_each_chunk(out, tiles_per_task * per_tile, |task, block| run_block(task, tiles_per_task, block));
     Ok(())
 }
 
-/// Smallest GEMV (bytes of packed weights) split across threads. Waking parked pool workers
-/// costs tens of µs per call, in which one core streams about a megabyte: with a 512 KiB
-/// threshold a 4.5M-parameter model still decoded 1.6× slower on two threads than on one;
-/// at 2 MiB both run at the same speed (measured with examples/rust_tiny/make_card.py).
-pub const GEMV_MIN_PARALLEL_BYTES: usize = 2 << 20;
+/// Smallest GEMV (bytes of packed weights) split across threads. The team's workers spin
+/// between calls (see `team.rs`), so a split costs about a microsecond while they are warm: in
+/// which one core streams ~64 KB.
+pub const GEMV_MIN_PARALLEL_BYTES: usize = 1 << 16;
 
 fn worth_threads(w: &PlanarMatrix) -> bool {
-    w.as_bytes().len() >= min_parallel_bytes()
-}
-
-/// Smallest GEMV split across threads when the caller already runs on a pool thread (the
-/// engine's forward pass does): the other workers are then awake or about to be, and a split
-/// costs about a microsecond instead of a wake-up from outside the pool.
-pub const GEMV_MIN_PARALLEL_BYTES_IN_POOL: usize = 1 << 16;
-
-/// The GEMV split threshold for the calling thread.
-pub fn min_parallel_bytes() -> usize {
-    if rayon::current_thread_index().is_some() {
-        GEMV_MIN_PARALLEL_BYTES_IN_POOL
-    } else {
-        GEMV_MIN_PARALLEL_BYTES
-    }
+    w.as_bytes().len() >= GEMV_MIN_PARALLEL_BYTES
 }
 
 /// The checks every GEMV shares: matching shapes, one token, one output per row.
@@ -263,18 +243,14 @@ fn column_blocks(groups: &[Range<usize>]) -> Vec<(usize, Range<usize>)> {
 /// Runs `f(items)` over `0..count` cut into a few contiguous ranges per thread; with one thread it
 /// runs inline on the caller.
 fn for_each_range(count: usize, f: impl Fn(Range<usize>) + Sync) -> Result<(), KernelError> {
-    let pool = pool()?;
-    let threads = pool.current_num_threads();
+    let team = team()?;
+    let threads = team.threads();
     if threads == 1 || count <= 1 {
         f(0..count);
         return Ok(());
     }
     let per_task = count.div_ceil(threads * 4).max(1);
-    pool.install(|| {
-        (0..count.div_ceil(per_task))
-            .into_par_iter()
-            .for_each(|task| f(task * per_task..count.min((task + 1) * per_task)))
-    });
+    team.run(count.div_ceil(per_task), &|task| f(task * per_task..count.min((task + 1) * per_task)));
     Ok(())
 }
 

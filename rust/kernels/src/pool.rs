@@ -1,27 +1,21 @@
-//! The crate's own rayon pool.
+//! The crate's thread team (see `team.rs`), sized by [`set_num_threads`] or `NCT_NUM_THREADS`.
 //!
-//! All kernel calls, from however many caller threads, run on this one pool: rayon queues the work
-//! of concurrent `install` calls onto the same workers, so total CPU threads never exceed the
-//! configured count (no oversubscription when several Python threads call in at once).
+//! All kernel calls, from however many caller threads, share this one team: while one caller's
+//! job runs, another caller's loops run inline on its own thread, so total CPU threads never
+//! exceed the configured count (no oversubscription when several Python threads call in at once).
 
 use std::sync::{Arc, Mutex};
 
-use rayon::ThreadPool;
-
+use crate::team::Team;
 use crate::KernelError;
 
 /// Environment variable giving the default thread count.
 pub const THREADS_ENV: &str = "NCT_NUM_THREADS";
 
-static POOL: Mutex<Option<Arc<ThreadPool>>> = Mutex::new(None);
+static TEAM: Mutex<Option<Arc<Team>>> = Mutex::new(None);
 
-fn build(threads: usize) -> Result<Arc<ThreadPool>, KernelError> {
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .thread_name(|i| format!("nct-kernel-{i}"))
-        .build()
-        .map(Arc::new)
-        .map_err(|e| KernelError::ThreadPool(e.to_string()))
+fn build(threads: usize) -> Result<Arc<Team>, KernelError> {
+    Team::new(threads, "nct-kernel").map(Arc::new).map_err(|e| KernelError::ThreadPool(e.to_string()))
 }
 
 fn default_threads() -> usize {
@@ -32,34 +26,29 @@ fn default_threads() -> usize {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
-/// Sets the number of kernel threads (replaces the pool; calls in flight finish on the old one).
+/// Sets the number of kernel threads (replaces the team; calls in flight finish on the old one).
 pub fn set_num_threads(threads: usize) -> Result<(), KernelError> {
     if threads == 0 {
         return Err(KernelError::ZeroThreads);
     }
-    let pool = build(threads)?;
-    *POOL.lock().unwrap_or_else(|e| e.into_inner()) = Some(pool);
+    let team = build(threads)?;
+    *TEAM.lock().unwrap_or_else(|e| e.into_inner()) = Some(team);
     Ok(())
 }
 
 /// The number of kernel threads.
 pub fn num_threads() -> usize {
-    pool().map_or(1, |p| p.current_num_threads())
+    team().map_or(1, |t| t.threads())
 }
 
-/// The kernels' pool, for callers that interleave their own parallel loops with kernel calls
-/// (the inference engine): one pool means idle workers of a second pool never spin on the
-/// cores the kernels need.
-pub fn thread_pool() -> Result<Arc<ThreadPool>, KernelError> {
-    pool()
-}
-
-pub(crate) fn pool() -> Result<Arc<ThreadPool>, KernelError> {
-    let mut guard = POOL.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(pool) = guard.as_ref() {
-        return Ok(Arc::clone(pool));
+/// The kernels' team, for callers that interleave their own parallel loops with kernel calls
+/// (the inference engine): one team means no second set of threads competes for the cores.
+pub fn team() -> Result<Arc<Team>, KernelError> {
+    let mut guard = TEAM.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(team) = guard.as_ref() {
+        return Ok(Arc::clone(team));
     }
-    let pool = build(default_threads())?;
-    *guard = Some(Arc::clone(&pool));
-    Ok(pool)
+    let team = build(default_threads())?;
+    *guard = Some(Arc::clone(&team));
+    Ok(team)
 }
