@@ -100,29 +100,29 @@ unsafe fn read_sum_avx512(buf: &[u64]) -> u64 {
 }
 
 /// The streaming-read reference: a same-size buffer read with AVX-512 loads (read-only, so no
-/// write-allocate traffic) by `threads` threads, each reading its share. Threads come from a
-/// persistent pool (as the kernels' do), so no spawn cost is timed.
+/// write-allocate traffic) by `threads` threads, each reading its share. The threads are the
+/// kernels' own team (set to the same count before this is built), so the reference and the
+/// kernel pay the same hand-off and no spawn cost is timed.
 struct Stream {
     buf: Vec<u64>,
     share: usize,
-    pool: rayon::ThreadPool,
+    team: std::sync::Arc<kernels::Team>,
 }
 
 impl Stream {
     fn new(bytes: usize, threads: usize) -> Self {
         let buf: Vec<u64> = (0..bytes / 8).map(|i| i as u64).collect();
         let share = buf.len().div_ceil(threads);
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool");
-        Self { buf, share, pool }
+        let team = kernels::team().expect("kernel threads");
+        assert_eq!(team.threads(), threads, "set_num_threads first");
+        Self { buf, share, team }
     }
 
     fn read(&self) {
-        use rayon::prelude::*;
-        if self.pool.current_num_threads() == 1 {
-            black_box(read_sum(&self.buf));
-        } else {
-            self.pool.install(|| black_box(self.buf.par_chunks(self.share).map(read_sum).reduce(|| 0, |a, b| a ^ b)));
-        }
+        let parts: Vec<&[u64]> = self.buf.chunks(self.share).collect();
+        let sums: Vec<std::sync::atomic::AtomicU64> = parts.iter().map(|_| Default::default()).collect();
+        self.team.run(parts.len(), &|i| sums[i].store(read_sum(parts[i]), std::sync::atomic::Ordering::Relaxed));
+        black_box(&sums);
     }
 }
 
