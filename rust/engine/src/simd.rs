@@ -66,12 +66,13 @@ fn q8_dots_portable(w: &[i8], wd: &[f32], x: &[i8], xd: &[f32], out: &mut [f32])
 
 #[inline(always)]
 fn dot_body(a: &[f32], b: &[f32]) -> f32 {
-    // Eight independent partial sums so the loop vectorizes without reassociation flags.
-    let mut lanes = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    // 32 independent partial sums, so the loop vectorizes without reassociation flags into four
+    // vector accumulators (one would chain every step on the add latency).
+    let mut lanes = [0f32; 32];
+    let (ca, cb) = (a.chunks_exact(32), b.chunks_exact(32));
     let (ta, tb) = (ca.remainder(), cb.remainder());
     for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
+        for i in 0..32 {
             lanes[i] += x[i] * y[i];
         }
     }

@@ -34,15 +34,47 @@ impl MapParams {
 
     /// `alpha * (x̂ · W) + b`; `x_hat.len()` equals the weight's row count.
     pub(crate) fn project(&self, x_hat: &[f64]) -> Vec<f64> {
-        let outputs = self.bias.len();
-        let mut acc = vec![0.0; outputs];
-        for (row, &x) in self.weight.chunks_exact(outputs).zip(x_hat) {
-            for (a, &w) in acc.iter_mut().zip(row) {
-                *a += x * w;
+        let acc = match self.bias.len() {
+            // The common widths (n = 2, 3, 4 streams: n gates, n! permutations) get a loop the
+            // compiler unrolls; a decode step runs 6 maps per layer over n·C inputs each.
+            2 => project_fixed::<2>(&self.weight, x_hat).to_vec(),
+            3 => project_fixed::<3>(&self.weight, x_hat).to_vec(),
+            4 => project_fixed::<4>(&self.weight, x_hat).to_vec(),
+            6 => project_fixed::<6>(&self.weight, x_hat).to_vec(),
+            24 => project_fixed::<24>(&self.weight, x_hat).to_vec(),
+            outputs => {
+                let mut acc = vec![0.0; outputs];
+                for (row, &x) in self.weight.chunks_exact(outputs).zip(x_hat) {
+                    for (a, &w) in acc.iter_mut().zip(row) {
+                        *a += x * w;
+                    }
+                }
+                acc
             }
-        }
+        };
         acc.iter().zip(&self.bias).map(|(a, b)| self.alpha * a + b).collect()
     }
+}
+
+/// `x̂ · W` for a `len(x̂) × K` row-major `W`, rows taken four at a time into four partial sums
+/// (independent add chains; the sum order differs from a plain loop only in f64 rounding).
+fn project_fixed<const K: usize>(weight: &[f64], x_hat: &[f64]) -> [f64; K] {
+    let mut acc = [[0f64; K]; 4];
+    let (rows, xs) = (weight.chunks_exact(4 * K), x_hat.chunks_exact(4));
+    let (rest_w, rest_x) = (rows.remainder(), xs.remainder());
+    for (w4, x4) in rows.zip(xs) {
+        for (r, a) in acc.iter_mut().enumerate() {
+            for j in 0..K {
+                a[j] += x4[r] * w4[r * K + j];
+            }
+        }
+    }
+    for (row, &x) in rest_w.chunks_exact(K).zip(rest_x) {
+        for j in 0..K {
+            acc[0][j] += x * row[j];
+        }
+    }
+    std::array::from_fn(|j| (acc[0][j] + acc[1][j]) + (acc[2][j] + acc[3][j]))
 }
 
 /// Parameters of one sub-layer's connection: H_res (n! logits), H_pre and
@@ -137,6 +169,25 @@ impl MhcParams {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unrolled_projections_match_the_plain_loop() {
+        // Row counts that leave 0..3 rows after the four-row steps, every unrolled width and one that is not.
+        for k in [2, 3, 4, 6, 24, 5] {
+            for rows in [1, 4, 7, 10, 33] {
+                let weight: Vec<f64> = (0..rows * k).map(|i| ((i * 37 % 23) as f64 - 11.0) / 7.0).collect();
+                let x: Vec<f64> = (0..rows).map(|i| ((i * 13 % 17) as f64 - 8.0) / 5.0).collect();
+                let map = MapParams { weight: weight.clone(), alpha: 0.5, bias: vec![0.25; k] };
+                let got = map.project(&x);
+                for (j, g) in got.iter().enumerate() {
+                    let plain: f64 = (0..rows).map(|r| x[r] * weight[r * k + j]).sum();
+                    let want = 0.5 * plain + 0.25;
+                    assert!((g - want).abs() <= 1e-12 * want.abs().max(1.0), "k {k} rows {rows}: {g} vs {want}");
+                }
+            }
+        }
+    }
+
 
     #[test]
     fn official_init_has_documented_values() {
