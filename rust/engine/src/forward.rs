@@ -7,6 +7,7 @@
 
 use crate::config::FfnActivation;
 use crate::error::{invalid_arg, EngineError, Result};
+use crate::linear::Input;
 use crate::model::{Layer, Model};
 use half::f16;
 
@@ -219,9 +220,10 @@ fn attention_over<T: KvElem>(model: &Model, q: &[f32], layer: &(Vec<T>, Vec<T>),
 fn attention_block(model: &Model, layer: &Layer, li: usize, h: &[f32], n: usize, cache: &mut KvCache) -> Result<Vec<f32>> {
     let c = &model.config;
     let pos0 = cache.len;
-    let mut q = layer.wq.forward(h, n, model.residency)?;
-    let mut k = layer.wk.forward(h, n, model.residency)?;
-    let v = layer.wv.forward(h, n, model.residency)?;
+    let input = Input::new(h, n);
+    let mut q = layer.wq.forward_input(&input, model.residency)?;
+    let mut k = layer.wk.forward_input(&input, model.residency)?;
+    let v = layer.wv.forward_input(&input, model.residency)?;
     apply_rope(model, &mut q, c.dim, pos0);
     apply_rope(model, &mut k, c.kv_dim(), pos0);
     cache.reserve(pos0 + n);
@@ -231,11 +233,15 @@ fn attention_block(model: &Model, layer: &Layer, li: usize, h: &[f32], n: usize,
 }
 
 fn ffn_block(model: &Model, layer: &Layer, h: &[f32], n: usize) -> Result<Vec<f32>> {
-    let up = layer.up.forward(h, n, model.residency)?;
+    let input = Input::new(h, n);
+    let up = layer.up.forward_input(&input, model.residency)?;
     let hidden: Vec<f32> = match (model.config.ffn_activation, &layer.gate) {
         (FfnActivation::Swiglu, Some(gate)) => {
-            let g = gate.forward(h, n, model.residency)?;
-            g.iter().zip(&up).map(|(&g, &u)| g / (1.0 + (-g).exp()) * u).collect()
+            let mut g = gate.forward_input(&input, model.residency)?;
+            // A prompt's worth is split over the threads (a token's, 2k values, is not).
+            let rows = 16 * model.config.ffn_hidden;
+            for_each_chunk(&mut g, rows, |i, part| crate::simd::silu_mul(part, &up[i * rows..][..part.len()]));
+            g
         }
         _ => up.iter().map(|&u| u.max(0.0) * u.max(0.0)).collect(),
     };

@@ -26,7 +26,7 @@ pub use config::{FfnActivation, ModelConfig};
 pub use error::{EngineError, Result};
 pub use forward::{KvCache, KvPrecision};
 pub use generate::{check_request, generate, Generation};
-pub use linear::Linear;
+pub use linear::{Input, Linear};
 pub use load::{load, load_gguf, load_hf_dir};
 pub use model::{Embedding, Layer, Model};
 pub use sampling::{apply_repetition_penalty, argmax, filtered_distribution, sample, Rng, SamplingParams};

@@ -83,19 +83,26 @@ impl Linear {
     /// Products of `n` tokens (row-major `n × cols`) → `n × rows`. `residency`: whether the
     /// weights are expected in cache or streamed from DRAM (it only changes prefetching).
     pub fn forward(&self, x: &[f32], n: usize, residency: Residency) -> Result<Vec<f32>> {
+        self.forward_input(&Input::new(x, n), residency)
+    }
+
+    /// [`forward`](Self::forward) on an [`Input`], whose per-token int8 quantization is made at
+    /// most once however many matrices read it (Q, K and V; gate and up).
+    pub fn forward_input(&self, input: &Input<'_>, residency: Residency) -> Result<Vec<f32>> {
         let (rows, cols) = (self.rows(), self.cols());
+        let (x, n) = (input.x, input.n);
         if x.len() != n * cols || n == 0 {
             return Err(EngineError::Numerical(format!("linear input has {} values, expected {n} x {cols}", x.len())));
         }
         match self {
             Linear::Ternary(m) => {
-                let q = kernels::QuantizedActivations::quantize(x, n, cols)?;
+                let q = input.quantized()?;
                 if n == 1 {
                     let mut out = vec![0.0; rows];
-                    kernels::gemv_quantized_into_with(m, &q, &mut out, None, residency)?;
+                    kernels::gemv_quantized_into_with(m, q, &mut out, None, residency)?;
                     Ok(out)
                 } else {
-                    Ok(kernels::gemm_quantized(m, &q, None)?)
+                    Ok(kernels::gemm_quantized(m, q, None)?)
                 }
             }
             Linear::Q8 { qs, scales, .. } => {
@@ -103,12 +110,12 @@ impl Linear {
                 Ok(q8_product(qs, scales, rows, cols, n, &xq, &xd, residency))
             }
             Linear::BitLinear(inner) => {
-                let q = kernels::QuantizedActivations::quantize(x, n, cols)?;
+                let q = input.quantized()?;
                 match &**inner {
                     // The per-token int8 values are already Q8 activations: one scale per
                     // token for every block, no second rounding.
                     Linear::Q8 { qs, scales, .. } => {
-                        let (xq, xd) = per_token_as_q8(&q);
+                        let (xq, xd) = per_token_as_q8(q);
                         Ok(q8_product(qs, scales, rows, cols, n, &xq, &xd, residency))
                     }
                     _ => {
@@ -129,6 +136,29 @@ impl Linear {
                 }
             })),
         }
+    }
+}
+
+/// Activations of `n` tokens (row-major `n × cols`) and, made on first use, their per-token
+/// int8 quantization.
+pub struct Input<'a> {
+    x: &'a [f32],
+    n: usize,
+    quantized: std::cell::OnceCell<kernels::QuantizedActivations>,
+}
+
+impl<'a> Input<'a> {
+    pub fn new(x: &'a [f32], n: usize) -> Self {
+        Self { x, n, quantized: std::cell::OnceCell::new() }
+    }
+
+    fn quantized(&self) -> Result<&kernels::QuantizedActivations> {
+        if let Some(q) = self.quantized.get() {
+            return Ok(q);
+        }
+        let cols = self.x.len().checked_div(self.n).unwrap_or(0);
+        let q = kernels::QuantizedActivations::quantize(self.x, self.n, cols)?;
+        Ok(self.quantized.get_or_init(|| q))
     }
 }
 

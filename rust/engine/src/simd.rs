@@ -93,6 +93,23 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     }
 }
 
+/// SwiGLU's product in place: `g[i] = silu(g[i]) · u[i]`, silu(x) = x · sigmoid(x).
+pub fn silu_mul(g: &mut [f32], u: &[f32]) {
+    assert_eq!(g.len(), u.len());
+    match level() {
+        // SAFETY: AVX2 and FMA were detected; lengths were asserted.
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx2 | Level::Vnni => unsafe { x86::silu_mul_avx2(g, u) },
+        _ => silu_mul_body(g, u),
+    }
+}
+
+fn silu_mul_body(g: &mut [f32], u: &[f32]) {
+    for (g, &u) in g.iter_mut().zip(u) {
+        *g = *g / (1.0 + (-*g).exp()) * u;
+    }
+}
+
 /// An element type of the KV cache: f16 (the default) or f32.
 pub trait KvElem: Copy + Send + Sync + 'static {
     const ZERO: Self;
@@ -195,6 +212,7 @@ mod x86 {
     /// four positions per pass over the output. Head sizes that are not a multiple of 8 take
     /// the portable body.
     #[target_feature(enable = "avx2,fma,f16c")]
+    #[allow(clippy::needless_range_loop)] // p indexes the cache rows and `scores` alike
     pub unsafe fn attend_avx2<T: KvElem>(h: &HeadQuery<'_, T>, scores: &mut Vec<f32>, out: &mut [f32]) {
         let hd = h.q.len();
         if !hd.is_multiple_of(8) || h.keys.is_empty() {
@@ -272,6 +290,23 @@ mod x86 {
 
     /// Positions ahead at which [`attend_avx2`] prefetches keys.
     const ATTEND_PREFETCH: usize = 32;
+
+    /// [`super::silu_mul`] eight at a time: with e = exp(−|x|) ≤ 1 (no overflow),
+    /// sigmoid(x) = 1/(1+e) for x ≥ 0 and e/(1+e) below.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn silu_mul_avx2(g: &mut [f32], u: &[f32]) {
+        let (n8, one) = (g.len() / 8 * 8, _mm256_set1_ps(1.0));
+        let sign = _mm256_set1_ps(-0.0);
+        for i in (0..n8).step_by(8) {
+            let x = _mm256_loadu_ps(g.as_ptr().add(i));
+            let e = exp_avx2(_mm256_or_ps(x, sign)); // exp(−|x|)
+            let negative = _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_LT_OQ);
+            let sigmoid = _mm256_div_ps(_mm256_blendv_ps(one, e, negative), _mm256_add_ps(one, e));
+            let y = _mm256_mul_ps(_mm256_mul_ps(x, sigmoid), _mm256_loadu_ps(u.as_ptr().add(i)));
+            _mm256_storeu_ps(g.as_mut_ptr().add(i), y);
+        }
+        super::silu_mul_body(&mut g[n8..], &u[n8..]);
+    }
 
     /// Lane j of the result is the sum of the eight lanes of `a[j]`.
     #[inline(always)]
@@ -438,6 +473,19 @@ mod tests {
         let w0 = 1f32.exp() / (1f32.exp() + 1.0);
         assert!((out[0] - (w0 * 1.0 + (1.0 - w0) * 3.0)).abs() < 1e-6);
         assert!((out[1] - (w0 * 2.0 + (1.0 - w0) * 4.0)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn silu_mul_matches_the_portable_body() {
+        // Both signs, zero, large magnitudes (exp underflow on one side), and a 3-value tail.
+        let g: Vec<f32> = (0..43).map(|i| (i as f32 - 21.0) * 4.7).chain([0.0, -0.0, 1e-3, -1e-3]).collect();
+        let u: Vec<f32> = (0..g.len()).map(|i| 1.0 - i as f32 * 0.05).collect();
+        let (mut fast, mut slow) = (g.clone(), g.clone());
+        silu_mul(&mut fast, &u);
+        silu_mul_body(&mut slow, &u);
+        for (i, (f, s)) in fast.iter().zip(&slow).enumerate() {
+            assert!((f - s).abs() <= 1e-6 * s.abs().max(1e-3), "{i}: g {} -> {f} vs {s}", g[i]);
+        }
     }
 
     #[test]

@@ -26,27 +26,54 @@ pub struct QuantizedActivations {
 
 impl QuantizedActivations {
     /// Quantizes row-major f32 activations `n_tokens × cols`.
+    /// Many tokens (a prompt) are split over the kernels' threads.
     pub fn quantize(x: &[f32], n_tokens: usize, cols: usize) -> Result<Self, KernelError> {
+        use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Relaxed};
         let mut out = Self::zeros(n_tokens, cols)?;
         check_len(x.len(), n_tokens, cols)?;
         let use_avx2 = avx2_available();
-        for (token, (row, dst)) in x.chunks_exact(cols).zip(out.values.chunks_exact_mut(out.stride)).enumerate() {
-            let result = if use_avx2 {
-                // SAFETY: AVX2 presence was checked just above.
-                #[cfg(target_arch = "x86_64")]
-                unsafe {
-                    quantize_row_avx2(row, &mut dst[..cols])
+        let stride = out.stride;
+        let scales: Vec<AtomicU32> = (0..n_tokens).map(|_| AtomicU32::new(0)).collect();
+        // The first bad (token, column), as token · cols + col; usize::MAX when none.
+        let first_bad = AtomicUsize::new(usize::MAX);
+        let quantize_rows = |first: usize, dst: &mut [i8]| {
+            for (i, dst) in dst.chunks_exact_mut(stride).enumerate() {
+                let token = first + i;
+                let row = &x[token * cols..][..cols];
+                let result = if use_avx2 {
+                    // SAFETY: AVX2 presence was checked above.
+                    #[cfg(target_arch = "x86_64")]
+                    unsafe {
+                        quantize_row_avx2(row, &mut dst[..cols])
+                    }
+                    #[cfg(not(target_arch = "x86_64"))]
+                    quantize_row_body(row, &mut dst[..cols])
+                } else {
+                    quantize_row_body(row, &mut dst[..cols])
+                };
+                match result {
+                    Ok(scale) => scales[token].store(scale.to_bits(), Relaxed),
+                    Err(col) => {
+                        first_bad.fetch_min(token * cols + col, Relaxed);
+                    }
                 }
-                #[cfg(not(target_arch = "x86_64"))]
-                quantize_row_body(row, &mut dst[..cols])
-            } else {
-                quantize_row_body(row, &mut dst[..cols])
-            };
-            out.scales[token] = result.map_err(|col| KernelError::NonFiniteActivation {
-                token,
-                col,
-                value: row[col],
-            })?;
+            }
+        };
+        // Tokens per task: a prompt's worth of rows is worth splitting, one token is not.
+        const TOKENS_PER_TASK: usize = 8;
+        match crate::pool::team() {
+            Ok(team) if team.threads() > 1 && n_tokens > TOKENS_PER_TASK => {
+                team.for_each_chunk(&mut out.values, TOKENS_PER_TASK * stride, |task, dst| quantize_rows(task * TOKENS_PER_TASK, dst))
+            }
+            _ => quantize_rows(0, &mut out.values),
+        }
+        let bad = first_bad.into_inner();
+        if bad != usize::MAX {
+            let (token, col) = (bad / cols, bad % cols);
+            return Err(KernelError::NonFiniteActivation { token, col, value: x[bad] });
+        }
+        for (dst, s) in out.scales.iter_mut().zip(&scales) {
+            *dst = f32::from_bits(s.load(Relaxed));
         }
         Ok(out)
     }
@@ -221,5 +248,22 @@ mod tests {
             QuantizedActivations::from_i8(&[1; 6], 2, 3, &[1.0, -1.0]),
             Err(KernelError::BadActivationScale { index: 1, .. })
         ));
+    }
+
+    #[test]
+    fn many_tokens_split_over_threads_match_one_at_a_time() {
+        crate::set_num_threads(2).unwrap();
+        let (n, cols) = (37, 50);
+        let mut x: Vec<f32> = (0..n * cols).map(|i| ((i * 7919) % 201) as f32 - 100.0).collect();
+        let all = QuantizedActivations::quantize(&x, n, cols).unwrap();
+        for t in 0..n {
+            let one = QuantizedActivations::quantize(&x[t * cols..][..cols], 1, cols).unwrap();
+            assert_eq!((all.token(t), all.scales()[t]), (one.token(0), one.scales()[0]), "token {t}");
+        }
+        // The first bad value is reported, whichever thread met it.
+        x[30 * cols + 4] = f32::NAN;
+        x[21 * cols + 9] = f32::INFINITY;
+        let err = QuantizedActivations::quantize(&x, n, cols);
+        assert!(matches!(err, Err(KernelError::NonFiniteActivation { token: 21, col: 9, .. })), "{err:?}");
     }
 }
