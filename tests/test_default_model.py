@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from nanochat_ternary import zoo
@@ -104,3 +105,15 @@ def test_readme_main_command_generates():
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip()
+
+
+def test_kv_cache_precision_choice(model):
+    """f16 (default) and f32 caches give nearly the same logits on the trained model; bad values are refused."""
+    exact = TernaryModel.from_pretrained(kv_cache="f32")
+    ids = model.encode("fn fibonacci(n: u64) -> u64 {\n    match n {")
+    a, b = model.logits(ids), exact.logits(ids)
+    assert a.shape == b.shape
+    assert np.abs(a - b).max() <= 0.02 * np.abs(b).max()
+    assert int(np.argmax(a[-1])) == int(np.argmax(b[-1]))
+    with pytest.raises(ValueError, match="kv_cache"):
+        TernaryModel.from_pretrained(kv_cache="bf16")

@@ -182,13 +182,15 @@ class TernaryModel:
     ``generation_config`` the defaults :meth:`generate` uses.
     """
 
-    def __init__(self, path: str | os.PathLike[str], name: str | None = None, source: str = "local") -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], name: str | None = None, source: str = "local", kv_cache: str = "f16"
+    ) -> None:
         """Loads a ``.gguf`` file or an HF-style directory directly (see :meth:`from_pretrained`)."""
         path = Path(path)
         self.path: Path = path
         self.name: str = name or (path.stem if path.is_file() else path.name)
         self.source: str = source
-        self._engine = _core.Engine(os.fspath(path))
+        self._engine = _core.Engine(os.fspath(path), kv_cache=kv_cache)
         values = json.loads(self._engine.config_json())
         self.architecture: str = str(values.pop("architecture", "nanochat-ternary"))
         known = set(ModelConfig.__dataclass_fields__)
@@ -208,11 +210,13 @@ class TernaryModel:
         revision: str | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
         local_files_only: bool = False,
+        kv_cache: str = "f16",
     ) -> TernaryModel:
         """Load a model from a local ``.gguf`` file or directory, a zoo name, or a Hugging Face
         Hub id (``org/name``; ``revision`` a branch, tag or commit). ``local_files_only=True`` (or
         ``HF_HUB_OFFLINE=1``) reads only the hub cache (``cache_dir`` or the default). Without a
-        name, loads the zoo's default model.
+        name, loads the zoo's default model. ``kv_cache``: ``"f16"`` (default, half the memory
+        traffic per generated token) or ``"f32"`` (exactly what the training model computes).
 
         Raises FileNotFoundError (nothing there / not cached), ValueError (corrupt or foreign
         files, unknown architecture, mismatched tokenizer), ``zoo.ZooChecksumError`` (a zoo file
@@ -227,7 +231,7 @@ class TernaryModel:
                 )
             name_or_path = default
         found = hub.resolve(name_or_path, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
-        return cls(found.path, name=found.name, source=found.source)
+        return cls(found.path, name=found.name, source=found.source, kv_cache=kv_cache)
 
     def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
         """Copy this model's files into ``directory`` so ``from_pretrained(directory)`` loads it:
