@@ -360,24 +360,25 @@ mod x86 {
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn q8_dots_avx2(w: &[i8], wd: &[f32], x: &[i8], xd: &[f32], out: &mut [f32], streamed: bool) {
         let ones = _mm256_set1_epi16(1);
-        let (cols, blocks) = (x.len(), xd.len());
-        for (r, o) in out.iter_mut().enumerate() {
-            let (row, row_d) = (w.as_ptr().add(r * cols), wd.as_ptr().add(r * blocks));
-            if streamed {
-                prefetch_ahead(w, r * cols, cols);
-            }
-            let block = |b: usize| {
-                let wv = _mm256_loadu_si256(row.add(b * Q8_BLOCK).cast());
-                let xv = _mm256_loadu_si256(x.as_ptr().add(b * Q8_BLOCK).cast());
-                let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
-                (_mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones)), _mm256_set1_ps(*row_d.add(b) * xd[b]))
-            };
-            *o = q8_blocks(blocks, block);
-        }
+        q8_rows(w, wd, x, xd, out, streamed, |a, b| _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), ones));
     }
 
     #[target_feature(enable = "avx2,fma,avx512f,avx512vl,avx512vnni")]
     pub unsafe fn q8_dots_vnni(w: &[i8], wd: &[f32], x: &[i8], xd: &[f32], out: &mut [f32], streamed: bool) {
+        q8_rows(w, wd, x, xd, out, streamed, |a, b| _mm256_dpbusd_epi32(_mm256_setzero_si256(), a, b));
+    }
+
+    /// The row loop of both ISAs: `dot(|w|, x·sign(w))` gives one block's eight i32 partial sums.
+    #[inline(always)]
+    unsafe fn q8_rows(
+        w: &[i8],
+        wd: &[f32],
+        x: &[i8],
+        xd: &[f32],
+        out: &mut [f32],
+        streamed: bool,
+        dot: impl Fn(__m256i, __m256i) -> __m256i,
+    ) {
         let (cols, blocks) = (x.len(), xd.len());
         for (r, o) in out.iter_mut().enumerate() {
             let (row, row_d) = (w.as_ptr().add(r * cols), wd.as_ptr().add(r * blocks));
@@ -387,7 +388,7 @@ mod x86 {
             let block = |b: usize| {
                 let wv = _mm256_loadu_si256(row.add(b * Q8_BLOCK).cast());
                 let xv = _mm256_loadu_si256(x.as_ptr().add(b * Q8_BLOCK).cast());
-                let sums = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
+                let sums = dot(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
                 (_mm256_cvtepi32_ps(sums), _mm256_set1_ps(*row_d.add(b) * xd[b]))
             };
             *o = q8_blocks(blocks, block);
