@@ -280,8 +280,13 @@ impl<'a, T: Copy> RowMajorOut<'a, T> {
     /// No other thread accesses those elements during the call.
     unsafe fn write(&self, token: usize, row0: usize, values: &[T]) {
         assert!(token < self.n_tokens && row0 + values.len() <= self.rows);
-        // SAFETY: in bounds (checked above); exclusive by the caller's contract.
-        unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), self.ptr.add(token * self.rows + row0), values.len()) }
+        let dst = self.ptr.add(token * self.rows + row0);
+        // SAFETY: in bounds (checked above); exclusive by the caller's contract. A whole tile is
+        // one fixed-size store (a length-generic copy is a `memmove` call, ~6 % of a prefill).
+        match <&[T; TILE_ROWS]>::try_from(values) {
+            Ok(tile) => unsafe { dst.cast::<[T; TILE_ROWS]>().write_unaligned(*tile) },
+            Err(_) => unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), dst, values.len()) },
+        }
     }
 }
 
@@ -367,6 +372,17 @@ pub fn gemm_quantized(w: &PlanarMatrix, x: &QuantizedActivations, variant: Optio
     let (scales, n_groups, rows) = (w.scales(), groups.len(), w.rows());
     let fold = |tile: usize, g: usize, dots: &[[i32; TILE_ROWS]], acc: &mut [[f32; TILE_ROWS]]| {
         let valid_rows = (rows - tile * TILE_ROWS).min(TILE_ROWS);
+        if n_groups == 1 && valid_rows == TILE_ROWS {
+            // One scale per row (the common case) over a whole tile: a fixed-size loop that
+            // vectorizes. Same operations, same order as below.
+            let s: &[f32; TILE_ROWS] = scales[tile * TILE_ROWS..][..TILE_ROWS].try_into().expect("one tile of scales");
+            for (d, a) in dots.iter().zip(acc) {
+                for i in 0..TILE_ROWS {
+                    a[i] += s[i] * d[i] as f32;
+                }
+            }
+            return;
+        }
         for (d, a) in dots.iter().zip(acc) {
             for i in 0..valid_rows {
                 a[i] += scales[(tile * TILE_ROWS + i) * n_groups + g] * d[i] as f32;
