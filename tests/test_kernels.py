@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -103,6 +105,34 @@ def test_concurrent_callers_share_the_pool() -> None:
     for t in threads:
         t.join()
     assert not errors
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_gets_working_threads() -> None:
+    """A fork()ed process inherits the kernels' team but not its threads: its parallel calls must
+    neither hang waiting for workers that do not exist nor give wrong results."""
+    trits = random_trits(300, 500)
+    w = kernels.pack(trits)
+    x = RNG.integers(-127, 128, size=(64, 500), dtype=np.int8)
+    expected = x.astype(np.int64) @ trits.T.astype(np.int64)
+    kernels.set_num_threads(2)
+    np.testing.assert_array_equal(kernels.gemm_i32(w, x), expected)  # the parent's team is running
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only if the results are right
+        ok = all(np.array_equal(kernels.gemm_i32(w, x), expected) for _ in range(5))
+        os._exit(0 if ok and kernels.num_threads() == 2 else 1)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung in a parallel kernel call")
+    np.testing.assert_array_equal(kernels.gemm_i32(w, x), expected)  # and the parent's still works
 
 
 def test_bad_inputs() -> None:

@@ -45,10 +45,13 @@ pub fn num_threads() -> usize {
 /// (the inference engine): one team means no second set of threads competes for the cores.
 pub fn team() -> Result<Arc<Team>, KernelError> {
     let mut guard = TEAM.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(team) = guard.as_ref() {
-        return Ok(Arc::clone(team));
-    }
-    let team = build(default_threads())?;
+    let threads = match guard.as_ref() {
+        Some(team) if !team.is_inherited() => return Ok(Arc::clone(team)),
+        // A fork()ed child: same thread count, new threads of its own.
+        Some(team) => team.workers_configured(),
+        None => default_threads(),
+    };
+    let team = build(threads)?;
     *guard = Some(Arc::clone(&team));
     Ok(team)
 }

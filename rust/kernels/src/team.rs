@@ -60,6 +60,9 @@ struct Shared {
 pub struct Team {
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<()>>,
+    /// The process that started the workers: a `fork()`ed child inherits the team but not its
+    /// threads, so there every job runs inline (and `pool::team` builds the child its own).
+    pid: u32,
     /// Held by the one caller whose job is running.
     submit: Mutex<()>,
 }
@@ -87,24 +90,37 @@ impl Team {
             match spawned {
                 Ok(handle) => workers.push(handle),
                 Err(e) => {
-                    let team = Self { shared, workers, submit: Mutex::new(()) };
+                    let team = Self { shared, workers, submit: Mutex::new(()), pid: std::process::id() };
                     drop(team); // stops the workers already started
                     return Err(e);
                 }
             }
         }
-        Ok(Self { shared, workers, submit: Mutex::new(()) })
+        Ok(Self { shared, workers, submit: Mutex::new(()), pid: std::process::id() })
     }
 
     /// Threads that run a job (workers + the caller).
     pub fn threads(&self) -> usize {
+        if self.is_inherited() {
+            return 1;
+        }
         self.workers.len() + 1
+    }
+
+    /// The thread count the team was built with (even where it runs inline after a fork).
+    pub fn workers_configured(&self) -> usize {
+        self.workers.len() + 1
+    }
+
+    /// Whether this process is a `fork()` of the one that built the team (its workers are gone).
+    pub fn is_inherited(&self) -> bool {
+        self.pid != std::process::id()
     }
 
     /// Runs `f(0) .. f(n_tasks - 1)`, spread over the team; returns when all have run.
     /// Panics (after every task has finished) if a task panicked.
     pub fn run(&self, n_tasks: usize, f: &(dyn Fn(usize) + Sync)) {
-        let inline = self.workers.is_empty() || n_tasks <= 1 || IN_TEAM.with(Cell::get);
+        let inline = self.workers.is_empty() || n_tasks <= 1 || IN_TEAM.with(Cell::get) || self.is_inherited();
         let guard = if inline { None } else { self.submit.try_lock().ok() };
         let Some(_guard) = guard else {
             (0..n_tasks).for_each(f);
@@ -197,6 +213,11 @@ fn worker(s: &Shared) {
 
 impl Drop for Team {
     fn drop(&mut self) {
+        if self.is_inherited() {
+            // The workers live (or lived) in the parent process; there is nothing to join here.
+            std::mem::forget(std::mem::take(&mut self.workers));
+            return;
+        }
         self.shared.shutdown.store(true, SeqCst);
         drop(self.shared.parked.lock().unwrap_or_else(|e| e.into_inner()));
         self.shared.wake.notify_all();
