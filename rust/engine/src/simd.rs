@@ -456,6 +456,16 @@ mod tests {
             for (f, s) in fast.iter().zip(&slow) {
                 assert!((f - s).abs() <= 1e-5 * s.abs().max(1.0), "{f} vs {s}");
             }
+            // The AVX2 body too, where the dispatcher picked the VNNI one.
+            #[cfg(target_arch = "x86_64")]
+            if level() != Level::Portable {
+                let mut avx2 = vec![0.0; rows];
+                // SAFETY: AVX2 and FMA are part of every non-portable level; lengths match.
+                unsafe { x86::q8_dots_avx2(&w, &wd, &x, &xd, &mut avx2, false) };
+                for (f, s) in avx2.iter().zip(&slow) {
+                    assert!((f - s).abs() <= 1e-5 * s.abs().max(1.0), "avx2 {f} vs {s}");
+                }
+            }
         }
     }
 
