@@ -200,6 +200,16 @@ pub fn gemv_quantized_into_with(
         let first_row = b * blocks.rows_per_block();
         let mut acc = [0f32; MAX_GEMV_TILES * TILE_ROWS];
         let mut dots = [[0; TILE_ROWS]; MAX_GEMV_TILES];
+        if n_groups == 1 {
+            // One scale per row (the common case): straight slices that vectorize. Same
+            // operations, same order as the general loop below (GEMV and GEMM agree bit for bit).
+            blocks.dots(b, x.values(), groups[0].clone(), x_sums[0], &mut dots);
+            let row_scales = &scales[first_row..][..dst.len()];
+            for ((d, &s), &v) in dst.iter_mut().zip(row_scales).zip(dots.as_flattened()) {
+                *d = (0.0 + s * v as f32) * x_scale;
+            }
+            return;
+        }
         for (g, chunks) in groups.iter().enumerate() {
             blocks.dots(b, x.values(), chunks.clone(), x_sums[g], &mut dots);
             for ((i, a), &d) in acc.iter_mut().enumerate().zip(dots.as_flattened()).take(dst.len()) {

@@ -127,6 +127,14 @@ fn check_group_scales(rows: usize, cols: usize, group: usize, n_tokens: usize, s
 }
 
 #[test]
+fn float_path_with_one_scale_per_row() {
+    // group = cols: the GEMV's per-row fast path, still bit-identical to the GEMM; 70 rows =
+    // 4 + 1 row tiles with a partial last tile.
+    check_group_scales(70, 300, 300, 5, 11);
+    check_group_scales(3, 17, 17, 2, 12);
+}
+
+#[test]
 fn float_path_applies_group_scales() {
     check_group_scales(21, 80, 32, 2, 3);
 }
