@@ -11,7 +11,7 @@ use crate::linear::Input;
 use crate::model::{Layer, Model};
 use half::f16;
 
-use crate::pool::for_each_chunk;
+use kernels::for_each_chunk;
 use crate::simd::KvElem;
 
 /// Element type of the KV cache.
@@ -238,9 +238,9 @@ fn ffn_block(model: &Model, layer: &Layer, h: &[f32], n: usize) -> Result<Vec<f3
     let hidden: Vec<f32> = match (model.config.ffn_activation, &layer.gate) {
         (FfnActivation::Swiglu, Some(gate)) => {
             let mut g = gate.forward_input(&input, model.residency)?;
-            // A prompt's worth is split over the threads (a token's, 2k values, is not).
-            let rows = 16 * model.config.ffn_hidden;
-            for_each_chunk(&mut g, rows, |i, part| crate::simd::silu_mul(part, &up[i * rows..][..part.len()]));
+            // 16 tokens' values per task: a prompt is split over the threads, a token is not.
+            let per_task = 16 * model.config.ffn_hidden;
+            for_each_chunk(&mut g, per_task, |i, part| crate::simd::silu_mul(part, &up[i * per_task..][..part.len()]));
             g
         }
         _ => up.iter().map(|&u| u.max(0.0) * u.max(0.0)).collect(),

@@ -16,7 +16,6 @@ mod generate;
 mod linear;
 mod load;
 mod model;
-mod pool;
 mod sampling;
 mod simd;
 pub mod synthetic;

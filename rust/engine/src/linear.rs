@@ -11,7 +11,7 @@ use kernels::Residency;
 use ternary::planar::PlanarMatrix;
 
 use crate::error::{EngineError, Result};
-use crate::pool::for_each_chunk;
+use kernels::for_each_chunk;
 
 /// Q8_0 block length.
 pub const Q8_BLOCK: usize = 32;

@@ -55,3 +55,13 @@ pub fn team() -> Result<Arc<Team>, KernelError> {
     *guard = Some(Arc::clone(&team));
     Ok(team)
 }
+
+/// Runs `f(index, chunk)` over `out` cut into chunks of `chunk` items, spread over the team (the
+/// team runs a single chunk, or everything when it has one thread, inline on the caller; so does
+/// this when the team cannot be built).
+pub fn for_each_chunk<T: Send>(out: &mut [T], chunk: usize, f: impl Fn(usize, &mut [T]) + Sync) {
+    match team() {
+        Ok(team) => team.for_each_chunk(out, chunk, f),
+        Err(_) => out.chunks_mut(chunk.max(1)).enumerate().for_each(|(i, c)| f(i, c)),
+    }
+}

@@ -59,14 +59,10 @@ impl QuantizedActivations {
                 }
             }
         };
-        // Tokens per task: a prompt's worth of rows is worth splitting, one token is not.
+        // Tokens per task: a prompt's rows are split over the threads; one token is one task,
+        // which runs inline.
         const TOKENS_PER_TASK: usize = 8;
-        match crate::pool::team() {
-            Ok(team) if team.threads() > 1 && n_tokens > TOKENS_PER_TASK => {
-                team.for_each_chunk(&mut out.values, TOKENS_PER_TASK * stride, |task, dst| quantize_rows(task * TOKENS_PER_TASK, dst))
-            }
-            _ => quantize_rows(0, &mut out.values),
-        }
+        crate::for_each_chunk(&mut out.values, TOKENS_PER_TASK * stride, |task, dst| quantize_rows(task * TOKENS_PER_TASK, dst));
         let bad = first_bad.into_inner();
         if bad != usize::MAX {
             let (token, col) = (bad / cols, bad % cols);
