@@ -60,11 +60,49 @@ struct Shared {
 pub struct Team {
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<()>>,
-    /// The process that started the workers: a `fork()`ed child inherits the team but not its
-    /// threads, so there every job runs inline (and `pool::team` builds the child its own).
-    pid: u32,
+    /// The process that started the workers (see [`Origin`]): a `fork()`ed child inherits the
+    /// team but not its threads, so there every job runs inline (and `pool::team` builds the
+    /// child its own).
+    origin: Origin,
     /// Held by the one caller whose job is running.
     submit: Mutex<()>,
+}
+
+/// Which process this is, cheaply: `getpid` is a system call (several per kernel call made
+/// ~1–3 % of a decode step), so a `pthread_atfork` child handler counts forks instead and
+/// the process id is read only if the handler could not be registered.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    Forks(usize),
+    Pid(u32),
+}
+
+/// Forks seen by this process's lineage: bumped in every child.
+static FORKS: AtomicUsize = AtomicUsize::new(0);
+
+impl Origin {
+    fn now() -> Origin {
+        static HANDLER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        if *HANDLER.get_or_init(register_fork_handler) {
+            Origin::Forks(FORKS.load(Relaxed))
+        } else {
+            Origin::Pid(std::process::id())
+        }
+    }
+}
+
+#[cfg(unix)]
+fn register_fork_handler() -> bool {
+    extern "C" fn in_child() {
+        FORKS.fetch_add(1, Relaxed);
+    }
+    // SAFETY: registers a plain function (async-signal-safe: one atomic add) to run in children.
+    unsafe { libc::pthread_atfork(None, None, Some(in_child)) == 0 }
+}
+
+#[cfg(not(unix))]
+fn register_fork_handler() -> bool {
+    true // no fork(): the count never changes
 }
 
 thread_local! {
@@ -90,13 +128,13 @@ impl Team {
             match spawned {
                 Ok(handle) => workers.push(handle),
                 Err(e) => {
-                    let team = Self { shared, workers, submit: Mutex::new(()), pid: std::process::id() };
+                    let team = Self { shared, workers, submit: Mutex::new(()), origin: Origin::now() };
                     drop(team); // stops the workers already started
                     return Err(e);
                 }
             }
         }
-        Ok(Self { shared, workers, submit: Mutex::new(()), pid: std::process::id() })
+        Ok(Self { shared, workers, submit: Mutex::new(()), origin: Origin::now() })
     }
 
     /// Threads that run a job (workers + the caller).
@@ -114,7 +152,7 @@ impl Team {
 
     /// Whether this process is a `fork()` of the one that built the team (its workers are gone).
     pub fn is_inherited(&self) -> bool {
-        self.pid != std::process::id()
+        self.origin != Origin::now()
     }
 
     /// Runs `f(0) .. f(n_tasks - 1)`, spread over the team; returns when all have run.
@@ -230,6 +268,36 @@ impl Drop for Team {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn a_forked_child_sees_the_team_as_inherited_and_runs_jobs_inline() {
+        let team = Team::new(2, "test-fork").unwrap();
+        let hits: Vec<AtomicUsize> = (0..8).map(|_| AtomicUsize::new(0)).collect();
+        team.run(hits.len(), &|i| {
+            hits[i].fetch_add(1, Relaxed);
+        });
+        assert!(!team.is_inherited() && team.threads() == 2);
+        // SAFETY: the child only touches atomics and the team (no allocation, no locks held by
+        // other threads) and leaves through `_exit`.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            // The workers do not exist here: the job must run inline, on this thread.
+            let ok = team.is_inherited() && team.threads() == 1 && {
+                team.run(hits.len(), &|i| {
+                    hits[i].fetch_add(1, Relaxed);
+                });
+                hits.iter().all(|h| h.load(Relaxed) == 2)
+            };
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child just forked.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "child status {status}");
+        assert!(!team.is_inherited(), "the parent's team is still its own");
+    }
 
     #[test]
     fn every_task_runs_once_across_many_jobs_and_after_parking() {
