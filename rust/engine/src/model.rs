@@ -164,7 +164,7 @@ impl Model {
     /// `Streamed` when the weights one decode step reads exceed the last-level cache (whose
     /// size Linux reports in sysfs; 32 MiB when it is unknown), else `Cached`.
     pub fn default_residency(&self) -> kernels::Residency {
-        if self.bytes_per_token() > last_level_cache_bytes() {
+        if self.bytes_per_token() > kernels::last_level_cache_bytes() {
             kernels::Residency::Streamed
         } else {
             kernels::Residency::Cached
@@ -183,25 +183,4 @@ impl Model {
             .sum();
         blocks + self.head.weight_bytes()
     }
-}
-
-/// Size of the largest CPU cache of cpu0 (`/sys/devices/system/cpu/cpu0/cache/index*/size`, e.g.
-/// "32768K"); 32 MiB when it cannot be read.
-fn last_level_cache_bytes() -> usize {
-    let parse = |text: &str| -> Option<usize> {
-        let t = text.trim();
-        let (digits, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
-        let n: usize = digits.parse().ok()?;
-        Some(n * match unit {
-            "K" => 1 << 10,
-            "M" => 1 << 20,
-            "" => 1,
-            _ => return None,
-        })
-    };
-    (0..8)
-        .filter_map(|i| std::fs::read_to_string(format!("/sys/devices/system/cpu/cpu0/cache/index{i}/size")).ok())
-        .filter_map(|t| parse(&t))
-        .max()
-        .unwrap_or(32 << 20)
 }

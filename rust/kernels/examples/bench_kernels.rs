@@ -11,7 +11,7 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use kernels::{gemm_i32, gemv_i32_into, set_num_threads, QuantizedActivations, Variant};
+use kernels::{gemm_i32, gemv_i32_into, gemv_quantized_into_with, set_num_threads, QuantizedActivations, Residency, Variant};
 use ternary::planar::PlanarMatrix;
 
 const SHAPES: [(usize, usize); 4] = [(2048, 2048), (4096, 4096), (4096, 11008), (11008, 4096)];
@@ -99,27 +99,31 @@ unsafe fn read_sum_avx512(buf: &[u64]) -> u64 {
     out.iter().fold(tail, |a, &v| a ^ v)
 }
 
-/// The streaming-read reference: a same-size buffer read with AVX-512 loads (read-only, so no
-/// write-allocate traffic) by `threads` threads, each reading its share. The threads are the
-/// kernels' own team (set to the same count before this is built), so the reference and the
-/// kernel pay the same hand-off and no spawn cost is timed.
+/// The streaming-read reference: `windows` same-size buffers read in turn (one per call) with
+/// AVX-512 loads (read-only, so no write-allocate traffic) by `threads` threads, each reading its
+/// share. The threads are the kernels' own team (set to the same count before this is built), so
+/// the reference and the kernel pay the same hand-off and no spawn cost is timed.
 struct Stream {
     buf: Vec<u64>,
-    share: usize,
+    window: usize,
+    windows: usize,
+    next: std::cell::Cell<usize>,
     team: std::sync::Arc<kernels::Team>,
 }
 
 impl Stream {
-    fn new(bytes: usize, threads: usize) -> Self {
-        let buf: Vec<u64> = (0..bytes / 8).map(|i| i as u64).collect();
-        let share = buf.len().div_ceil(threads);
+    fn new(bytes: usize, windows: usize, threads: usize) -> Self {
+        let window = bytes / 8;
+        let buf: Vec<u64> = (0..window * windows).map(|i| i as u64).collect();
         let team = kernels::team().expect("kernel threads");
         assert_eq!(team.threads(), threads, "set_num_threads first");
-        Self { buf, share, team }
+        Self { buf, window, windows, next: 0.into(), team }
     }
 
     fn read(&self) {
-        let parts: Vec<&[u64]> = self.buf.chunks(self.share).collect();
+        let w = self.next.replace((self.next.get() + 1) % self.windows);
+        let window = &self.buf[w * self.window..][..self.window];
+        let parts: Vec<&[u64]> = window.chunks(self.window.div_ceil(self.team.threads())).collect();
         let sums: Vec<std::sync::atomic::AtomicU64> = parts.iter().map(|_| Default::default()).collect();
         self.team.run(parts.len(), &|i| sums[i].store(read_sum(parts[i]), std::sync::atomic::Ordering::Relaxed));
         black_box(&sums);
@@ -223,6 +227,9 @@ fn main() {
     if opts.gemv {
         bench_gemv(&opts.variants, &thread_counts, budget);
     }
+    if opts.gemv {
+        bench_gemv_dram(&opts.variants, &thread_counts, budget);
+    }
     if opts.gemm {
         let shapes: &[(usize, usize)] = if opts.quick { &SHAPES[1..2] } else { &SHAPES };
         bench_gemm(&opts.variants, &thread_counts, budget, shapes);
@@ -240,9 +247,51 @@ fn bench_gemv(variants: &[Variant], thread_counts: &[usize], budget: Duration) {
         let bytes = w.as_bytes().len();
         for &threads in thread_counts {
             set_num_threads(threads).expect("pool");
-            let stream = Stream::new(bytes, threads);
+            let stream = Stream::new(bytes, 1, threads);
             for &v in variants {
                 let kernel = || gemv_i32_into(&w, &x, &mut out, Some(v)).expect("gemv");
+                let (t, t_stream) = best_time_pair(budget, kernel, || stream.read());
+                let gops = 2.0 * (rows * cols) as f64 / t / 1e9;
+                let (wbw, sbw) = (bytes as f64 / t, bytes as f64 / t_stream);
+                println!(
+                    "| {rows}x{cols} | {v} | {threads} | {:.1} | {gops:.1} | {:.1} | {:.1} | {:.2} |",
+                    t * 1e6,
+                    wbw / 1e9,
+                    sbw / 1e9,
+                    wbw / sbw
+                );
+            }
+        }
+    }
+}
+
+/// GEMV with the weights coming from DRAM, as in the decode of a model larger than the
+/// last-level cache: copies of the matrix (together at least 4× the LLC and 256 MiB) are used in
+/// turn, so every call finds its matrix evicted, and the kernel runs with
+/// `Residency::Streamed` as the engine does then. The reference reads same-size windows of a
+/// buffer as large, in turn. The scalar variant is left out: it computes at ~1 GB/s, far below
+/// any memory.
+fn bench_gemv_dram(variants: &[Variant], thread_counts: &[usize], budget: Duration) {
+    let total = (4 * kernels::last_level_cache_bytes()).max(256 << 20);
+    println!("\n## GEMV from DRAM (each call on another copy; copies total {} MiB)\n", total >> 20);
+    println!("| shape | variant | threads | µs | GOPS | weight GB/s | stream GB/s | ratio |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for &(rows, cols) in &SHAPES {
+        let first = random_matrix(rows, cols, 1);
+        let bytes = first.as_bytes().len();
+        let copies = total.div_ceil(bytes);
+        let ws: Vec<PlanarMatrix> = (0..copies).map(|_| first.clone()).collect();
+        let x = activations(1, cols);
+        let mut out = vec![0f32; rows];
+        for &threads in thread_counts {
+            set_num_threads(threads).expect("pool");
+            let stream = Stream::new(bytes, copies, threads);
+            for &v in variants.iter().filter(|&&v| v != Variant::Scalar) {
+                let mut next = 0;
+                let kernel = || {
+                    gemv_quantized_into_with(&ws[next], &x, &mut out, Some(v), Residency::Streamed).expect("gemv");
+                    next = (next + 1) % copies;
+                };
                 let (t, t_stream) = best_time_pair(budget, kernel, || stream.read());
                 let gops = 2.0 * (rows * cols) as f64 / t / 1e9;
                 let (wbw, sbw) = (bytes as f64 / t, bytes as f64 / t_stream);

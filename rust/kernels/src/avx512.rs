@@ -45,12 +45,15 @@ const BLOCK_CHUNKS: usize = 1 << 14;
 /// ahead measured best (8–16 within noise; 32+ and L2-only hints were slower).
 const PREFETCH_CHUNKS: usize = 12;
 
-/// How far ahead (in cache lines) the prefetch of a streamed GEMV runs: weights that come from
-/// DRAM (a model larger than the last-level cache) need more misses in flight than one core's
-/// hardware prefetchers keep, and they stop at every 4 KiB page. 16 KiB ahead measured best for
-/// a 125M-parameter model's decode (one thread: 19 → 35 GB/s over its GEMVs); on weights that
-/// sit in cache the extra distance is slower than [`PREFETCH_CHUNKS`].
-const STREAM_PREFETCH_LINES: usize = 256;
+/// Least distance of the prefetch sweep of a streamed GEMV (weights from DRAM: a model larger than
+/// the last-level cache). One core's hardware prefetchers keep too few misses in flight and stop
+/// at every 4 KiB page, so the kernel requests the next block of tiles, in address order, while it
+/// reads the current one; blocks of short rows (768 columns: 12 KiB) are swept this far ahead.
+/// Measured on Zen 5, one thread, over 256 MiB of matrix copies (`bench_kernels`, "from DRAM"):
+/// a fixed 16 KiB sweep, which falls inside the current block when rows exceed 1024 columns,
+/// gave 0.65 of a plain read for 4096 columns; the next block in address order 0.87–0.90;
+/// the same chunk of each tile one or two blocks ahead 0.77–0.84 and 0.77–0.80.
+const STREAM_PREFETCH_MIN_BYTES: usize = 16 << 10;
 
 /// `Σ trit·x` for the 16 rows of each of `NT` consecutive row tiles over chunks `c0..c1`.
 ///
@@ -62,8 +65,8 @@ const STREAM_PREFETCH_LINES: usize = 256;
 /// - `NT` tiles at once share each activation broadcast. With one tile, the four broadcast loads per
 ///   chunk (folded into `vpdpbusd` as `{1to16}`) were the bottleneck; with four tiles there is one
 ///   broadcast per four `vpdpbusd`, and 4 × 4 accumulators are enough independent chains.
-/// - Software prefetch of every tile's stream (see [`PREFETCH_CHUNKS`]), or with `STREAMED` one
-///   sweep far ahead (see [`STREAM_PREFETCH_LINES`]).
+/// - Software prefetch of every tile's stream (see [`PREFETCH_CHUNKS`]), or with `STREAMED`
+///   one linear sweep over the next block (see [`STREAM_PREFETCH_MIN_BYTES`]).
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn gemv_tiles_nt<const NT: usize, const STREAMED: bool>(
     tiles: *const u8,
@@ -80,6 +83,7 @@ unsafe fn gemv_tiles_nt<const NT: usize, const STREAMED: bool>(
         _mm512_set1_epi8(0x30),
         _mm512_set1_epi8(0xc0u8 as i8),
     ];
+    let stream_ahead = (NT * tile_stride).max(STREAM_PREFETCH_MIN_BYTES);
     let mut total = [_mm512_setzero_si512(); NT];
     let mut start = c0;
     while start < c1 {
@@ -93,10 +97,10 @@ unsafe fn gemv_tiles_nt<const NT: usize, const STREAMED: bool>(
                 // A prefetch never faults; `wrapping_add` keeps the address computation defined past
                 // the end of the buffer.
                 if STREAMED {
-                    // This block's tiles are adjacent, and so is the next block: one linear sweep
-                    // that runs far ahead (NT lines per step, as fast as they are consumed).
-                    let line = (c - c0) * NT + t + STREAM_PREFETCH_LINES;
-                    _mm_prefetch::<_MM_HINT_T0>(tiles.wrapping_add(line * 64).cast());
+                    // One linear sweep at least a block of NT tiles ahead (NT lines per step, as
+                    // fast as they are consumed): over a block, the next one is requested in order.
+                    let line = (c - c0) * NT + t;
+                    _mm_prefetch::<_MM_HINT_T0>(tiles.wrapping_add(stream_ahead + line * 64).cast());
                 } else {
                     _mm_prefetch::<_MM_HINT_T0>(chunk.wrapping_add(PREFETCH_CHUNKS * 64).cast());
                 }

@@ -172,6 +172,27 @@ pub enum Residency {
     Streamed,
 }
 
+/// Size of the largest CPU cache of cpu0 (`/sys/devices/system/cpu/cpu0/cache/index*/size`, e.g.
+/// "32768K"); 32 MiB when it cannot be read.
+pub fn last_level_cache_bytes() -> usize {
+    let parse = |text: &str| -> Option<usize> {
+        let t = text.trim();
+        let (digits, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+        let n: usize = digits.parse().ok()?;
+        Some(n * match unit {
+            "K" => 1 << 10,
+            "M" => 1 << 20,
+            "" => 1,
+            _ => return None,
+        })
+    };
+    (0..8)
+        .filter_map(|i| std::fs::read_to_string(format!("/sys/devices/system/cpu/cpu0/cache/index{i}/size")).ok())
+        .filter_map(|t| parse(&t))
+        .max()
+        .unwrap_or(32 << 20)
+}
+
 /// Float GEMV on quantized activations: `out[r] = x_scale · Σ_g w_scale[r][g] · Σ_{k∈g} trit·x`.
 pub fn gemv_quantized_into(
     w: &PlanarMatrix,
