@@ -5,7 +5,7 @@
 //!
 //! Per row: bytes read per decoded token (weights + the f16 KV cache at the mean decode
 //! position), the streaming-read bandwidth measured in the same process with the same thread
-//! count (the better of a plain and a prefetching read), and ratio = bytes/token × tok/s ÷
+//! count (the better of a plain and a prefetching read, interleaved with the decode runs), and ratio = bytes/token × tok/s ÷
 //! bandwidth (1.0 = at the memory roofline). Peak RSS (VmHWM) is
 //! per model: each model runs in its own child process.
 //!
@@ -26,6 +26,7 @@ use gguf::GgmlType;
 
 const PROMPT: usize = 128;
 const DECODE: usize = 64;
+const DECODE_ROUNDS: usize = 5;
 
 fn nano_125m() -> ModelConfig {
     ModelConfig {
@@ -91,19 +92,35 @@ fn read_xor_prefetched(buf: &[u64]) -> u64 {
     lanes.iter().fold(0, |a, &b| a ^ b)
 }
 
-/// Streaming-read bandwidth (bytes/s) over a buffer of `bytes` with `threads` pool threads: the
-/// better of a plain read and a prefetching one, so the roofline is what a read can reach.
-fn stream_bandwidth(bytes: usize, threads: usize) -> f64 {
-    use rayon::prelude::*;
-    let buf: Vec<u64> = (0..bytes / 8).map(|i| i as u64).collect();
-    let share = buf.len().div_ceil(threads).next_multiple_of(8);
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool");
-    let best = [read_xor as fn(&[u64]) -> u64, read_xor_prefetched].map(|read| {
-        best_time(5, Duration::from_millis(300), || {
-            pool.install(|| black_box(buf.par_chunks(share).map(read).reduce(|| 0, |a, b| a ^ b)));
-        })
-    });
-    (buf.len() * 8) as f64 / best[0].min(best[1])
+/// The streaming-read reference: a buffer of one token's bytes read by the kernels' own team
+/// (the threads decode runs on), each thread its share.
+struct Probe {
+    buf: Vec<u64>,
+    share: usize,
+}
+
+impl Probe {
+    fn new(bytes: usize, threads: usize) -> Self {
+        let buf: Vec<u64> = (0..bytes / 8).map(|i| i as u64).collect();
+        let share = buf.len().div_ceil(threads).next_multiple_of(8);
+        Self { buf, share }
+    }
+
+    /// Bandwidth (bytes/s) of the better of one plain and one prefetching read, so the roofline
+    /// is what a read can reach.
+    fn measure(&self) -> f64 {
+        let team = kernels::team().expect("kernel threads");
+        let parts: Vec<&[u64]> = self.buf.chunks(self.share).collect();
+        let mut best = f64::INFINITY;
+        for read in [read_xor as fn(&[u64]) -> u64, read_xor_prefetched] {
+            let start = Instant::now();
+            team.run(parts.len(), &|i| {
+                black_box(read(parts[i]));
+            });
+            best = best.min(start.elapsed().as_secs_f64());
+        }
+        (self.buf.len() * 8) as f64 / best
+    }
 }
 
 /// A `/proc/self/status` memory field (VmHWM = peak RSS, VmRSS = current) in KiB.
@@ -146,9 +163,12 @@ fn bench_model(name: &str, model: &Model, file_bytes: u64) {
         let mut cache = KvCache::new(model, PROMPT + DECODE);
         let logits = model.forward(&mut cache, &prompt, false).expect("prefill");
         let first = engine::argmax(&logits);
-        // Best of three runs of the same 64 steps (the cache is cut back to the prompt).
-        let mut decode = f64::INFINITY;
-        for _ in 0..3 {
+        // Rounds of the same 64 steps (the cache cut back to the prompt), each followed by three
+        // reads of the probe, so decode and bandwidth are measured under the same machine load
+        // (the memory bandwidth of these VMs drifts by tens of percent over minutes); best of each.
+        let probe = Probe::new(bytes_per_token, threads);
+        let (mut decode, mut bandwidth) = (f64::INFINITY, 0f64);
+        for _ in 0..DECODE_ROUNDS {
             cache.truncate(PROMPT);
             let mut next = first;
             let start = Instant::now();
@@ -157,9 +177,11 @@ fn bench_model(name: &str, model: &Model, file_bytes: u64) {
                 next = engine::argmax(&logits);
             }
             decode = decode.min(start.elapsed().as_secs_f64() / DECODE as f64);
+            for _ in 0..3 {
+                bandwidth = bandwidth.max(probe.measure());
+            }
         }
         kv_total = cache.bytes();
-        let bandwidth = stream_bandwidth(bytes_per_token, threads);
         let decode_tps = 1.0 / decode;
         println!(
             "{name:<16} {threads:>2} {:>12.1} {:>11.1} {:>10.1} {:>9.1} {:>9.1} {:>7.2}",
