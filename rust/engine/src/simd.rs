@@ -317,12 +317,17 @@ mod x86 {
         _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31))
     }
 
+    /// The eight lanes of `v` folded with `op` (an element-wise add or max).
+    #[inline(always)]
+    unsafe fn fold8(v: __m256, op: impl Fn(__m128, __m128) -> __m128) -> f32 {
+        let m = op(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let m = op(m, _mm_movehl_ps(m, m));
+        _mm_cvtss_f32(op(m, _mm_shuffle_ps(m, m, 1)))
+    }
+
     #[inline(always)]
     unsafe fn hmax(v: __m256) -> f32 {
-        let m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-        let m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
-        _mm_cvtss_f32(m)
+        fold8(v, |a, b| _mm_max_ps(a, b))
     }
 
     /// e^x for x ≤ 0 (softmax arguments; −∞ gives 0): x = n·ln2 + r with |r| ≤ ln2/2, e^r by
@@ -346,10 +351,7 @@ mod x86 {
 
     #[inline(always)]
     unsafe fn hsum(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-        _mm_cvtss_f32(s)
+        fold8(v, |a, b| _mm_add_ps(a, b))
     }
 
     /// Unsigned × signed products need one unsigned operand: |w| and x·sign(w). |w| of −128 is

@@ -237,6 +237,13 @@ fn main() {
     }
 }
 
+/// A GEMV table row: shape, variant, threads, µs, GOPS, weight GB/s, stream GB/s, ratio.
+fn gemv_row((rows, cols): (usize, usize), v: Variant, threads: usize, bytes: usize, t: f64, t_stream: f64) -> String {
+    let gops = 2.0 * (rows * cols) as f64 / t / 1e9;
+    let (wbw, sbw) = (bytes as f64 / t, bytes as f64 / t_stream);
+    format!("| {rows}x{cols} | {v} | {threads} | {:.1} | {gops:.1} | {:.1} | {:.1} | {:.2} |", t * 1e6, wbw / 1e9, sbw / 1e9, wbw / sbw)
+}
+
 /// GEMV on one matrix used again and again, so it sits in cache (these shapes fit in the L3 of
 /// the machines we measure on; the reference reads a buffer of the same size, so "stream" is
 /// cache bandwidth there). There the kernel is bound by `vpdpbusd` throughput, hence the last
@@ -258,15 +265,8 @@ fn bench_gemv(variants: &[Variant], thread_counts: &[usize], budget: Duration) {
                 let kernel = || gemv_i32_into(&w, &x, &mut out, Some(v)).expect("gemv");
                 let (t, t_stream) = best_time_pair(budget, kernel, || stream.read());
                 let gops = 2.0 * (rows * cols) as f64 / t / 1e9;
-                let (wbw, sbw) = (bytes as f64 / t, bytes as f64 / t_stream);
                 let pct = peak1.map_or("-".into(), |p| format!("{:.0}%", 100.0 * gops * 1e9 / (p * threads as f64)));
-                println!(
-                    "| {rows}x{cols} | {v} | {threads} | {:.1} | {gops:.1} | {:.1} | {:.1} | {:.2} | {pct} |",
-                    t * 1e6,
-                    wbw / 1e9,
-                    sbw / 1e9,
-                    wbw / sbw
-                );
+                println!("{} {pct} |", gemv_row((rows, cols), v, threads, bytes, t, t_stream));
             }
         }
     }
@@ -300,15 +300,7 @@ fn bench_gemv_dram(variants: &[Variant], thread_counts: &[usize], budget: Durati
                     next = (next + 1) % copies;
                 };
                 let (t, t_stream) = best_time_pair(budget, kernel, || stream.read());
-                let gops = 2.0 * (rows * cols) as f64 / t / 1e9;
-                let (wbw, sbw) = (bytes as f64 / t, bytes as f64 / t_stream);
-                println!(
-                    "| {rows}x{cols} | {v} | {threads} | {:.1} | {gops:.1} | {:.1} | {:.1} | {:.2} |",
-                    t * 1e6,
-                    wbw / 1e9,
-                    sbw / 1e9,
-                    wbw / sbw
-                );
+                println!("{}", gemv_row((rows, cols), v, threads, bytes, t, t_stream));
             }
         }
     }
