@@ -158,7 +158,7 @@ fn write<T: KvElem>(layer: &mut (Vec<T>, Vec<T>), (heads, hd, room, pos0): (usiz
 fn rms_norm(x: &[f32], gain: &[f32], eps: f32, out: &mut Vec<f32>) {
     out.clear();
     for row in x.chunks_exact(gain.len()) {
-        let ms = row.iter().map(|v| v * v).sum::<f32>() / row.len() as f32;
+        let ms = crate::simd::dot(row, row) / row.len() as f32;
         let inv = 1.0 / (ms + eps).sqrt();
         out.extend(row.iter().zip(gain).map(|(v, g)| v * inv * g));
     }
@@ -337,7 +337,8 @@ impl Model {
         let rows = if all_logits { &x[..] } else { &x[(n_tok - 1) * d..] };
         rms_norm(rows, &self.output_norm, eps, &mut h);
         let logits = self.head.forward(&h, rows.len() / d, self.residency)?;
-        if let Some(i) = logits.iter().position(|v| !v.is_finite()) {
+        if !crate::simd::all_finite(&logits) {
+            let i = logits.iter().position(|v| !v.is_finite()).unwrap_or(0);
             return Err(EngineError::Numerical(format!("logit {i} is not finite (overflow in the weights?)")));
         }
         Ok(logits)

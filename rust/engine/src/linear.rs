@@ -221,19 +221,8 @@ fn rows_product(rows: usize, cols: usize, n: usize, f: impl Fn(usize, &mut [f32]
 /// int8 absmax quantization per 32 values (llama.cpp's Q8_0 activations, round half to even).
 fn quantize_q8(x: &[f32]) -> Result<(Vec<i8>, Vec<f32>)> {
     let mut q = vec![0i8; x.len()];
-    let mut d = Vec::with_capacity(x.len() / Q8_BLOCK);
-    for (src, dst) in x.chunks_exact(Q8_BLOCK).zip(q.chunks_exact_mut(Q8_BLOCK)) {
-        let max = src.iter().fold(0f32, |m, v| m.max(v.abs()));
-        if !max.is_finite() {
-            return Err(EngineError::Numerical("non-finite activation before the output head".into()));
-        }
-        let scale = max / 127.0;
-        let inv = if max > 0.0 { 127.0 / max } else { 0.0 };
-        for (o, &v) in dst.iter_mut().zip(src) {
-            *o = (v * inv).round_ties_even() as i8;
-        }
-        d.push(scale);
-    }
+    let mut d = vec![0f32; x.len() / Q8_BLOCK];
+    crate::simd::quantize_q8(x, &mut q, &mut d).ok_or_else(|| EngineError::Numerical("non-finite activation before the output head".into()))?;
     Ok((q, d))
 }
 

@@ -107,13 +107,7 @@ pub fn apply_repetition_penalty(logits: &mut [f32], history: &[u32], penalty: f3
 
 /// Index of the largest logit (lowest id on ties).
 pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &l) in logits.iter().enumerate() {
-        if l > logits[best] {
-            best = i;
-        }
-    }
-    best as u32
+    crate::simd::argmax(logits) as u32
 }
 
 /// The candidates that survive top-k, top-p and min-p with their renormalized probabilities, in

@@ -110,6 +110,68 @@ fn silu_mul_body(g: &mut [f32], u: &[f32]) {
     }
 }
 
+/// Index of the largest value, the lowest index on ties; NaNs are skipped (0 when nothing
+/// compares, as for an all-NaN slice).
+pub fn argmax(x: &[f32]) -> usize {
+    match level() {
+        // SAFETY: AVX2 was detected.
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx2 | Level::Vnni if x.len() >= 8 => unsafe { x86::argmax_avx2(x) },
+        _ => argmax_body(x, 0, f32::NEG_INFINITY, 0),
+    }
+}
+
+/// [`argmax`] of `x[from..]`, starting from the best so far (`best`, at `at`).
+fn argmax_body(x: &[f32], from: usize, mut best: f32, mut at: usize) -> usize {
+    for (i, &v) in x.iter().enumerate().skip(from) {
+        if v > best {
+            (best, at) = (v, i);
+        }
+    }
+    at
+}
+
+/// Whether every value is finite (no NaN, no ±∞). A branch-free pass, since it runs over the
+/// logits of every token.
+pub fn all_finite(x: &[f32]) -> bool {
+    let mut ok = [true; 16];
+    let chunks = x.chunks_exact(16);
+    let tail = chunks.remainder().iter().all(|v| v.is_finite());
+    for c in chunks {
+        for (o, v) in ok.iter_mut().zip(c) {
+            *o &= v.is_finite();
+        }
+    }
+    tail && ok.iter().all(|&o| o)
+}
+
+/// Q8_0 activations: int8 absmax quantization per 32 values (as llama.cpp's, rounding half to
+/// even) into `q`, one scale per block into `d`. `None` when a value is not finite.
+pub fn quantize_q8(x: &[f32], q: &mut [i8], d: &mut [f32]) -> Option<()> {
+    assert!(x.len() == q.len() && x.len() == d.len() * Q8_BLOCK);
+    match level() {
+        // SAFETY: AVX2 was detected; lengths were asserted.
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx2 | Level::Vnni => unsafe { x86::quantize_q8_avx2(x, q, d) },
+        _ => quantize_q8_body(x, q, d),
+    }
+}
+
+fn quantize_q8_body(x: &[f32], q: &mut [i8], d: &mut [f32]) -> Option<()> {
+    for ((src, dst), scale) in x.chunks_exact(Q8_BLOCK).zip(q.chunks_exact_mut(Q8_BLOCK)).zip(d.iter_mut()) {
+        if !src.iter().all(|v| v.is_finite()) {
+            return None;
+        }
+        let max = src.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let inv = if max > 0.0 { 127.0 / max } else { 0.0 };
+        for (o, &v) in dst.iter_mut().zip(src) {
+            *o = (v * inv).round_ties_even() as i8;
+        }
+        *scale = max / 127.0;
+    }
+    Some(())
+}
+
 /// An element type of the KV cache: f16 (the default) or f32.
 pub trait KvElem: Copy + Send + Sync + 'static {
     const ZERO: Self;
@@ -286,6 +348,60 @@ mod x86 {
                 _mm256_storeu_ps(o.add(l), _mm256_fmadd_ps(w, load(v0, p, l), _mm256_loadu_ps(o.add(l))));
             }
         }
+    }
+
+    /// [`super::argmax`] eight lanes at a time: each lane keeps its largest value and the first
+    /// index holding it (a strict `>`, so NaNs never enter); the lanes are then merged on the
+    /// value, lowest index first, and the tail continues from there.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn argmax_avx2(x: &[f32]) -> usize {
+        let n8 = x.len() / 8 * 8;
+        let (mut best, mut at) = (_mm256_set1_ps(f32::NEG_INFINITY), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        let (mut index, eight) = (at, _mm256_set1_epi32(8));
+        for i in (0..n8).step_by(8) {
+            let v = _mm256_loadu_ps(x.as_ptr().add(i));
+            let greater = _mm256_cmp_ps(v, best, _CMP_GT_OQ);
+            best = _mm256_blendv_ps(best, v, greater);
+            at = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(at), _mm256_castsi256_ps(index), greater));
+            index = _mm256_add_epi32(index, eight);
+        }
+        let (mut values, mut indices) = ([0f32; 8], [0i32; 8]);
+        _mm256_storeu_ps(values.as_mut_ptr(), best);
+        _mm256_storeu_si256(indices.as_mut_ptr().cast(), at);
+        let (mut top, mut first) = (values[0], indices[0]);
+        for (&v, &i) in values.iter().zip(&indices).skip(1) {
+            if v > top || (v == top && i < first) {
+                (top, first) = (v, i);
+            }
+        }
+        super::argmax_body(x, n8, top, first as usize)
+    }
+
+    /// [`super::quantize_q8`] one 32-value block per step: the absmax and a non-finite flag
+    /// from one pass, `_mm256_cvtps_epi32` rounding half to even (the default MXCSR mode), two
+    /// saturating packs and a lane fix-up to restore the order.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn quantize_q8_avx2(x: &[f32], q: &mut [i8], d: &mut [f32]) -> Option<()> {
+        let (sign, inf) = (_mm256_set1_ps(-0.0), _mm256_set1_ps(f32::INFINITY));
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+        for (b, scale) in d.iter_mut().enumerate() {
+            let src = x.as_ptr().add(b * super::Q8_BLOCK);
+            let v = [0, 8, 16, 24].map(|o| _mm256_loadu_ps(src.add(o)));
+            let abs = v.map(|v| _mm256_andnot_ps(sign, v));
+            let max = _mm256_max_ps(_mm256_max_ps(abs[0], abs[1]), _mm256_max_ps(abs[2], abs[3]));
+            // Not-less-than-∞, unordered: true for ±∞ and NaN.
+            let bad = abs.map(|a| _mm256_cmp_ps(a, inf, _CMP_NLT_UQ));
+            if _mm256_movemask_ps(_mm256_or_ps(_mm256_or_ps(bad[0], bad[1]), _mm256_or_ps(bad[2], bad[3]))) != 0 {
+                return None;
+            }
+            let max = hmax(max);
+            let inv = _mm256_set1_ps(if max > 0.0 { 127.0 / max } else { 0.0 });
+            let i = v.map(|v| _mm256_cvtps_epi32(_mm256_mul_ps(v, inv)));
+            let packed = _mm256_packs_epi16(_mm256_packs_epi32(i[0], i[1]), _mm256_packs_epi32(i[2], i[3]));
+            _mm256_storeu_si256(q.as_mut_ptr().add(b * super::Q8_BLOCK).cast(), _mm256_permutevar8x32_epi32(packed, order));
+            *scale = max / 127.0;
+        }
+        Some(())
     }
 
     /// Positions ahead at which [`attend_avx2`] prefetches keys.
@@ -486,6 +602,48 @@ mod tests {
         let w0 = 1f32.exp() / (1f32.exp() + 1.0);
         assert!((out[0] - (w0 * 1.0 + (1.0 - w0) * 3.0)).abs() < 1e-6);
         assert!((out[1] - (w0 * 2.0 + (1.0 - w0) * 4.0)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn argmax_matches_the_portable_body() {
+        let mut rng = crate::sampling::Rng::new(3);
+        for n in [1, 7, 8, 9, 16, 17, 1000, 50257] {
+            let mut x: Vec<f32> = (0..n).map(|_| (rng.next_f64() * 8.0) as f32 - 4.0).collect();
+            assert_eq!(argmax(&x), argmax_body(&x, 0, f32::NEG_INFINITY, 0), "n {n}");
+            // Ties take the lowest index, wherever the copies fall among the lanes and the tail.
+            let top = x.iter().cloned().fold(f32::NEG_INFINITY, f32::max) + 1.0;
+            for at in [n - 1, n / 2, n / 3] {
+                x[at] = top;
+            }
+            assert_eq!(argmax(&x), n / 3, "n {n}");
+            x[0] = f32::NAN;
+            assert_eq!(argmax(&x), n / 3 * (n > 1) as usize, "n {n}");
+        }
+        assert_eq!(argmax(&[f32::NEG_INFINITY; 20]), 0);
+        assert_eq!(argmax(&[f32::NAN; 20]), 0);
+        assert!(all_finite(&[1.0; 37]) && !all_finite(&[1.0, f32::NAN]) && !all_finite(&[0.0, 1.0, f32::INFINITY]));
+        let mut v = vec![0.5f32; 100];
+        v[77] = f32::NEG_INFINITY;
+        assert!(!all_finite(&v));
+    }
+
+    #[test]
+    fn quantize_q8_matches_the_portable_body() {
+        // Halves that round to even, ±127 ends, an all-zero block, and a large spread.
+        let mut x: Vec<f32> = (0..96).map(|i| ((i * 37 % 64) as f32 - 31.5) * 0.25).collect();
+        x[..32].iter_mut().enumerate().for_each(|(i, v)| *v = if i % 2 == 0 { 63.5 } else { -127.0 });
+        x[32..64].fill(0.0);
+        x[70] = 1e6;
+        let (mut qf, mut qs) = (vec![0i8; 96], vec![0i8; 96]);
+        let (mut df, mut ds) = (vec![0f32; 3], vec![0f32; 3]);
+        assert!(quantize_q8(&x, &mut qf, &mut df).is_some());
+        assert!(quantize_q8_body(&x, &mut qs, &mut ds).is_some());
+        assert_eq!((qf, df), (qs, ds));
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            x[50] = bad;
+            assert!(quantize_q8(&x, &mut vec![0; 96], &mut [0.0; 3]).is_none());
+            assert!(quantize_q8_body(&x, &mut vec![0; 96], &mut [0.0; 3]).is_none());
+        }
     }
 
     #[test]
