@@ -38,7 +38,7 @@ fn level() -> Level {
 /// of `w` (row-major, `x.len()` columns; `wd` row-major `rows × blocks`). One call covers many
 /// rows so the per-call dispatch is not paid per row (a 50k-row head is 50k rows). `streamed`:
 /// the rows come from DRAM, so prefetch far ahead (see `x86::PREFETCH_BYTES`).
-pub fn q8_dots(w: &[i8], wd: &[f32], x: &[i8], xd: &[f32], out: &mut [f32], streamed: bool) {
+pub fn q8_dots(w: &[i8], wd: &[f16], x: &[i8], xd: &[f32], out: &mut [f32], streamed: bool) {
     let (cols, blocks) = (x.len(), xd.len());
     assert!(cols == blocks * Q8_BLOCK && w.len() == out.len() * cols && wd.len() == out.len() * blocks);
     match level() {
@@ -51,14 +51,14 @@ pub fn q8_dots(w: &[i8], wd: &[f32], x: &[i8], xd: &[f32], out: &mut [f32], stre
     }
 }
 
-fn q8_dots_portable(w: &[i8], wd: &[f32], x: &[i8], xd: &[f32], out: &mut [f32]) {
+fn q8_dots_portable(w: &[i8], wd: &[f16], x: &[i8], xd: &[f32], out: &mut [f32]) {
     let (cols, blocks) = (x.len(), xd.len());
     for (r, o) in out.iter_mut().enumerate() {
         let (row, row_d) = (&w[r * cols..][..cols], &wd[r * blocks..][..blocks]);
         let mut acc = 0f32;
         for (b, (wb, xb)) in row.chunks_exact(Q8_BLOCK).zip(x.chunks_exact(Q8_BLOCK)).enumerate() {
             let s: i32 = wb.iter().zip(xb).map(|(&a, &c)| a as i32 * c as i32).sum();
-            acc += row_d[b] * xd[b] * s as f32;
+            acc += row_d[b].to_f32() * xd[b] * s as f32;
         }
         *o = acc;
     }
@@ -262,6 +262,7 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::{attend_body, dot_body, HeadQuery, KvElem};
+    use half::f16;
     use crate::linear::Q8_BLOCK;
 
     #[target_feature(enable = "avx2,fma")]
@@ -475,22 +476,26 @@ mod x86 {
     /// One block's float sum goes to one of four accumulators in turn: a single accumulator
     /// would chain every block on the FMA latency (4 cycles per 32 bytes, ~24 GB/s), which is
     /// below what memory delivers.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn q8_dots_avx2(w: &[i8], wd: &[f32], x: &[i8], xd: &[f32], out: &mut [f32], streamed: bool) {
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn q8_dots_avx2(w: &[i8], wd: &[f16], x: &[i8], xd: &[f32], out: &mut [f32], streamed: bool) {
         let ones = _mm256_set1_epi16(1);
         q8_rows(w, wd, x, xd, out, streamed, |a, b| _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), ones));
     }
 
-    #[target_feature(enable = "avx2,fma,avx512f,avx512vl,avx512vnni")]
-    pub unsafe fn q8_dots_vnni(w: &[i8], wd: &[f32], x: &[i8], xd: &[f32], out: &mut [f32], streamed: bool) {
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+    pub unsafe fn q8_dots_vnni(w: &[i8], wd: &[f16], x: &[i8], xd: &[f32], out: &mut [f32], streamed: bool) {
         q8_rows(w, wd, x, xd, out, streamed, |a, b| _mm256_dpbusd_epi32(_mm256_setzero_si256(), a, b));
     }
+
+    /// Blocks of a row whose combined scales `wd·xd` are made together, eight per F16C
+    /// conversion, before the block loop reads them back one broadcast at a time.
+    const SCALE_RUN: usize = 64;
 
     /// The row loop of both ISAs: `dot(|w|, x·sign(w))` gives one block's eight i32 partial sums.
     #[inline(always)]
     unsafe fn q8_rows(
         w: &[i8],
-        wd: &[f32],
+        wd: &[f16],
         x: &[i8],
         xd: &[f32],
         out: &mut [f32],
@@ -498,18 +503,38 @@ mod x86 {
         dot: impl Fn(__m256i, __m256i) -> __m256i,
     ) {
         let (cols, blocks) = (x.len(), xd.len());
+        let mut scales = [0f32; SCALE_RUN];
         for (r, o) in out.iter_mut().enumerate() {
             let (row, row_d) = (w.as_ptr().add(r * cols), wd.as_ptr().add(r * blocks));
             if streamed {
                 prefetch_ahead(w, r * cols, cols);
             }
-            let block = |b: usize| {
-                let wv = _mm256_loadu_si256(row.add(b * Q8_BLOCK).cast());
-                let xv = _mm256_loadu_si256(x.as_ptr().add(b * Q8_BLOCK).cast());
-                let sums = dot(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
-                (_mm256_cvtepi32_ps(sums), _mm256_set1_ps(*row_d.add(b) * xd[b]))
-            };
-            *o = q8_blocks(blocks, block);
+            let mut acc = [_mm256_setzero_ps(); 4];
+            for run in (0..blocks).step_by(SCALE_RUN) {
+                let len = SCALE_RUN.min(blocks - run);
+                row_scales(row_d.add(run), &xd[run..][..len], &mut scales);
+                let block = |b: usize| {
+                    let wv = _mm256_loadu_si256(row.add((run + b) * Q8_BLOCK).cast());
+                    let xv = _mm256_loadu_si256(x.as_ptr().add((run + b) * Q8_BLOCK).cast());
+                    let sums = dot(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
+                    (_mm256_cvtepi32_ps(sums), _mm256_broadcast_ss(&scales[b]))
+                };
+                q8_blocks(len, &mut acc, block);
+            }
+            *o = hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+        }
+    }
+
+    /// `out[b] = wd[b]·xd[b]` for the `xd.len()` (≤ SCALE_RUN) blocks of a run.
+    #[inline(always)]
+    unsafe fn row_scales(wd: *const f16, xd: &[f32], out: &mut [f32; SCALE_RUN]) {
+        let n8 = xd.len() / 8 * 8;
+        for b in (0..n8).step_by(8) {
+            let w = _mm256_cvtph_ps(_mm_loadu_si128(wd.add(b).cast()));
+            _mm256_storeu_ps(out.as_mut_ptr().add(b), _mm256_mul_ps(w, _mm256_loadu_ps(xd.as_ptr().add(b))));
+        }
+        for b in n8..xd.len() {
+            out[b] = (*wd.add(b)).to_f32() * xd[b];
         }
     }
 
@@ -533,10 +558,10 @@ mod x86 {
         }
     }
 
-    /// Σ over `blocks` of sums(b)·scale(b), where `block(b)` gives both, in four accumulators.
+    /// Adds Σ over `blocks` of sums(b)·scale(b), where `block(b)` gives both, to four
+    /// accumulators in turn.
     #[inline(always)]
-    unsafe fn q8_blocks(blocks: usize, block: impl Fn(usize) -> (__m256, __m256)) -> f32 {
-        let mut acc = [_mm256_setzero_ps(); 4];
+    unsafe fn q8_blocks(blocks: usize, acc: &mut [__m256; 4], block: impl Fn(usize) -> (__m256, __m256)) {
         let mut b = 0;
         while b + 4 <= blocks {
             for (i, a) in acc.iter_mut().enumerate() {
@@ -550,7 +575,6 @@ mod x86 {
             acc[0] = _mm256_fmadd_ps(sums, scale, acc[0]);
             b += 1;
         }
-        hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])))
     }
 }
 
@@ -560,13 +584,14 @@ mod tests {
 
     #[test]
     fn q8_dots_match_the_portable_body_including_minus_128() {
-        // 7 and 9 blocks: the four-accumulator loop plus a remainder; 3 rows.
-        for blocks in [1, 7, 9] {
+        // 7 and 9 blocks: the four-accumulator loop plus a remainder; 70: two runs of scales,
+        // the second with a 6-block tail past the 8-wide conversion; 3 rows.
+        for blocks in [1, 7, 9, 70] {
             let (rows, n) = (3, 32 * blocks);
             let mut w: Vec<i8> = (0..rows * n).map(|i| ((i * 97 + 3) % 256) as u8 as i8).collect();
             w[5] = -128;
             let x: Vec<i8> = (0..n).map(|i| ((i * 31 + 7) % 255) as i32 - 127).map(|v| v as i8).collect();
-            let wd: Vec<f32> = (0..rows * blocks).map(|b| 0.01 * (b + 1) as f32).collect();
+            let wd: Vec<f16> = (0..rows * blocks).map(|b| f16::from_f32(0.01 * (b + 1) as f32)).collect();
             let xd: Vec<f32> = (0..blocks).map(|b| 0.02 / (b + 1) as f32).collect();
             let (mut fast, mut slow) = (vec![0.0; rows], vec![0.0; rows]);
             q8_dots(&w, &wd, &x, &xd, &mut fast, blocks == 7);
