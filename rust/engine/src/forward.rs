@@ -196,13 +196,16 @@ fn attention_over<T: KvElem>(model: &Model, q: &[f32], layer: &(Vec<T>, Vec<T>),
     let (hd, group) = (c.head_dim(), c.n_heads / c.n_kv_heads);
     let scale = 1.0 / (hd as f32).sqrt();
     let mut out = vec![0f32; n * c.dim];
-    // A task is a run of (token, head) output slices. The (token, head) pairs are split into one
-    // task per thread, and only when there is enough work to pay for the hand-off (~1 µs to the
-    // team's spinning workers): 64k multiply-adds, a decode step at ~80 positions of nano-125m.
+    // A task is a run of (token, head) output slices, split only when there is enough work to
+    // pay for the hand-off (~1 µs to the team's spinning workers): 64k multiply-adds, a decode
+    // step at ~80 positions of nano-125m. One token's heads cost the same: one task per thread.
+    // A prompt's later tokens see more positions, so it is cut much finer, and whichever thread
+    // is free takes the next task (two halves would leave one thread three quarters of the work).
     let pairs = n * c.n_heads;
     let work = (pos0 + n) * pairs * hd;
     let threads = kernels::num_threads().max(1);
-    let heads_per_task = if work < 1 << 16 { pairs } else { pairs.div_ceil(threads) };
+    let tasks = if work < 1 << 16 { 1 } else if n == 1 { threads } else { 32 * threads };
+    let heads_per_task = pairs.div_ceil(tasks);
     for_each_chunk(&mut out, hd * heads_per_task, |task, block| {
         let mut scores = Vec::with_capacity(pos0 + n);
         for (i, o) in block.chunks_exact_mut(hd).enumerate() {
