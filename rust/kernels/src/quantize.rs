@@ -5,7 +5,7 @@
 //! [`QuantizedActivations::from_i8`], and the tests cover it.
 //!
 //! Speed: the same plain-Rust body is compiled twice, once for baseline x86-64 and once inside an
-//! `#[target_feature(enable = "avx2")]` wrapper, so LLVM vectorizes it to `vroundps`/`vcvtps2dq`
+//! `#[target_feature(enable = "avx2")]` wrapper, so LLVM vectorizes it to `vroundps`/`vcvttps2dq`
 //! without hand-written intrinsics. IEEE arithmetic makes both copies bit-identical.
 
 use ternary::planar::CHUNK_COLS;
@@ -186,7 +186,11 @@ fn quantize_row_body(x: &[f32], q: &mut [i8]) -> Result<f32, usize> {
     }
     let inv = 127.0 / max;
     for (dst, &v) in q.iter_mut().zip(x) {
-        *dst = (v * inv).round_ties_even().clamp(-127.0, 127.0) as i8;
+        let r = (v * inv).round_ties_even().clamp(-127.0, 127.0);
+        // SAFETY: r is finite (non-finite inputs returned above) and within [-127, 127]. The
+        // unchecked cast vectorizes (`vcvttps2dq` + packs); a saturating `as i8` does not (LLVM
+        // emits one scalar conversion and byte insert per value, 5x slower).
+        *dst = unsafe { r.to_int_unchecked::<i32>() } as i8;
     }
     Ok(max / 127.0)
 }
