@@ -8,7 +8,7 @@ use ternary::planar::{PlanarMatrix, CHUNK_BYTES, CHUNK_COLS, TILE_ROWS};
 use crate::panel::Panels;
 use crate::pool::team;
 use crate::quantize::QuantizedActivations;
-use crate::tile::{gemm_tiles, gemm_tiles_per_call, gemv_tiles, gemv_tiles_per_call, panel_tokens, MAX_GEMV_TILES};
+use crate::tile::{gemm_tiles, gemm_tiles_per_call, gemv_tiles, gemv_tiles_per_call, panel_tokens, prefetch, MAX_GEMV_TILES};
 use crate::variant::{Kernel, Variant};
 use crate::KernelError;
 
@@ -221,6 +221,9 @@ pub fn gemv_quantized_into_with(
         let first_row = b * blocks.rows_per_block();
         let mut acc = [0f32; MAX_GEMV_TILES * TILE_ROWS];
         let mut dots = [[0; TILE_ROWS]; MAX_GEMV_TILES];
+        // The block's row scales, requested before its weights stream past: they live apart from
+        // the tiles, and from DRAM each block's first read of them stalled the epilogue.
+        prefetch(&scales[first_row * n_groups..][..dst.len() * n_groups]);
         if n_groups == 1 {
             // One scale per row (the common case): straight slices that vectorize. Same
             // operations, same order as the general loop below (GEMV and GEMM agree bit for bit).

@@ -71,6 +71,20 @@ pub(crate) fn gemv_tiles(
     }
 }
 
+/// Asks for the cache lines of `data` ahead of use (no-op off x86-64).
+#[inline(always)]
+pub(crate) fn prefetch<T>(data: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let (start, bytes) = (data.as_ptr().cast::<i8>(), std::mem::size_of_val(data));
+        for offset in (0..bytes).step_by(64) {
+            // SAFETY: a prefetch never faults, and the address is inside `data`.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(start.add(offset)) };
+        }
+    }
+}
+
 /// Tokens per activation panel for a variant (what its GEMM micro-kernel holds in registers).
 pub(crate) fn panel_tokens(kernel: Kernel) -> usize {
     match kernel.variant() {
