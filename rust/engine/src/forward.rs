@@ -7,7 +7,7 @@
 
 use crate::config::FfnActivation;
 use crate::error::{invalid_arg, EngineError, Result};
-use crate::linear::Input;
+use crate::linear::{forward_many, Input};
 use crate::model::{Layer, Model};
 use half::f16;
 
@@ -224,9 +224,9 @@ fn attention_block(model: &Model, layer: &Layer, li: usize, h: &[f32], n: usize,
     let c = &model.config;
     let pos0 = cache.len;
     let input = Input::new(h, n);
-    let mut q = layer.wq.forward_input(&input, model.residency)?;
-    let mut k = layer.wk.forward_input(&input, model.residency)?;
-    let v = layer.wv.forward_input(&input, model.residency)?;
+    let [mut q, mut k, v]: [Vec<f32>; 3] = forward_many(&[&layer.wq, &layer.wk, &layer.wv], &input, model.residency)?
+        .try_into()
+        .expect("three products");
     apply_rope(model, &mut q, c.dim, pos0);
     apply_rope(model, &mut k, c.kv_dim(), pos0);
     cache.reserve(pos0 + n);
@@ -237,16 +237,15 @@ fn attention_block(model: &Model, layer: &Layer, li: usize, h: &[f32], n: usize,
 
 fn ffn_block(model: &Model, layer: &Layer, h: &[f32], n: usize) -> Result<Vec<f32>> {
     let input = Input::new(h, n);
-    let up = layer.up.forward_input(&input, model.residency)?;
     let hidden: Vec<f32> = match (model.config.ffn_activation, &layer.gate) {
         (FfnActivation::Swiglu, Some(gate)) => {
-            let mut g = gate.forward_input(&input, model.residency)?;
+            let [mut g, up]: [Vec<f32>; 2] = forward_many(&[gate, &layer.up], &input, model.residency)?.try_into().expect("two products");
             // 16 tokens' values per task: a prompt is split over the threads, a token is not.
             let per_task = 16 * model.config.ffn_hidden;
             for_each_chunk(&mut g, per_task, |i, part| crate::simd::silu_mul(part, &up[i * per_task..][..part.len()]));
             g
         }
-        _ => up.iter().map(|&u| u.max(0.0) * u.max(0.0)).collect(),
+        _ => layer.up.forward_input(&input, model.residency)?.iter().map(|&u| u.max(0.0) * u.max(0.0)).collect(),
     };
     layer.down.forward(&hidden, n, model.residency)
 }

@@ -141,6 +141,26 @@ impl Linear {
     }
 }
 
+/// The products of several matrices with the same input (Q, K and V; gate and up). One token
+/// through ternary matrices runs as one parallel GEMV job (one hand-off to the kernel team
+/// instead of one per matrix); anything else runs the products one after another.
+pub fn forward_many(linears: &[&Linear], input: &Input<'_>, residency: Residency) -> Result<Vec<Vec<f32>>> {
+    let ternary: Option<Vec<&PlanarMatrix>> = linears.iter().map(|l| if let Linear::Ternary(m) = l { Some(m) } else { None }).collect();
+    match ternary {
+        Some(mats) if input.n == 1 => {
+            if let Some(m) = mats.iter().find(|m| m.cols() != input.x.len()) {
+                return Err(EngineError::Numerical(format!("linear input has {} values, expected 1 x {}", input.x.len(), m.cols())));
+            }
+            let q = input.quantized()?;
+            let mut outs: Vec<Vec<f32>> = mats.iter().map(|m| vec![0.0; m.rows()]).collect();
+            let mut products: Vec<(&PlanarMatrix, &mut [f32])> = mats.iter().copied().zip(outs.iter_mut().map(|o| &mut o[..])).collect();
+            kernels::gemv_quantized_many_into_with(&mut products, q, None, residency)?;
+            Ok(outs)
+        }
+        _ => linears.iter().map(|l| l.forward_input(input, residency)).collect(),
+    }
+}
+
 /// Activations of `n` tokens (row-major `n × cols`) and, made on first use, their per-token
 /// int8 quantization.
 pub struct Input<'a> {

@@ -28,7 +28,7 @@ mod avx2;
 mod avx512;
 
 pub use error::KernelError;
-pub use matmul::{gemm, gemm_i32, gemm_quantized, gemv, gemv_i32, gemv_i32_into, gemv_quantized_into, gemv_quantized_into_with, last_level_cache_bytes, Residency, GEMV_MIN_PARALLEL_BYTES, MAX_COLS};
+pub use matmul::{gemm, gemm_i32, gemm_quantized, gemv, gemv_i32, gemv_i32_into, gemv_quantized_into, gemv_quantized_into_with, gemv_quantized_many_into_with, last_level_cache_bytes, Residency, GEMV_MIN_PARALLEL_BYTES, MAX_COLS};
 pub use pool::{for_each_chunk, num_threads, set_num_threads, team, THREADS_ENV};
 pub use team::Team;
 pub use quantize::QuantizedActivations;

@@ -211,39 +211,105 @@ pub fn gemv_quantized_into_with(
     variant: Option<Variant>,
     residency: Residency,
 ) -> Result<(), KernelError> {
+    gemv_quantized_many_into_with(&mut [(w, out)], x, variant, residency)
+}
+
+/// Several float GEMVs of the same single-token activations, run as one parallel job: the
+/// products of Q, K and V (or of a SwiGLU's gate and up) pay one hand-off to the kernel team and
+/// one wait for its slowest thread instead of one each. `products`: `(matrix, out)` pairs, each
+/// `out` with one value per row of its matrix. Results are those of one
+/// [`gemv_quantized_into_with`] per matrix, bit for bit.
+pub fn gemv_quantized_many_into_with(
+    products: &mut [(&PlanarMatrix, &mut [f32])],
+    x: &QuantizedActivations,
+    variant: Option<Variant>,
+    residency: Residency,
+) -> Result<(), KernelError> {
     let kernel = Kernel::resolve(variant)?;
-    check_gemv(w, x, out.len())?;
-    let groups = group_chunks(w);
-    let x_sums = column_sums(x, &groups);
-    let (scales, n_groups, x_scale) = (w.scales(), groups.len(), x.scales()[0]);
-    let blocks = GemvBlocks::new(kernel, residency, w);
-    for_each_block(worth_threads(w), blocks.count(), blocks.rows_per_block(), out, |b, dst| {
-        let first_row = b * blocks.rows_per_block();
+    let mut jobs = Vec::with_capacity(products.len());
+    for (w, out) in products.iter_mut() {
+        check_gemv(w, x, out.len())?;
+        jobs.push(GemvJob::new(kernel, residency, w, x, out));
+    }
+    // Blocks of all matrices in one sequence; block `i` of the sequence is block
+    // `i - first[m]` of matrix `m`.
+    let first: Vec<usize> = jobs.iter().scan(0, |n, j| Some(std::mem::replace(n, *n + j.blocks.count()))).collect();
+    let total = jobs.iter().map(|j| j.blocks.count()).sum::<usize>();
+    let run = |i: usize| {
+        let m = first.partition_point(|&f| f <= i) - 1;
+        // SAFETY: every block index is run once, and blocks write disjoint rows of their `out`.
+        unsafe { jobs[m].run_block(i - first[m], x) };
+    };
+    let team = team()?;
+    let bytes: usize = products.iter().map(|(w, _)| w.as_bytes().len()).sum();
+    let threads = team.threads();
+    if bytes < GEMV_MIN_PARALLEL_BYTES || threads == 1 || total <= 1 {
+        (0..total).for_each(run);
+        return Ok(());
+    }
+    // A few tasks per thread, as `for_each_block` cuts one matrix.
+    let per_task = total.div_ceil(threads * 4).max(1);
+    team.run(total.div_ceil(per_task), &|t| (t * per_task..total.min((t + 1) * per_task)).for_each(run));
+    Ok(())
+}
+
+/// One matrix of a GEMV job: what every block of it needs, and where its rows go.
+struct GemvJob<'a> {
+    blocks: GemvBlocks<'a>,
+    groups: Vec<Range<usize>>,
+    x_sums: Vec<i32>,
+    scales: &'a [f32],
+    out: *mut f32,
+    rows: usize,
+}
+
+// SAFETY: `out` points into a `&mut [f32]` borrowed for the job's lifetime; blocks write disjoint
+// rows of it (see `run_block`), everything else is shared read-only.
+unsafe impl Sync for GemvJob<'_> {}
+
+impl<'a> GemvJob<'a> {
+    fn new(kernel: Kernel, residency: Residency, w: &'a PlanarMatrix, x: &QuantizedActivations, out: &mut [f32]) -> Self {
+        let groups = group_chunks(w);
+        let x_sums = column_sums(x, &groups);
+        let blocks = GemvBlocks::new(kernel, residency, w);
+        Self { blocks, groups, x_sums, scales: w.scales(), out: out.as_mut_ptr(), rows: out.len() }
+    }
+
+    /// Rows of block `b` into `out`.
+    ///
+    /// # Safety
+    /// No other thread runs block `b` of this job at the same time.
+    unsafe fn run_block(&self, b: usize, x: &QuantizedActivations) {
+        let first_row = b * self.blocks.rows_per_block();
+        let len = self.blocks.rows_per_block().min(self.rows - first_row);
+        // SAFETY: rows first_row..first_row + len of `out` belong to block b alone.
+        let dst = unsafe { std::slice::from_raw_parts_mut(self.out.add(first_row), len) };
+        let (scales, n_groups, x_scale) = (self.scales, self.groups.len(), x.scales()[0]);
         let mut acc = [0f32; MAX_GEMV_TILES * TILE_ROWS];
         let mut dots = [[0; TILE_ROWS]; MAX_GEMV_TILES];
         // The block's row scales, requested before its weights stream past: they live apart from
         // the tiles, and from DRAM each block's first read of them stalled the epilogue.
-        prefetch(&scales[first_row * n_groups..][..dst.len() * n_groups]);
+        prefetch(&scales[first_row * n_groups..][..len * n_groups]);
         if n_groups == 1 {
             // One scale per row (the common case): straight slices that vectorize. Same
             // operations, same order as the general loop below (GEMV and GEMM agree bit for bit).
-            blocks.dots(b, x.values(), groups[0].clone(), x_sums[0], &mut dots);
-            let row_scales = &scales[first_row..][..dst.len()];
+            self.blocks.dots(b, x.values(), self.groups[0].clone(), self.x_sums[0], &mut dots);
+            let row_scales = &scales[first_row..][..len];
             for ((d, &s), &v) in dst.iter_mut().zip(row_scales).zip(dots.as_flattened()) {
                 *d = (0.0 + s * v as f32) * x_scale;
             }
             return;
         }
-        for (g, chunks) in groups.iter().enumerate() {
-            blocks.dots(b, x.values(), chunks.clone(), x_sums[g], &mut dots);
-            for ((i, a), &d) in acc.iter_mut().enumerate().zip(dots.as_flattened()).take(dst.len()) {
+        for (g, chunks) in self.groups.iter().enumerate() {
+            self.blocks.dots(b, x.values(), chunks.clone(), self.x_sums[g], &mut dots);
+            for ((i, a), &d) in acc.iter_mut().enumerate().zip(dots.as_flattened()).take(len) {
                 *a += scales[(first_row + i) * n_groups + g] * d as f32;
             }
         }
         for (d, a) in dst.iter_mut().zip(acc) {
             *d = a * x_scale;
         }
-    })
+    }
 }
 
 /// Quantizes one token of f32 activations to int8 and runs the float GEMV (`rows` outputs).

@@ -2,7 +2,7 @@
 //! scalar reference must equal a naive dot product over the original trits.
 
 use kernels::{
-    gemm_i32, gemm_quantized, gemv, gemv_i32, gemv_i32_into, gemv_quantized_into, gemv_quantized_into_with, set_num_threads, KernelError, Residency,
+    gemm_i32, gemm_quantized, gemv, gemv_i32, gemv_i32_into, gemv_quantized_into, gemv_quantized_into_with, gemv_quantized_many_into_with, set_num_threads, KernelError, Residency,
     QuantizedActivations, Variant,
 };
 use proptest::prelude::*;
@@ -189,6 +189,45 @@ fn threads_and_concurrent_callers_agree() {
     set_num_threads(1).unwrap();
     assert_eq!(gemv_i32(&w, &q, None).unwrap(), expected);
     assert_eq!(set_num_threads(0), Err(KernelError::ZeroThreads));
+}
+
+#[test]
+fn many_gemvs_in_one_job_equal_one_at_a_time() {
+    // Three matrices over the same 528 columns: partial last tiles (70 and 33 rows), per-row and
+    // per-group scales, and enough bytes together (and alone, for the 600-row one) to split over
+    // two threads, where tasks straddle the matrices.
+    let mut rng = Lcg(29);
+    let cols: usize = 528;
+    let shapes = [(70, cols), (600, 176), (33, 48)];
+    let mats: Vec<PlanarMatrix> = shapes
+        .iter()
+        .map(|&(rows, group)| {
+            let groups = cols.div_ceil(group);
+            let scales: Vec<f32> = (0..rows * groups).map(|i| 0.01 + (i % 7) as f32 * 0.003).collect();
+            PlanarMatrix::from_trits(&rng.trits(rows * cols), rows, cols, &scales, group).unwrap()
+        })
+        .collect();
+    let x: Vec<f32> = (0..cols).map(|i| (i as f32 * 0.71).cos()).collect();
+    let q = QuantizedActivations::quantize(&x, 1, cols).unwrap();
+    for threads in [1, 2] {
+        set_num_threads(threads).unwrap();
+        for v in Variant::supported() {
+            for residency in [Residency::Cached, Residency::Streamed] {
+                let mut outs: Vec<Vec<f32>> = mats.iter().map(|m| vec![f32::NAN; m.rows()]).collect();
+                let mut products: Vec<(&PlanarMatrix, &mut [f32])> = mats.iter().zip(outs.iter_mut()).map(|(m, o)| (m, &mut o[..])).collect();
+                gemv_quantized_many_into_with(&mut products, &q, Some(v), residency).unwrap();
+                for (m, got) in mats.iter().zip(&outs) {
+                    let mut one = vec![0f32; m.rows()];
+                    gemv_quantized_into_with(m, &q, &mut one, Some(v), residency).unwrap();
+                    assert_eq!(got, &one, "{v} {threads} threads {residency:?}: {} rows", m.rows());
+                }
+            }
+        }
+    }
+    // A wrong output length anywhere is an error before anything runs.
+    let (mut a, mut b) = (vec![0f32; 70], vec![0f32; 599]);
+    let err = gemv_quantized_many_into_with(&mut [(&mats[0], &mut a[..]), (&mats[1], &mut b[..])], &q, None, Residency::Cached);
+    assert_eq!(err, Err(KernelError::OutputLength { expected: 600, got: 599 }));
 }
 
 #[test]
