@@ -5,7 +5,8 @@
 //!   scales; Q8_0 / F16 / BF16 / F32 for the rest; the embedding stays memory-mapped) or an
 //!   HF-style directory (`config.json` + `model.safetensors` checkpoint + `tokenizer.json`).
 //! - Forward ([`Model::forward`]): prefill through the ternary GEMM kernels, decode through the
-//!   GEMV kernels, f32 KV cache, GQA attention split over heads, plain or mHC-lite residuals.
+//!   GEMV kernels (Q/K/V and gate/up of one token as one parallel job), f16 (or f32) KV cache,
+//!   GQA attention split over heads, plain or mHC-lite residuals.
 //! - Generation ([`Generation`], [`generate`]): greedy / temperature / top-k / top-p / min-p,
 //!   repetition penalty, seed, stop ids, EOS, stop strings, streaming, several prompts.
 
