@@ -111,32 +111,35 @@ impl Probe {
     fn new(bytes: usize, threads: usize) -> Self {
         let window = (bytes / 8).next_multiple_of(8 * threads);
         let total = (256usize << 20).max(4 * kernels::last_level_cache_bytes()) / 8;
-        let buf: Vec<u64> = (0..total.next_multiple_of(window).max(2 * window)).map(|i| i as u64).collect();
+        let buf: Vec<u64> = (0..total.next_multiple_of(window).max(3 * window)).map(|i| i as u64).collect();
         Self { buf, window, next: std::cell::Cell::new(window), threads }
     }
 
-    /// Seconds of the faster of a plain and a prefetching read of the window at `at`.
-    fn read_window(&self, at: usize) -> f64 {
+    /// Seconds `read` takes over the window at `at`.
+    fn read_window(&self, at: usize, read: fn(&[u64]) -> u64) -> f64 {
         let team = kernels::team().expect("kernel threads");
         let parts: Vec<&[u64]> = self.buf[at..][..self.window].chunks(self.window / self.threads).collect();
-        let mut best = f64::INFINITY;
-        for read in [read_xor as fn(&[u64]) -> u64, read_xor_prefetched] {
-            let start = Instant::now();
-            team.run(parts.len(), &|i| {
-                black_box(read(parts[i]));
-            });
-            best = best.min(start.elapsed().as_secs_f64());
-        }
-        best
+        let start = Instant::now();
+        team.run(parts.len(), &|i| {
+            black_box(read(parts[i]));
+        });
+        start.elapsed().as_secs_f64()
     }
 
-    /// (DRAM, re-read) bandwidths in bytes/s: the windows after the first in turn, and the first.
+    /// (DRAM, re-read) bandwidths in bytes/s, each the faster of a plain and a prefetching read:
+    /// DRAM from the next two windows after the first (one per read, so neither finds the other's
+    /// bytes in the cache), re-read from the first window.
     fn measure(&self) -> (f64, f64) {
-        let at = self.next.get();
-        let next = at + self.window;
-        self.next.set(if next + self.window > self.buf.len() { self.window } else { next });
+        let mut dram = f64::INFINITY;
+        for read in [read_xor as fn(&[u64]) -> u64, read_xor_prefetched] {
+            let at = self.next.get();
+            let next = at + self.window;
+            self.next.set(if next + self.window > self.buf.len() { self.window } else { next });
+            dram = dram.min(self.read_window(at, read));
+        }
+        let reread = self.read_window(0, read_xor).min(self.read_window(0, read_xor_prefetched));
         let bytes = (self.window * 8) as f64;
-        (bytes / self.read_window(at), bytes / self.read_window(0))
+        (bytes / dram, bytes / reread)
     }
 }
 
