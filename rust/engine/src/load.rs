@@ -138,7 +138,7 @@ fn gguf_matrix(f: &GgufFile, name: &str, rows: usize, cols: usize) -> Result<Lin
     let ty = matrix_shape(f, name, rows, cols)?;
     let bytes = f.tensor_bytes(name)?;
     let planar_err = |e: ternary::planar::PlanarError| tensor_err(name, e.to_string());
-    Ok(match ty {
+    let matrix = match ty {
         GgmlType::TQ2_0 => Linear::Ternary(PlanarMatrix::from_tq2_0(bytes, rows, cols).map_err(planar_err)?),
         GgmlType::TQ1_0 => {
             let m = ternary::tq1::to_ternary(bytes, rows, cols).map_err(|e| tensor_err(name, e.to_string()))?;
@@ -151,7 +151,11 @@ fn gguf_matrix(f: &GgufFile, name: &str, rows: usize, cols: usize) -> Result<Lin
             Linear::F32 { rows, cols, w }
         }
         other => return Err(tensor_err(name, format!("unsupported type {other} (TQ2_0, TQ1_0, Q8_0, F16, BF16, F32)"))),
-    })
+    };
+    // Every type above was converted into memory of our own: the file's pages of this tensor
+    // would otherwise stay in the resident set too (nano-125m: 220 MB instead of ~150).
+    f.release_tensor_pages(name)?;
+    Ok(matrix)
 }
 
 fn check_finite(name: &str, v: &[f32]) -> Result<()> {

@@ -194,6 +194,32 @@ impl GgufFile {
         Ok(self.data_start + self.tensor_info(name)?.offset)
     }
 
+    /// Gives back this process's share of the memory pages that lie wholly inside tensor
+    /// `name`'s data, for a caller that has converted the tensor into memory of its own: its
+    /// resident set shrinks by the tensor's size, while the pages stay in the page cache and a
+    /// later read of the tensor faults the same bytes back in. Best effort (Linux; pages of
+    /// 4 KiB, the smallest there); a no-op for in-memory files.
+    pub fn release_tensor_pages(&self, name: &str) -> Result<()> {
+        let info = self.tensor_info(name)?;
+        #[cfg(target_os = "linux")]
+        if let Backing::Mapped(map) = &self.backing {
+            const PAGE: u64 = 4096;
+            let start = (self.data_start + info.offset).next_multiple_of(PAGE);
+            let end = (self.data_start + info.offset + info.n_bytes) / PAGE * PAGE;
+            if end > start {
+                // SAFETY: the map is a read-only shared mapping of a file that must not change
+                // while it is open (see `open`). MADV_DONTNEED only drops this process's page
+                // table entries for whole pages of this tensor; any later read through an
+                // existing `&[u8]` faults the identical file bytes back from the page cache, so
+                // no borrowed data changes. Failure (e.g. larger pages) is harmless: ignored.
+                let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start as usize, (end - start) as usize) };
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = info;
+        Ok(())
+    }
+
     /// The raw bytes of a tensor, borrowed from the map (zero-copy).
     pub fn tensor_bytes(&self, name: &str) -> Result<&[u8]> {
         let info = self.tensor_info(name)?;

@@ -193,3 +193,36 @@ fn zero_sized_and_tensorless_files() {
     assert_eq!(file.tensor_bytes("empty").unwrap(), &[] as &[u8]);
     assert_eq!(file.tensor_f32("after").unwrap(), vec![1.0, 2.0]);
 }
+
+#[test]
+#[cfg(target_os = "linux")]
+fn released_tensor_pages_leave_the_resident_set_and_read_back_unchanged() {
+    let rss_file_kib = || -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        status.lines().find_map(|l| l.strip_prefix("RssFile:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()).unwrap()
+    };
+    let dir = std::env::temp_dir().join(format!("gguf-release-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("big.gguf");
+    let big: Vec<u8> = (0..8u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
+    let mut w = GgufWriter::new();
+    w.add_tensor("small", &[3], GgmlType::I8, vec![7, 8, 9]).unwrap();
+    w.add_tensor("big", &[big.len() as u64], GgmlType::I8, big.clone()).unwrap();
+    w.add_tensor("after", &[2], GgmlType::I8, vec![5, 6]).unwrap();
+    w.write_to_path(&path).unwrap();
+    let file = GgufFile::open(&path).unwrap();
+    let touched: u64 = file.as_bytes().iter().step_by(4096).map(|&b| b as u64).sum();
+    assert!(touched > 0);
+    let before = rss_file_kib();
+    file.release_tensor_pages("big").unwrap();
+    let after = rss_file_kib();
+    // 8 MiB of pages (less the two partial ones at its ends) left this process's resident set.
+    assert!(before >= after + 7 * 1024, "RssFile {before} kB -> {after} kB");
+    assert_eq!(file.tensor_bytes("big").unwrap(), &big[..]);
+    assert_eq!(file.tensor_bytes("small").unwrap(), &[7, 8, 9]);
+    assert_eq!(file.tensor_bytes("after").unwrap(), &[5, 6]);
+    assert!(matches!(file.release_tensor_pages("absent"), Err(GgufError::TensorNotFound(_))));
+    // In-memory files have nothing to give back.
+    GgufFile::from_bytes(w.to_bytes().unwrap()).unwrap().release_tensor_pages("big").unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
