@@ -131,18 +131,14 @@ fn argmax_body(x: &[f32], from: usize, mut best: f32, mut at: usize) -> usize {
     at
 }
 
-/// Whether every value is finite (no NaN, no ±∞). A branch-free pass, since it runs over the
-/// logits of every token.
+/// Whether every value is finite (no NaN, no ±∞): the logits of every token go through it.
 pub fn all_finite(x: &[f32]) -> bool {
-    let mut ok = [true; 16];
-    let chunks = x.chunks_exact(16);
-    let tail = chunks.remainder().iter().all(|v| v.is_finite());
-    for c in chunks {
-        for (o, v) in ok.iter_mut().zip(c) {
-            *o &= v.is_finite();
-        }
+    match level() {
+        // SAFETY: AVX2 was detected.
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx2 | Level::Vnni => unsafe { x86::all_finite_avx2(x) },
+        _ => x.iter().all(|v| v.is_finite()),
     }
-    tail && ok.iter().all(|&o| o)
 }
 
 /// Q8_0 activations: int8 absmax quantization per 32 values (as llama.cpp's, rounding half to
@@ -376,6 +372,22 @@ mod x86 {
             }
         }
         super::argmax_body(x, n8, top, first as usize)
+    }
+
+    /// [`super::all_finite`] 32 values per step: a value is not finite when its exponent bits
+    /// are all ones; the flags of all steps are OR-ed and looked at once at the end.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn all_finite_avx2(x: &[f32]) -> bool {
+        let exponent = _mm256_set1_epi32(0x7f80_0000);
+        let mut bad = _mm256_setzero_si256();
+        let n32 = x.len() / 32 * 32;
+        for i in (0..n32).step_by(32) {
+            for k in 0..4 {
+                let bits = _mm256_and_si256(_mm256_loadu_si256(x.as_ptr().add(i + 8 * k).cast()), exponent);
+                bad = _mm256_or_si256(bad, _mm256_cmpeq_epi32(bits, exponent));
+            }
+        }
+        _mm256_testz_si256(bad, bad) == 1 && x[n32..].iter().all(|v| v.is_finite())
     }
 
     /// [`super::quantize_q8`] one 32-value block per step: the absmax and a non-finite flag
@@ -647,9 +659,15 @@ mod tests {
         assert_eq!(argmax(&[f32::NEG_INFINITY; 20]), 0);
         assert_eq!(argmax(&[f32::NAN; 20]), 0);
         assert!(all_finite(&[1.0; 37]) && !all_finite(&[1.0, f32::NAN]) && !all_finite(&[0.0, 1.0, f32::INFINITY]));
-        let mut v = vec![0.5f32; 100];
-        v[77] = f32::NEG_INFINITY;
-        assert!(!all_finite(&v));
+        // In the 32-wide steps and in the tail, every kind of non-finite value; f32::MAX is finite.
+        for at in [0, 31, 32, 77, 99] {
+            for bad in [f32::NAN, -f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                let mut v = vec![f32::MAX; 100];
+                assert!(all_finite(&v));
+                v[at] = bad;
+                assert!(!all_finite(&v), "{bad} at {at}");
+            }
+        }
     }
 
     #[test]
