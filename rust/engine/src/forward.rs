@@ -171,11 +171,7 @@ fn apply_rope(model: &Model, x: &mut [f32], width: usize, pos0: usize) {
         let cos = &model.rope.cos[(pos0 + t) * half..][..half];
         let sin = &model.rope.sin[(pos0 + t) * half..][..half];
         for head in row.chunks_exact_mut(hd) {
-            for j in 0..half {
-                let (a, b) = (head[2 * j], head[2 * j + 1]);
-                head[2 * j] = a * cos[j] - b * sin[j];
-                head[2 * j + 1] = a * sin[j] + b * cos[j];
-            }
+            crate::simd::rope_pairs(head, cos, sin);
         }
     }
 }

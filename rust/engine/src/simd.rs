@@ -168,6 +168,27 @@ fn quantize_q8_body(x: &[f32], q: &mut [i8], d: &mut [f32]) -> Option<()> {
     Some(())
 }
 
+/// Rotates the adjacent pairs `(head[2j], head[2j+1])` by the angles whose cosines and sines
+/// are `cos[j]`, `sin[j]` (RoPE on one head; `head.len() == 2 · cos.len()`).
+pub fn rope_pairs(head: &mut [f32], cos: &[f32], sin: &[f32]) {
+    assert!(head.len() == 2 * cos.len() && cos.len() == sin.len());
+    match level() {
+        // SAFETY: AVX2 was detected; lengths were asserted.
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx2 | Level::Vnni => unsafe { x86::rope_pairs_avx2(head, cos, sin) },
+        _ => rope_pairs_body(head, cos, sin, 0),
+    }
+}
+
+/// [`rope_pairs`] from pair `first` on.
+fn rope_pairs_body(head: &mut [f32], cos: &[f32], sin: &[f32], first: usize) {
+    for j in first..cos.len() {
+        let (a, b) = (head[2 * j], head[2 * j + 1]);
+        head[2 * j] = a * cos[j] - b * sin[j];
+        head[2 * j + 1] = a * sin[j] + b * cos[j];
+    }
+}
+
 /// An element type of the KV cache: f16 (the default) or f32.
 pub trait KvElem: Copy + Send + Sync + 'static {
     const ZERO: Self;
@@ -185,8 +206,16 @@ impl KvElem for f16 {
         f16::to_f32(self)
     }
     fn store(dst: &mut [Self], src: &[f32]) {
-        use half::slice::HalfFloatSliceExt;
-        dst.convert_from_f32_slice(src);
+        assert_eq!(dst.len(), src.len());
+        match level() {
+            // SAFETY: F16C is part of every non-portable level; lengths were asserted.
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx2 | Level::Vnni => unsafe { x86::store_f16(dst, src) },
+            _ => {
+                use half::slice::HalfFloatSliceExt;
+                dst.convert_from_f32_slice(src);
+            }
+        }
     }
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
@@ -372,6 +401,37 @@ mod x86 {
             }
         }
         super::argmax_body(x, n8, top, first as usize)
+    }
+
+    /// [`super::KvElem::store`] for f16: eight values per F16C conversion (round to nearest
+    /// even, as `half` does), the rest one by one.
+    #[target_feature(enable = "avx2,f16c")]
+    pub unsafe fn store_f16(dst: &mut [f16], src: &[f32]) {
+        let n8 = src.len() / 8 * 8;
+        for i in (0..n8).step_by(8) {
+            let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(src.as_ptr().add(i)));
+            _mm_storeu_si128(dst.as_mut_ptr().add(i).cast(), h);
+        }
+        for (d, &s) in dst[n8..].iter_mut().zip(&src[n8..]) {
+            *d = f16::from_f32(s);
+        }
+    }
+
+    /// [`super::rope_pairs`] four pairs per step: `x·cos ∓ swap(x)·sin` with each cosine and
+    /// sine repeated for both members of its pair; `addsub` subtracts in the even lanes and adds
+    /// in the odd ones, with the same roundings as the portable body (no fused multiply-add).
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn rope_pairs_avx2(head: &mut [f32], cos: &[f32], sin: &[f32]) {
+        let twice = _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3);
+        let n4 = cos.len() / 4 * 4;
+        for j in (0..n4).step_by(4) {
+            let x = _mm256_loadu_ps(head.as_ptr().add(2 * j));
+            let c = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(cos.as_ptr().add(j))), twice);
+            let s = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_loadu_ps(sin.as_ptr().add(j))), twice);
+            let swapped = _mm256_permute_ps::<0b10_11_00_01>(x);
+            _mm256_storeu_ps(head.as_mut_ptr().add(2 * j), _mm256_addsub_ps(_mm256_mul_ps(x, c), _mm256_mul_ps(swapped, s)));
+        }
+        super::rope_pairs_body(head, cos, sin, n4);
     }
 
     /// [`super::all_finite`] 32 values per step: a value is not finite when its exponent bits
@@ -668,6 +728,25 @@ mod tests {
                 assert!(!all_finite(&v), "{bad} at {at}");
             }
         }
+    }
+
+    #[test]
+    fn rope_and_f16_store_match_the_portable_bodies() {
+        // 4-wide steps plus a 3-pair tail; large and tiny values.
+        let half = 11;
+        let x: Vec<f32> = (0..2 * half).map(|i| ((i * 37 % 23) as f32 - 11.0) * 7.3e3_f32.powi(i as i32 % 3 - 1)).collect();
+        let cos: Vec<f32> = (0..half).map(|j| (j as f32 * 0.7).cos()).collect();
+        let sin: Vec<f32> = (0..half).map(|j| (j as f32 * 0.7).sin()).collect();
+        let (mut fast, mut slow) = (x.clone(), x.clone());
+        rope_pairs(&mut fast, &cos, &sin);
+        rope_pairs_body(&mut slow, &cos, &sin, 0);
+        assert_eq!(fast, slow);
+        // f16 stores round to nearest even, overflow to ±∞ and keep subnormals, as `half` does.
+        let src: Vec<f32> = x.iter().map(|v| v * 1e-3).chain([65520.0, -1e6, 3e-7, 1.0 + 1.0 / 2048.0]).collect();
+        let mut stored = vec![f16::ZERO; src.len()];
+        f16::store(&mut stored, &src);
+        let expected: Vec<f16> = src.iter().map(|&v| f16::from_f32(v)).collect();
+        assert_eq!(stored.iter().map(|h| h.to_bits()).collect::<Vec<_>>(), expected.iter().map(|h| h.to_bits()).collect::<Vec<_>>());
     }
 
     #[test]
