@@ -554,9 +554,61 @@ mod x86 {
         q8_rows(w, wd, x, xd, out, streamed, |a, b| _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), ones));
     }
 
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+    /// Two blocks per 512-bit step. AVX-512 has no byte sign instruction, so the weights are made
+    /// unsigned instead: `w ^ 0x80 = w + 128` as u8, and `vpdpbusd` starts each lane from
+    /// `−128 · Σ x` over its four bytes (made once per call), which leaves exactly `Σ w·x`. The
+    /// two blocks' f16 weight scales are widened in a register and spread over the two lane
+    /// halves, times the activation scales (also spread once per call). An odd last block takes
+    /// the 256-bit step.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     pub unsafe fn q8_dots_vnni(w: &[i8], wd: &[f16], x: &[i8], xd: &[f32], out: &mut [f32], streamed: bool) {
-        q8_rows(w, wd, x, xd, out, streamed, |a, b| _mm256_dpbusd_epi32(_mm256_setzero_si256(), a, b));
+        let (cols, blocks) = (x.len(), xd.len());
+        let pairs = blocks / 2;
+        let flip = _mm512_set1_epi8(-128);
+        let spread = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+        // Per pair p: lane l gets −128 · (x[64p + 4l] + … + x[64p + 4l + 3]), and the activation
+        // scales xd[2p] (lanes 0–7) and xd[2p + 1] (lanes 8–15).
+        let per_pair: Vec<(__m512i, __m512)> = (0..pairs)
+            .map(|p| {
+                let xv = _mm512_loadu_si512(x.as_ptr().add(p * 64).cast());
+                let correction = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), flip, xv));
+                let xs = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(_mm_setr_ps(xd[2 * p], xd[2 * p + 1], 0.0, 0.0)));
+                (correction, xs)
+            })
+            .collect();
+        for (r, o) in out.iter_mut().enumerate() {
+            let (row, row_d) = (w.as_ptr().add(r * cols), wd.as_ptr().add(r * blocks));
+            if streamed {
+                prefetch_ahead(w, r * cols, cols);
+            }
+            let pair = |p: usize, acc: __m512| {
+                let (correction, xs) = *per_pair.get_unchecked(p);
+                let wv = _mm512_xor_si512(_mm512_loadu_si512(row.add(p * 64).cast()), flip);
+                let sums = _mm512_dpbusd_epi32(correction, wv, _mm512_loadu_si512(x.as_ptr().add(p * 64).cast()));
+                let ws = _mm_cvtph_ps(_mm_cvtsi32_si128(row_d.add(2 * p).cast::<i32>().read_unaligned()));
+                let scale = _mm512_mul_ps(_mm512_permutexvar_ps(spread, _mm512_castps128_ps512(ws)), xs);
+                _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), scale, acc)
+            };
+            let (mut acc0, mut acc1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+            let mut p = 0;
+            while p + 2 <= pairs {
+                acc0 = pair(p, acc0);
+                acc1 = pair(p + 1, acc1);
+                p += 2;
+            }
+            if p < pairs {
+                acc0 = pair(p, acc0);
+            }
+            let mut total = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+            if blocks % 2 == 1 {
+                let b = blocks - 1;
+                let wv = _mm256_loadu_si256(row.add(b * Q8_BLOCK).cast());
+                let xv = _mm256_loadu_si256(x.as_ptr().add(b * Q8_BLOCK).cast());
+                let sums = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
+                total += hsum(_mm256_cvtepi32_ps(sums)) * ((*row_d.add(b)).to_f32() * xd[b]);
+            }
+            *o = total;
+        }
     }
 
     /// Blocks of a row whose combined scales `wd·xd` are made together, eight per F16C
