@@ -550,8 +550,28 @@ mod x86 {
     /// below what memory delivers.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn q8_dots_avx2(w: &[i8], wd: &[f16], x: &[i8], xd: &[f32], out: &mut [f32], streamed: bool) {
+        let (cols, blocks) = (x.len(), xd.len());
         let ones = _mm256_set1_epi16(1);
-        q8_rows(w, wd, x, xd, out, streamed, |a, b| _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), ones));
+        let mut scales = [0f32; SCALE_RUN];
+        for (r, o) in out.iter_mut().enumerate() {
+            let (row, row_d) = (w.as_ptr().add(r * cols), wd.as_ptr().add(r * blocks));
+            if streamed {
+                prefetch_ahead(w, r * cols, cols);
+            }
+            let mut acc = [_mm256_setzero_ps(); 4];
+            for run in (0..blocks).step_by(SCALE_RUN) {
+                let len = SCALE_RUN.min(blocks - run);
+                row_scales(row_d.add(run), &xd[run..][..len], &mut scales);
+                let block = |b: usize| {
+                    let wv = _mm256_loadu_si256(row.add((run + b) * Q8_BLOCK).cast());
+                    let xv = _mm256_loadu_si256(x.as_ptr().add((run + b) * Q8_BLOCK).cast());
+                    let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
+                    (_mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones)), _mm256_broadcast_ss(&scales[b]))
+                };
+                q8_blocks(len, &mut acc, block);
+            }
+            *o = hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+        }
     }
 
     /// Two blocks per 512-bit step. AVX-512 has no byte sign instruction, so the weights are made
@@ -614,40 +634,6 @@ mod x86 {
     /// Blocks of a row whose combined scales `wd·xd` are made together, eight per F16C
     /// conversion, before the block loop reads them back one broadcast at a time.
     const SCALE_RUN: usize = 64;
-
-    /// The row loop of both ISAs: `dot(|w|, x·sign(w))` gives one block's eight i32 partial sums.
-    #[inline(always)]
-    unsafe fn q8_rows(
-        w: &[i8],
-        wd: &[f16],
-        x: &[i8],
-        xd: &[f32],
-        out: &mut [f32],
-        streamed: bool,
-        dot: impl Fn(__m256i, __m256i) -> __m256i,
-    ) {
-        let (cols, blocks) = (x.len(), xd.len());
-        let mut scales = [0f32; SCALE_RUN];
-        for (r, o) in out.iter_mut().enumerate() {
-            let (row, row_d) = (w.as_ptr().add(r * cols), wd.as_ptr().add(r * blocks));
-            if streamed {
-                prefetch_ahead(w, r * cols, cols);
-            }
-            let mut acc = [_mm256_setzero_ps(); 4];
-            for run in (0..blocks).step_by(SCALE_RUN) {
-                let len = SCALE_RUN.min(blocks - run);
-                row_scales(row_d.add(run), &xd[run..][..len], &mut scales);
-                let block = |b: usize| {
-                    let wv = _mm256_loadu_si256(row.add((run + b) * Q8_BLOCK).cast());
-                    let xv = _mm256_loadu_si256(x.as_ptr().add((run + b) * Q8_BLOCK).cast());
-                    let sums = dot(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
-                    (_mm256_cvtepi32_ps(sums), _mm256_broadcast_ss(&scales[b]))
-                };
-                q8_blocks(len, &mut acc, block);
-            }
-            *o = hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
-        }
-    }
 
     /// `out[b] = wd[b]·xd[b]` for the `xd.len()` (≤ SCALE_RUN) blocks of a run.
     #[inline(always)]
