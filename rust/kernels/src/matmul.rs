@@ -51,6 +51,12 @@ fn column_sums(x: &QuantizedActivations, ranges: &[Range<usize>]) -> Vec<i32> {
     sums
 }
 
+/// Work blocks per parallel task: a few tasks per thread, enough to even out the threads, few
+/// enough that the hand-offs stay negligible.
+fn blocks_per_task(blocks: usize, threads: usize) -> usize {
+    blocks.div_ceil(threads * 4).max(1)
+}
+
 /// Runs `f(block, out_block)` for every work block (a GEMV block of row tiles), where `out` is cut
 /// into pieces of `per_tile` items (the last may be shorter). Work is split into a few tasks per
 /// thread; with one thread it runs inline on the caller, avoiding the pool hand-off.
@@ -72,7 +78,7 @@ fn for_each_block<T: Send>(
         run_block(0, tiles, out);
         return Ok(());
     }
-    let tiles_per_task = tiles.div_ceil(threads * 4).max(1);
+    let tiles_per_task = blocks_per_task(tiles, threads);
     team.for_each_chunk(out, tiles_per_task * per_tile, |task, block| run_block(task, tiles_per_task, block));
     Ok(())
 }
@@ -240,17 +246,12 @@ pub fn gemv_quantized_many_into_with(
         // SAFETY: every block index is run once, and blocks write disjoint rows of their `out`.
         unsafe { jobs[m].run_block(i - first[m], x) };
     };
-    let team = team()?;
     let bytes: usize = products.iter().map(|(w, _)| w.as_bytes().len()).sum();
-    let threads = team.threads();
-    if bytes < GEMV_MIN_PARALLEL_BYTES || threads == 1 || total <= 1 {
+    if bytes < GEMV_MIN_PARALLEL_BYTES {
         (0..total).for_each(run);
         return Ok(());
     }
-    // A few tasks per thread, as `for_each_block` cuts one matrix.
-    let per_task = total.div_ceil(threads * 4).max(1);
-    team.run(total.div_ceil(per_task), &|t| (t * per_task..total.min((t + 1) * per_task)).for_each(run));
-    Ok(())
+    for_each_range(total, |blocks| blocks.for_each(run))
 }
 
 /// One matrix of a GEMV job: what every block of it needs, and where its rows go.
@@ -349,7 +350,7 @@ fn for_each_range(count: usize, f: impl Fn(Range<usize>) + Sync) -> Result<(), K
         f(0..count);
         return Ok(());
     }
-    let per_task = count.div_ceil(threads * 4).max(1);
+    let per_task = blocks_per_task(count, threads);
     team.run(count.div_ceil(per_task), &|task| f(task * per_task..count.min((task + 1) * per_task)));
     Ok(())
 }
