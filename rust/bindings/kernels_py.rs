@@ -100,12 +100,15 @@ impl PyPlanarMatrix {
     }
 }
 
+/// int8 values (n × cols) and their float32 per-token scales, as NumPy arrays.
+type QuantizedPair<'py> = (Bound<'py, PyArray2<i8>>, Bound<'py, PyArray1<f32>>);
+
 /// Per-token int8 quantization of float32 n × cols activations: (int8 n × cols, float32 scales).
 #[pyfunction]
 fn kernels_quantize_activations<'py>(
     py: Python<'py>,
     x: PyReadonlyArray2<'py, f32>,
-) -> PyResult<(Bound<'py, PyArray2<i8>>, Bound<'py, PyArray1<f32>>)> {
+) -> PyResult<QuantizedPair<'py>> {
     let (n, cols) = (x.shape()[0], x.shape()[1]);
     let data = contiguous("x", &x)?;
     let q = py.detach(|| QuantizedActivations::quantize(data, n, cols)).map_err(to_py_err)?;

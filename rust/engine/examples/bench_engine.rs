@@ -99,6 +99,7 @@ fn read_xor_prefetched(buf: &[u64]) -> u64 {
 /// - re-read: the same window read again and again, as decode re-reads its weights every token,
 ///   so whatever the last-level cache keeps of it counts. On two threads of these VMs this one
 ///   is bimodal from one process to the next (~63 or ~120 GB/s for nano-125m's 68.5 MB).
+///
 /// The ratio is taken against the larger of the two: the stricter roofline.
 struct Probe {
     buf: Vec<u64>,

@@ -772,7 +772,7 @@ mod tests {
     fn rope_and_f16_store_match_the_portable_bodies() {
         // 4-wide steps plus a 3-pair tail; large and tiny values.
         let half = 11;
-        let x: Vec<f32> = (0..2 * half).map(|i| ((i * 37 % 23) as f32 - 11.0) * 7.3e3_f32.powi(i as i32 % 3 - 1)).collect();
+        let x: Vec<f32> = (0..2 * half).map(|i| ((i * 37 % 23) as f32 - 11.0) * 7.3e3_f32.powi(i % 3 - 1)).collect();
         let cos: Vec<f32> = (0..half).map(|j| (j as f32 * 0.7).cos()).collect();
         let sin: Vec<f32> = (0..half).map(|j| (j as f32 * 0.7).sin()).collect();
         let (mut fast, mut slow) = (x.clone(), x.clone());
@@ -801,8 +801,8 @@ mod tests {
         assert_eq!((qf, df), (qs, ds));
         for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
             x[50] = bad;
-            assert!(quantize_q8(&x, &mut vec![0; 96], &mut [0.0; 3]).is_none());
-            assert!(quantize_q8_body(&x, &mut vec![0; 96], &mut [0.0; 3]).is_none());
+            assert!(quantize_q8(&x, &mut [0; 96], &mut [0.0; 3]).is_none());
+            assert!(quantize_q8_body(&x, &mut [0; 96], &mut [0.0; 3]).is_none());
         }
     }
 

@@ -79,6 +79,7 @@ pub(crate) const PANEL_TOKENS: usize = 4;
 /// [`gemv_tile`] for `NT` tokens of a panel (see `avx512::gemm_tile_nt`), each decoded half reused
 /// by all of them.
 #[target_feature(enable = "avx2")]
+#[allow(clippy::needless_range_loop)] // t indexes two accumulator arrays and picks the token
 unsafe fn gemm_tile_nt<const NT: usize>(
     tile: *const u8,
     panel: *const i8,
@@ -107,6 +108,7 @@ unsafe fn gemm_tile_nt<const NT: usize>(
 
 /// `n ≤ panel_tokens` tokens of one panel: blocks of 4, then 2/1.
 #[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)] // the raw-pointer signature shared by every variant's tile kernel
 pub(crate) unsafe fn gemm_tile(
     tile: *const u8,
     panel: *const i8,

@@ -126,7 +126,7 @@ fn check_scales(rows: usize, cols: usize, scales: &[f32], group_cols: usize) -> 
         return Err(PlanarError::ZeroGroup);
     }
     // A group wider than the row is just "one scale per row".
-    if group_cols < cols && group_cols % CHUNK_COLS != 0 {
+    if group_cols < cols && !group_cols.is_multiple_of(CHUNK_COLS) {
         return Err(PlanarError::GroupNotChunkAligned { group_cols, cols });
     }
     let groups = groups_per_row(cols, group_cols);
@@ -223,7 +223,7 @@ impl PlanarMatrix {
         const BLOCK_WEIGHTS: usize = 256;
         const BLOCK_BYTES: usize = 66;
         check_shape(rows, cols)?;
-        if cols % BLOCK_WEIGHTS != 0 {
+        if !cols.is_multiple_of(BLOCK_WEIGHTS) {
             return Err(PlanarError::Tq2Cols { cols });
         }
         let n_blocks = rows * cols / BLOCK_WEIGHTS;
