@@ -88,8 +88,9 @@ fn for_each_block<T: Send>(
 /// which one core streams ~64 KB.
 pub const GEMV_MIN_PARALLEL_BYTES: usize = 1 << 16;
 
-fn worth_threads(w: &PlanarMatrix) -> bool {
-    w.as_bytes().len() >= GEMV_MIN_PARALLEL_BYTES
+/// Whether a GEMV over `bytes` of packed weights is worth splitting over the team.
+fn worth_threads(bytes: usize) -> bool {
+    bytes >= GEMV_MIN_PARALLEL_BYTES
 }
 
 /// The checks every GEMV shares: matching shapes, one token, one output per row.
@@ -152,7 +153,7 @@ pub fn gemv_i32_into(
     let all = 0..w.chunks_per_tile();
     let x_sum = column_sums(x, std::slice::from_ref(&all))[0];
     let blocks = GemvBlocks::new(kernel, Residency::Cached, w);
-    for_each_block(worth_threads(w), blocks.count(), blocks.rows_per_block(), out, |b, dst| {
+    for_each_block(worth_threads(w.as_bytes().len()), blocks.count(), blocks.rows_per_block(), out, |b, dst| {
         let mut dots = [[0; TILE_ROWS]; MAX_GEMV_TILES];
         blocks.dots(b, x.values(), all.clone(), x_sum, &mut dots);
         dst.copy_from_slice(&dots.as_flattened()[..dst.len()]);
@@ -247,7 +248,7 @@ pub fn gemv_quantized_many_into_with(
         unsafe { jobs[m].run_block(i - first[m], x) };
     };
     let bytes: usize = products.iter().map(|(w, _)| w.as_bytes().len()).sum();
-    if bytes < GEMV_MIN_PARALLEL_BYTES {
+    if !worth_threads(bytes) {
         (0..total).for_each(run);
         return Ok(());
     }
