@@ -6,14 +6,18 @@
 //!   (for streaming decode of partial UTF-8 and for bits per byte).
 //! * [`train_bpe`] / [`train_bpe_files`] train a GPT-2-style byte-level BPE
 //!   with the project's special tokens at fixed ids ([`SPECIAL_TOKENS`]).
-//! * [`GgufVocab`] is the `tokenizer.ggml.*` view of a tokenizer (model
-//!   `gpt2`): export with [`Tokenizer::to_gguf_vocab`], import with
-//!   [`Tokenizer::from_gguf_vocab`] / [`Tokenizer::from_gpt2_vocab`].
+//! * [`GgufVocab`] is the `tokenizer.ggml.*` view of a tokenizer: export
+//!   (model `gpt2`, pre `gpt-2`) with [`Tokenizer::to_gguf_vocab`], import
+//!   with [`Tokenizer::from_gguf_vocab`] / [`Tokenizer::from_gpt2_vocab`].
+//!   Import tokenizes as llama.cpp does: byte-level BPE (`gpt2`) with the
+//!   split of each `pre` in [`SUPPORTED_PRE`], and SentencePiece (`llama`).
 //!
 //! Nothing here panics on bad files: every failure is a [`TokensError`].
 mod bytes;
 mod error;
 mod gguf_vocab;
+mod pre;
+mod spm;
 mod train;
 
 use std::collections::HashSet;
@@ -25,7 +29,9 @@ use tokenizers::Model;
 
 pub use bytes::{byte_to_char, bytes_to_token, char_to_byte, token_to_bytes};
 pub use error::{Result, TokensError};
-pub use gguf_vocab::{GgufVocab, TokenType};
+pub use gguf_vocab::{GgufVocab, TokenType, GGUF_MODEL_GPT2, GGUF_MODEL_LLAMA, GGUF_PRE_GPT2};
+pub use pre::{pre_split, PreSplit, DEFAULT_REGEXES, GPT2_REGEX, LLAMA3_REGEX, QWEN2_REGEX, SUPPORTED_PRE};
+pub use spm::SPM_SPACE;
 pub use train::{train_bpe, train_bpe_files, TrainOptions, DEFAULT_VOCAB_SIZE, SPECIAL_TOKENS};
 
 use error::tk;
