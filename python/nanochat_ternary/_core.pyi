@@ -140,6 +140,17 @@ def rust_ast_metrics(source: str) -> dict[str, object]:
 
     Raises ValueError when the source does not parse."""
 
+def rust_extract_functions(source: str) -> list[dict[str, object]]:
+    """The function-level view of a source file (rust/evalrs/src/extract.rs): one dict per
+    free function, impl block and method, in source order, with kind ("function", "impl",
+    "method"), name, text (attributes and doc comments kept, de-indented so the closing
+    brace is at column 0), signature, doc, body, impl_header (methods; else None),
+    standalone (a free function that looks std-only: a candidate for compiling alone),
+    nontrivial (nonempty body without todo!/unimplemented!/unreachable!/panic!),
+    start_line and end_line (1-based).
+
+    Raises ValueError when the source does not parse (or is too large or deep)."""
+
 # --- checkpoint (rust/bindings/checkpoint_py.rs) ---
 
 def save_checkpoint(

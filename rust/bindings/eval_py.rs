@@ -7,6 +7,7 @@ use pyo3::types::PyDict;
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(rust_parse_error, m)?)?;
     m.add_function(wrap_pyfunction!(rust_ast_metrics, m)?)?;
+    m.add_function(wrap_pyfunction!(rust_extract_functions, m)?)?;
     m.add("RUST_MAX_SOURCE_BYTES", evalrs::MAX_SOURCE_BYTES)?;
     Ok(())
 }
@@ -34,6 +35,33 @@ fn rust_ast_metrics<'py>(py: Python<'py>, source: &str) -> PyResult<Bound<'py, P
         .detach(|| evalrs::ast_metrics(source))
         .map_err(to_py_err)?;
     metrics_to_dict(py, &metrics)
+}
+
+/// The function-level view of `source` (see `evalrs::extract`): one dict per
+/// free function, impl block and method. ValueError when it does not parse.
+#[pyfunction]
+fn rust_extract_functions<'py>(py: Python<'py>, source: &str) -> PyResult<Vec<Bound<'py, PyDict>>> {
+    let items = py
+        .detach(|| evalrs::extract_items(source))
+        .map_err(to_py_err)?;
+    items
+        .iter()
+        .map(|item| {
+            let d = PyDict::new(py);
+            d.set_item("kind", item.kind.as_str())?;
+            d.set_item("name", &item.name)?;
+            d.set_item("text", &item.text)?;
+            d.set_item("signature", &item.signature)?;
+            d.set_item("doc", &item.doc)?;
+            d.set_item("body", &item.body)?;
+            d.set_item("impl_header", item.impl_header.as_deref())?;
+            d.set_item("standalone", item.standalone)?;
+            d.set_item("nontrivial", item.nontrivial)?;
+            d.set_item("start_line", item.start_line)?;
+            d.set_item("end_line", item.end_line)?;
+            Ok(d)
+        })
+        .collect()
 }
 
 fn metrics_to_dict<'py>(py: Python<'py>, m: &AstMetrics) -> PyResult<Bound<'py, PyDict>> {

@@ -16,8 +16,10 @@
 use std::fmt;
 use std::str::FromStr;
 
+pub mod extract;
 pub mod metrics;
 
+pub use extract::{extract_items, ExtractedItem, ItemKind};
 pub use metrics::{AstMetrics, FunctionMetrics};
 
 /// Largest source accepted (bytes). Model completions are a few KiB; this
@@ -101,6 +103,16 @@ where
     T: Send,
     F: FnOnce(&syn::File) -> T + Send,
 {
+    with_parsed_tokens(source, |file, _| work(file))
+}
+
+/// [`with_parsed`], also handing `work` the lexed token stream (spans of
+/// literals, comments' doc attributes, ...).
+pub(crate) fn with_parsed_tokens<T, F>(source: &str, work: F) -> Result<T, CheckError>
+where
+    T: Send,
+    F: FnOnce(&syn::File, &proc_macro2::TokenStream) -> T + Send,
+{
     if source.len() > MAX_SOURCE_BYTES {
         return Err(CheckError::TooLarge {
             bytes: source.len(),
@@ -124,7 +136,10 @@ fn syntax_error(span: proc_macro2::Span, message: String) -> CheckError {
     CheckError::Syntax { line: start.line, column: start.column, message }
 }
 
-fn parse_and_run<T>(source: &str, work: impl FnOnce(&syn::File) -> T) -> Result<T, CheckError> {
+fn parse_and_run<T>(
+    source: &str,
+    work: impl FnOnce(&syn::File, &proc_macro2::TokenStream) -> T,
+) -> Result<T, CheckError> {
     // The lexer is iterative, so lexing first lets us measure the nesting
     // depth before the recursive parser sees the tokens.
     let tokens = proc_macro2::TokenStream::from_str(source)
@@ -133,8 +148,8 @@ fn parse_and_run<T>(source: &str, work: impl FnOnce(&syn::File) -> T) -> Result<
     if depth > MAX_GROUP_DEPTH {
         return Err(CheckError::TooDeep { depth });
     }
-    let file: syn::File = syn::parse2(tokens).map_err(|e| syntax_error(e.span(), e.to_string()))?;
-    Ok(work(&file))
+    let file: syn::File = syn::parse2(tokens.clone()).map_err(|e| syntax_error(e.span(), e.to_string()))?;
+    Ok(work(&file, &tokens))
 }
 
 /// Deepest delimiter nesting in `tokens`, computed without recursion.
