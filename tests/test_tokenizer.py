@@ -160,10 +160,41 @@ def test_gguf_vocab_round_trip(tok):
     back = Tokenizer.from_gguf_vocab(v["tokens"], v["merges"], v["token_types"])
     for text in TEXTS + ["x<|endoftext|>y 🦀"]:
         assert back.encode(text) == tok.encode(text)
-    with pytest.raises(ValueError, match="tokenizer.ggml.pre"):
-        Tokenizer.from_gguf_vocab(v["tokens"], v["merges"], v["token_types"], pre="llama-bpe")
+    with pytest.raises(ValueError, match=r"tokenizer.ggml.pre \"no-such-split\".*llama-bpe.*qwen2"):
+        Tokenizer.from_gguf_vocab(v["tokens"], v["merges"], v["token_types"], pre="no-such-split")
+    with pytest.raises(ValueError, match="tokenizer.ggml.model"):
+        Tokenizer.from_gguf_vocab(v["tokens"], v["merges"], v["token_types"], model="bert")
+    # Other llama.cpp splits load, stay byte-level, and round-trip every text.
+    for pre in ["llama-bpe", "qwen2", "default", ""]:
+        other = Tokenizer.from_gguf_vocab(v["tokens"], v["merges"], v["token_types"], pre=pre)
+        assert other.is_byte_level
+        for text in TEXTS[:3] + ["x 12345 🦀\r\n  y"]:
+            assert other.decode(other.encode(text)) == text
     with pytest.raises(ValueError, match="merge"):
         Tokenizer.from_gguf_vocab(v["tokens"], [*v["merges"], "nospace"], v["token_types"])
+
+
+def test_sentencepiece_gguf_vocab_token_bytes():
+    # "llama" (SentencePiece) vocabulary: <unk>, <s>, </s>, 256 byte tokens, then pieces.
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + ["\u2581", "a", "b", "ab", "\u2581ab"]
+    types = [2, 3, 3] + [6] * 256 + [1] * 5
+    scores = [0.0] * 259 + [-10.0, -11.0, -12.0, -1.0, -2.0]
+    tok = Tokenizer.from_gguf_vocab(tokens, [], types, model="llama", pre="", scores=scores)
+    assert not tok.is_byte_level
+    sp, ab, sp_ab = 259, 262, 263
+    # " ab ab" -> "▁▁ab▁ab": "ab" (-1) twice, then "▁ab" (-2) leftmost first; "é" is two bytes.
+    assert tok.encode(" ab abé") == [sp, sp_ab, sp_ab, 3 + 0xC3, 3 + 0xA9]
+    assert tok.decode([sp, sp_ab, sp_ab, 3 + 0xC3, 3 + 0xA9]) == " ab abé"
+    assert tok.token_bytes(sp_ab) == b" ab" and tok.token_bytes(3 + 0x41) == b"A" and tok.token_bytes(1) == b"<s>"
+    no_prefix = Tokenizer.from_gguf_vocab(tokens, [], types, model="llama", scores=scores, pre="",
+                                          add_space_prefix=False)
+    assert no_prefix.encode("ab ab") == [ab, sp_ab]
+    with pytest.raises(ValueError, match="scores"):
+        Tokenizer.from_gguf_vocab(tokens, [], types, model="llama", pre="", scores=scores[:-1])
+    with pytest.raises(ValueError, match="scores"):
+        Tokenizer.from_gguf_vocab(tokens, [], types, model="llama", pre="")
+    with pytest.raises(ValueError, match="NaN"):
+        Tokenizer.from_gguf_vocab(tokens, [], types, model="llama", pre="", scores=[float("nan")] * len(tokens))
 
 
 def test_bad_input_raises_clear_errors(tok, tmp_path):

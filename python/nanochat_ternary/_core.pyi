@@ -255,7 +255,15 @@ class BpeTokenizer:
         max_token_length: int | None = None,
     ) -> BpeTokenizer: ...
     @staticmethod
-    def from_gguf_vocab(model: str, pre: str, tokens: list[str], merges: list[str], token_types: list[int]) -> BpeTokenizer: ...
+    def from_gguf_vocab(
+        model: str,
+        pre: str,
+        tokens: list[str],
+        merges: list[str],
+        token_types: list[int],
+        scores: list[float] | None = None,
+        add_space_prefix: bool | None = None,
+    ) -> BpeTokenizer: ...
     def gguf_vocab(self) -> dict[str, object]:
         """model, pre, tokens, merges, token_types, bos_id, eos_id, pad_id."""
     def to_json(self) -> str: ...

@@ -9,7 +9,9 @@ Trained tokenizers split text with the GPT-2 regex, spell every byte as one
 base token (so any text encodes) and put the special tokens first:
 `<|endoftext|>` = 0 (document separator, `bos_id`), `<|pad|>` = 1,
 `<|fim_prefix|>` = 2, `<|fim_middle|>` = 3, `<|fim_suffix|>` = 4. Any Hugging
-Face `tokenizer.json` (GPT-2's, say) loads too. Encoding, decoding and
+Face `tokenizer.json` (GPT-2's, say) loads too, and `from_gguf_vocab` rebuilds
+the vocabularies GGUF files carry (byte-level BPE with llama.cpp's splits, and
+SentencePiece), tokenizing as llama.cpp does. Encoding, decoding and
 training release the GIL; `encode_batch` encodes in parallel.
 """
 
@@ -66,10 +68,16 @@ class Tokenizer:
 
     @classmethod
     def from_gguf_vocab(cls, tokens: Sequence[str], merges: Sequence[str], token_types: Sequence[int],
-                        model: str = "gpt2", pre: str = "gpt-2") -> Tokenizer:
-        """Rebuilds a tokenizer from GGUF `tokenizer.ggml.{tokens,merges,token_type,model,pre}`."""
-        return cls(_core.BpeTokenizer.from_gguf_vocab(model, pre, list(tokens), list(merges),
-                                                      [int(t) for t in token_types]))
+                        model: str = "gpt2", pre: str = "gpt-2", scores: Sequence[float] | None = None,
+                        add_space_prefix: bool | None = None) -> Tokenizer:
+        """Rebuilds a tokenizer from GGUF `tokenizer.ggml.{tokens,merges,token_type,model,pre,scores,add_space_prefix}`,
+        tokenizing as llama.cpp does. `model="gpt2"`: byte-level BPE split as llama.cpp splits for `pre` (gpt-2,
+        default, llama-bpe, qwen2, ...; "" means the key is absent, llama.cpp's "default"). `model="llama"`:
+        SentencePiece (merges by `scores`, `<0xNN>` byte fallback, a space prepended unless
+        `add_space_prefix` is False). ValueError on unsupported or invalid vocabularies."""
+        return cls(_core.BpeTokenizer.from_gguf_vocab(
+            model, pre, list(tokens), list(merges), [int(t) for t in token_types],
+            None if scores is None else [float(s) for s in scores], add_space_prefix))
 
     # --- persistence --------------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str]) -> None:
@@ -118,12 +126,18 @@ class Tokenizer:
         return self._raw.id_to_token(id)
 
     def token_bytes(self, id: int) -> bytes:
-        """The raw bytes token `id` stands for (a byte-level token may be part of a UTF-8 char)."""
+        """The raw bytes token `id` stands for (a byte-level token may be part of a UTF-8 char; in a
+        SentencePiece vocabulary `▁` is a space and `<0xNN>` is that byte)."""
         return self._raw.token_bytes(id)
 
     def special_tokens(self) -> list[tuple[int, str]]:
         """(id, token) of every special token, by id."""
         return self._raw.special_tokens()
+
+    @property
+    def is_byte_level(self) -> bool:
+        """Whether tokens spell raw bytes through the GPT-2 byte table (False for SentencePiece vocabularies)."""
+        return self._raw.is_byte_level
 
     def __repr__(self) -> str:
         return f"Tokenizer(vocab_size={self.vocab_size})"

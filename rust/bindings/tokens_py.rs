@@ -1,4 +1,5 @@
-//! Raw bindings of the `tokens` crate (byte-level BPE tokenizer). Encoding,
+//! Raw bindings of the `tokens` crate (byte-level BPE tokenizers, and the
+//! SentencePiece vocabularies GGUF files carry). Encoding,
 //! decoding and training run with the GIL released; crate errors become
 //! ValueError (OSError for unreadable files). `nanochat_ternary.tokenizer`
 //! wraps this class with the public API.
@@ -83,8 +84,11 @@ impl PyBpeTokenizer {
         Ok(PyBpeTokenizer { tok })
     }
 
-    /// Rebuilds a tokenizer from GGUF `tokenizer.ggml.*` metadata.
+    /// Rebuilds a tokenizer from GGUF `tokenizer.ggml.*` metadata (`pre` "" = absent;
+    /// `scores` and `add_space_prefix` are for the SentencePiece `llama` model).
     #[staticmethod]
+    #[pyo3(signature = (model, pre, tokens, merges, token_types, scores=None, add_space_prefix=None))]
+    #[allow(clippy::too_many_arguments)]
     fn from_gguf_vocab(
         py: Python<'_>,
         model: String,
@@ -92,8 +96,21 @@ impl PyBpeTokenizer {
         tokens: Vec<String>,
         merges: Vec<String>,
         token_types: Vec<i32>,
+        scores: Option<Vec<f32>>,
+        add_space_prefix: Option<bool>,
     ) -> PyResult<Self> {
-        let vocab = GgufVocab { model, pre, tokens, merges, token_types, bos_id: None, eos_id: None, pad_id: None };
+        let vocab = GgufVocab {
+            model,
+            pre,
+            tokens,
+            merges,
+            token_types,
+            scores,
+            add_space_prefix,
+            bos_id: None,
+            eos_id: None,
+            pad_id: None,
+        };
         let tok = py.detach(|| Tokenizer::from_gguf_vocab(&vocab)).map_err(to_py_err)?;
         Ok(PyBpeTokenizer { tok })
     }

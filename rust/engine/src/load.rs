@@ -200,8 +200,10 @@ fn string_array(f: &GgufFile, key: &str) -> Result<Option<Vec<String>>> {
     }
 }
 
-/// `tokenizer.ggml.*` through the `tokens` crate (byte-level BPE, `gpt2` model, GPT-2 split);
-/// the token count must equal the model's vocabulary, as llama.cpp requires.
+/// `tokenizer.ggml.*` through the `tokens` crate, tokenizing as llama.cpp does: byte-level BPE
+/// (`gpt2`, with the split `tokenizer.ggml.pre` names; absent means llama.cpp's "default") or
+/// SentencePiece (`llama`, with `scores` and `add_space_prefix`). The token count must equal the
+/// model's vocabulary, as llama.cpp requires.
 fn gguf_tokenizer(f: &GgufFile, vocab_size: usize) -> Result<(Option<Vocab>, Option<String>)> {
     let Some(model) = f.get("tokenizer.ggml.model") else { return Ok((None, None)) };
     let model = model.as_str().ok_or_else(|| EngineError::Tokenizer("tokenizer.ggml.model must be a string".into()))?;
@@ -219,13 +221,29 @@ fn gguf_tokenizer(f: &GgufFile, vocab_size: usize) -> Result<(Option<Vocab>, Opt
         None => vec![1; tokens.len()],
         Some(_) => return Err(EngineError::Tokenizer("tokenizer.ggml.token_type must be an int32 array".into())),
     };
+    let scores = match f.get("tokenizer.ggml.scores") {
+        None => None,
+        Some(Value::Array(gguf::Array::F32(v))) => Some(v.clone()),
+        Some(_) => return Err(EngineError::Tokenizer("tokenizer.ggml.scores must be a float32 array".into())),
+    };
+    let add_space_prefix = match f.get("tokenizer.ggml.add_space_prefix") {
+        None => None,
+        Some(Value::Bool(b)) => Some(*b),
+        Some(_) => return Err(EngineError::Tokenizer("tokenizer.ggml.add_space_prefix must be a bool".into())),
+    };
+    let pre = match f.get("tokenizer.ggml.pre") {
+        // Absent: llama.cpp's "default" split, which the tokens crate reads "" as.
+        None => String::new(),
+        Some(v) => v.as_str().ok_or_else(|| EngineError::Tokenizer("tokenizer.ggml.pre must be a string".into()))?.to_string(),
+    };
     let vocab = tokens::GgufVocab {
         model: model.to_string(),
-        // llama.cpp falls back to a default split when `pre` is absent; ours is GPT-2's.
-        pre: f.get_str("tokenizer.ggml.pre").unwrap_or("gpt-2").to_string(),
+        pre,
         tokens,
         merges: string_array(f, "tokenizer.ggml.merges")?.unwrap_or_default(),
         token_types,
+        scores,
+        add_space_prefix,
         bos_id: None,
         eos_id: None,
         pad_id: None,

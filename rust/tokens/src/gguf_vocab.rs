@@ -198,6 +198,19 @@ fn bpe_tokenizer(tokens: Vec<String>, merges: Vec<String>, token_types: Option<&
             _ => Err(TokensError::BadVocab(format!("merge {rank} {m:?} is not \"left right\""))),
         })
         .collect::<Result<Vec<_>>>()?;
+    for (rank, (a, b)) in pairs.iter().enumerate() {
+        for part in [a, b] {
+            if !vocab.contains_key(part) {
+                return Err(TokensError::BadVocab(format!("merge {rank} \"{a} {b}\": {part:?} is not a token")));
+            }
+        }
+        if !vocab.contains_key(&format!("{a}{b}")) {
+            return Err(TokensError::BadVocab(format!(
+                "merge {rank} \"{a} {b}\": the merged token {:?} is not in the vocabulary",
+                format!("{a}{b}")
+            )));
+        }
+    }
     let model = BPE::builder()
         .vocab_and_merges(vocab, pairs)
         .ignore_merges(split.ignore_merges)
