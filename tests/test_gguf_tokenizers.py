@@ -66,8 +66,8 @@ def _bl(text: str) -> str:
 
 def write_gguf(path, *, model: str, tokens: list[str], types: list[int], merges: list[str] | None = None,
                scores: list[float] | None = None, pre: str | None = None, add_space_prefix: bool | None = None,
-               bos: int | None = None, eos: int | None = None):
-    """A 1-layer random llama (dim 64) carrying the given vocabulary."""
+               bos: int | None = None, eos: int | None = None, extra=None):
+    """A 1-layer random llama (dim 64) carrying the given vocabulary (`extra(writer)` adds more keys)."""
     n, d, ff = len(tokens), 64, 128
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_context_length(128)
@@ -94,6 +94,8 @@ def write_gguf(path, *, model: str, tokens: list[str], types: list[int], merges:
         w.add_bos_token_id(bos)
     if eos is not None:
         w.add_eos_token_id(eos)
+    if extra is not None:
+        extra(w)
     rng = np.random.default_rng(0)
 
     def t(name, *shape, one=False):
@@ -241,6 +243,13 @@ def test_bad_metadata_is_a_clear_error(tmp_path, bpe_vocab):
               scores=SPM_HAND_SCORES[:-1] + [float("inf")]), "inf"),
         (dict(model="llama", tokens=SPM_HAND[:-1] + ["ab"], types=SPM_HAND_TYPES, scores=SPM_HAND_SCORES), "twice"),
         (dict(model="gpt2", pre="qwen2", tokens=tokens, types=types, merges=[*merges, "zzq qzz"]), "(?i)merge"),
+        # Keys of the wrong GGUF type.
+        (dict(model="llama", tokens=SPM_HAND, types=SPM_HAND_TYPES,
+              extra=lambda w: w.add_array("tokenizer.ggml.scores", [0] * len(SPM_HAND))), "scores must be a float32"),
+        (dict(model="llama", tokens=SPM_HAND, types=SPM_HAND_TYPES, scores=SPM_HAND_SCORES,
+              extra=lambda w: w.add_string("tokenizer.ggml.add_space_prefix", "yes")), "add_space_prefix must be a bool"),
+        (dict(model="gpt2", tokens=tokens, types=types, merges=merges,
+              extra=lambda w: w.add_uint32("tokenizer.ggml.pre", 2)), "pre must be a string"),
     ]
     for i, (kw, message) in enumerate(cases):
         path = write_gguf(tmp_path / f"bad{i}.gguf", **kw)
