@@ -60,12 +60,8 @@ pub(crate) fn spm_tokenizer(vocab: &GgufVocab) -> Result<Tokenizer> {
     if tokens.len() > u32::MAX as usize {
         return Err(bad("more tokens than u32 ids".into()));
     }
-    if !vocab.merges.is_empty() {
-        return Err(bad(format!(
-            "a \"llama\" (SentencePiece) vocabulary has no merges, but {} were given",
-            vocab.merges.len()
-        )));
-    }
+    // `tokenizer.ggml.merges`, if a converter wrote any, is ignored, as llama.cpp ignores it for
+    // this model: the merges come from the scores.
     let scores = vocab.scores.as_deref().ok_or_else(|| {
         TokensError::Unsupported(
             "a \"llama\" (SentencePiece) vocabulary needs tokenizer.ggml.scores: the merge order comes from them"
