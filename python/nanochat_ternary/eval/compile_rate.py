@@ -2,7 +2,14 @@
 ``rustc --edition 2021 --crate-type lib --emit=metadata`` check per sample, plus
 AST metrics (functions, lines, cyclomatic complexity as defined in
 ``rust/evalrs/src/metrics.rs``: 1 + ifs + (match arms − 1) + loops + ``&&`` +
-``||`` + ``?``)."""
+``||`` + ``?``).
+
+Beside the compile rate stands the **nontrivial compile rate**: the share of samples
+that compile *and* whose function bodies are real work. A sample counts only when it
+has at least one function or method with a body (found by the syn extraction,
+``_core.rust_extract_functions``) and none of those bodies is empty or invokes
+``todo!``, ``unimplemented!``, ``unreachable!`` or ``panic!`` (anywhere, including
+inside other macros' arguments). Stubs compile, so they cannot game this number."""
 
 from __future__ import annotations
 
@@ -63,7 +70,7 @@ BUILTIN_PROMPTS: tuple[str, ...] = (
 def check_source(source: str, *, use_rustc: bool = True) -> dict[str, Any]:
     """Parse check, AST metrics and (optionally) a rustc metadata build of one source."""
     record: dict[str, Any] = {"parses": False, "parse_error": None, "metrics": None,
-                              "compiles": None, "rustc_error": None}  # fmt: skip
+                              "compiles": None, "rustc_error": None, "nontrivial": False}  # fmt: skip
     try:
         error = _core.rust_parse_error(source)
     except ValueError as exc:  # too large or too deep: not analysable
@@ -71,6 +78,7 @@ def check_source(source: str, *, use_rustc: bool = True) -> dict[str, Any]:
     if error is None:
         record["parses"] = True
         record["metrics"] = _core.rust_ast_metrics(source)
+        record["nontrivial"] = has_nontrivial_bodies(source)
     else:
         line, column, message = error
         record["parse_error"] = f"line {line}, column {column}: {message}"
@@ -81,6 +89,17 @@ def check_source(source: str, *, use_rustc: bool = True) -> dict[str, Any]:
         if not result.ok:
             record["rustc_error"] = "compiler timed out" if result.timed_out else result.stderr[:2000]
     return record
+
+
+def has_nontrivial_bodies(source: str) -> bool:
+    """True when `source` has at least one function or method with a body and every such
+    body is nonempty and free of todo!/unimplemented!/unreachable!/panic! (syn extraction)."""
+    try:
+        items = _core.rust_extract_functions(source)
+    except (ValueError, RuntimeError):
+        return False
+    bodies = [item for item in items if item["kind"] in ("function", "method")]
+    return bool(bodies) and all(bool(item["nontrivial"]) for item in bodies)
 
 
 def complete_source(prompt: str, completion: str) -> str:
@@ -103,6 +122,10 @@ def evaluate_sources(sources: Sequence[str], *, use_rustc: bool = True, parallel
         "samples": len(records),
         "parse_rate": sum(r["parses"] for r in records) / len(records),
         "compile_rate": (sum(bool(r["compiles"]) for r in records) / len(records)) if use_rustc else None,
+        # Compiles and every function body does real work (see the module docs).
+        "nontrivial_compile_rate": (sum(bool(r["compiles"]) and r["nontrivial"] for r in records) / len(records))
+        if use_rustc else None,
+        "nontrivial_rate": sum(r["nontrivial"] for r in records) / len(records),
     }
     for key in ("functions", "lines", "code_lines", "cyclomatic_max"):
         summary[f"mean_{key}"] = sum(m[key] for m in parsed) / len(parsed) if parsed else None
