@@ -45,8 +45,15 @@ class BuildOptions:
     overwrite: bool = False
     progress: bool = True
     corpus: CorpusOptions = field(default_factory=CorpusOptions)
+    mix: str | None = None  # a data-mix config (mix.py) instead of `inputs`
+    mix_corpus: str | None = None  # overrides the mix config's "corpus"
 
     def validate(self) -> None:
+        if self.mix is not None:
+            if self.inputs:
+                raise DataError("give either --input or --mix, not both")
+            if self.holdout_by != "group":
+                raise DataError("a data mix holds out whole crates: use --holdout-by group")
         if not 0.0 <= self.val_fraction < 1.0:
             raise DataError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
         if self.holdout_by not in HOLDOUT_MODES:
@@ -110,7 +117,9 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
 
 
 def _write_split(docs: list[Document], tok: Tokenizer, out: Path, split: str, dtype: str,
-                 opts: BuildOptions) -> dict:
+                 opts: BuildOptions, per_view: dict | None = None) -> dict:
+    """Tokenizes and writes one split; with `per_view`, also tallies documents, tokens (each
+    document's tokens plus its separator) and bytes by the documents' view."""
     writer = ShardWriter(out, split, dtype, tok.bos_id, shard_tokens=opts.shard_tokens)
     total = sum(d.n_bytes for d in docs)
     with tqdm(total=total, unit="B", unit_scale=True, desc=f"tokenizing {split}", disable=not opts.progress) as bar:
@@ -123,6 +132,11 @@ def _write_split(docs: list[Document], tok: Tokenizer, out: Path, split: str, dt
             chunk = docs[start:end]
             for doc, ids in zip(chunk, tok.encode_batch([d.text for d in chunk])):
                 writer.add(ids, doc.n_bytes)
+                if per_view is not None:
+                    tally = per_view.setdefault(doc.view, {"documents": 0, "tokens": 0, "bytes": 0})
+                    tally["documents"] += 1
+                    tally["tokens"] += len(ids) + 1
+                    tally["bytes"] += doc.n_bytes
             bar.update(size)
             start = end
     return writer.finish()
@@ -131,10 +145,25 @@ def _write_split(docs: list[Document], tok: Tokenizer, out: Path, split: str, dt
 def build(opts: BuildOptions) -> dict:
     """Builds the data directory `opts.out`; returns its meta.json contents."""
     opts.validate()
-    corpus = Corpus(opts.inputs, opts.corpus)
-    if not corpus.documents:
-        raise DataError(f"no documents left after filtering ({_drops(corpus)}); check --input and --ext")
-    train, val = split_documents(corpus.documents, opts.val_fraction, opts.holdout_by, opts.seed)
+    mix_report = None
+    if opts.mix is not None:
+        from .mix import apply_weights, load_config, mix_documents
+
+        config = load_config(opts.mix, opts.mix_corpus)
+        documents, mix_report = mix_documents(config, opts.seed, progress=print if opts.progress else None)
+        if not documents:
+            raise DataError("the data mix has no documents left after decontamination and dedup")
+        counts = {"files_seen": 0, "candidates": sum(v["loaded"] for v in mix_report["views"].values()),
+                  "kept": len(documents), "bytes_kept": sum(d.n_bytes for d in documents), "dropped": {}}
+    else:
+        corpus = Corpus(opts.inputs, opts.corpus)
+        if not corpus.documents:
+            raise DataError(f"no documents left after filtering ({_drops(corpus)}); check --input and --ext")
+        documents, counts = corpus.documents, corpus.stats.describe()
+    train, val = split_documents(documents, opts.val_fraction, opts.holdout_by, opts.seed)
+    if mix_report is not None:
+        weights = {name: float(v["weight"]) for name, v in mix_report["views"].items()}
+        train = apply_weights(train, weights, opts.seed)
     random.Random(opts.seed).shuffle(train)
 
     out = Path(opts.out)
@@ -156,8 +185,9 @@ def build(opts: BuildOptions) -> dict:
         raise DataError(str(e)) from None
     dtype = dtype_for_vocab(tok.vocab_size)
 
-    splits = {"train": _write_split(train, tok, out, "train", dtype, opts),
-              "val": _write_split(val, tok, out, "val", dtype, opts)}
+    per_view: dict[str, dict] | None = {"train": {}, "val": {}} if mix_report is not None else None
+    splits = {"train": _write_split(train, tok, out, "train", dtype, opts, per_view and per_view["train"]),
+              "val": _write_split(val, tok, out, "val", dtype, opts, per_view and per_view["val"])}
     val_groups = sorted({d.group for d in val})
     meta = {
         "format": FORMAT,
@@ -169,8 +199,8 @@ def build(opts: BuildOptions) -> dict:
         "source": {
             "recipe": "python -m nanochat_ternary.data build",
             "inputs": [str(Path(p).resolve()) for p in opts.inputs],
-            "filters": opts.corpus.describe(),
-            "counts": corpus.stats.describe(),
+            "filters": opts.corpus.describe() if mix_report is None else {},
+            "counts": counts,
             "holdout_by": opts.holdout_by,
             "val_fraction": opts.val_fraction,
             "seed": opts.seed,
@@ -179,6 +209,9 @@ def build(opts: BuildOptions) -> dict:
             "tokenizer": tokenizer_recipe,
         },
     }
+    if mix_report is not None:
+        meta["source"]["recipe"] = "python -m nanochat_ternary.data build --mix"
+        meta["source"]["mix"] = {**mix_report, "tokens_per_view": per_view}
     write_json_atomic(out / "meta.json", meta)
     return meta
 
@@ -202,5 +235,14 @@ def summary(meta: dict) -> str:
                      f"({bpt:.2f} bytes/token), {len(info['shards'])} shard(s), groups {src['groups'][name]}")
     lines.append(f"vocab {meta['vocab_size']} ({meta['dtype']}), bos {meta['bos_id']}, seed {src['seed']}, "
                  f"holdout by {src['holdout_by']}")
+    mix = src.get("mix")
+    if mix:
+        for view, info in mix["views"].items():
+            drops = {k: v for k, v in info.items() if k.endswith("_duplicate") or k.startswith("decontaminated")}
+            lines.append(f"view {view} (weight {info['weight']}): loaded {info['loaded']}, kept {info['kept']}, "
+                         f"dropped {drops or 'none'}")
+        for split, views in mix["tokens_per_view"].items():
+            lines.append(f"{split} tokens per view: " + ", ".join(
+                f"{v} {t['tokens']} ({t['documents']} docs)" for v, t in sorted(views.items())))
     return "\n".join(lines)
 

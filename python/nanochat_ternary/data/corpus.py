@@ -55,6 +55,7 @@ class Document:
     source: str  # file path, or "file.jsonl:LINE"
     group: str
     sha256: str
+    view: str = ""  # which view of a data mix it belongs to (mix.py); "" outside mixes
 
     @property
     def n_bytes(self) -> int:
