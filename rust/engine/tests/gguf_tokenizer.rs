@@ -166,11 +166,14 @@ fn byte_level_pre_is_passed_through() {
     assert!(e.contains("\"tekken-9\"") && e.contains("llama-bpe"), "{e}");
 }
 
+/// (file name, `tokenizer.ggml.scores`, more keys, what the error must say)
+type BadCase = (&'static str, Value, Vec<(&'static str, Value)>, &'static str);
+
 #[test]
 fn bad_tokenizer_metadata_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let (tokens, _, scores) = spm_keys();
-    let cases: Vec<(&str, Value, Vec<(&'static str, Value)>, &str)> = vec![
+    let cases: Vec<BadCase> = vec![
         ("int_scores", Value::Array(Array::I32(vec![0; tokens.len()])), vec![], "scores must be a float32 array"),
         ("short_scores", Value::Array(Array::F32(scores[1..].to_vec())), vec![], "scores"),
         ("nan_scores", Value::Array(Array::F32({
