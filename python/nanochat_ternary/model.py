@@ -10,8 +10,9 @@
 
 The forward pass, sampling and KV cache run in the Rust engine (`_core.Engine`)
 with the GIL released, so a notebook stays responsive and other Python threads
-run. Prompts are encoded as ``[<|endoftext|>] + encode(text)``, the layout the
-training shards use. Streaming decodes incrementally and never yields a broken
+run. Prompts are encoded as the file says, as llama.cpp encodes them: the BOS token first when
+the file's ``add_bos_token`` is set (our exports: ``<|endoftext|>``, the document start of the
+training shards), the EOS token last when ``add_eos_token`` is. Streaming decodes incrementally and never yields a broken
 UTF-8 sequence; stop strings are cut before they are yielded.
 """
 
@@ -32,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _atomic, _core, hub, zoo
-from .export import DEFAULT_GENERATION_CONFIG, EOS_TOKEN
+from .export import DEFAULT_GENERATION_CONFIG
 from .model_config import ModelConfig
 
 __all__ = ["TernaryModel", "Streamer", "SamplingParams"]
@@ -74,17 +75,20 @@ class SamplingParams:
 
 
 class _Tokens:
-    """Encode/decode over ``nanochat_ternary.tokenizer.Tokenizer`` built from tokenizer.json text."""
+    """Encode/decode over ``nanochat_ternary.tokenizer.Tokenizer`` built from tokenizer.json text,
+    with the model file's BOS/EOS ids and whether encoding adds them."""
 
-    def __init__(self, json_text: str) -> None:
+    def __init__(
+        self, json_text: str, bos_id: int | None, eos_id: int | None, add_bos: bool, add_eos: bool
+    ) -> None:
         from .tokenizer import Tokenizer
 
         self.tokenizer = Tokenizer.from_json(json_text)
         self.json_text = json_text
-        eos = self.tokenizer.token_to_id(EOS_TOKEN)
-        if eos is None:
-            raise ValueError(f"the model's tokenizer has no {EOS_TOKEN!r} token")
-        self.eos_id: int = int(eos)
+        self.bos_id: int | None = bos_id
+        self.eos_id: int | None = eos_id
+        self.add_bos: bool = add_bos
+        self.add_eos: bool = add_eos
         # Models may have more ids than the tokenizer (vocab padded to a round size);
         # those ids have no text and decode to nothing.
         self.n_tokens: int = int(self.tokenizer.vocab_size)
@@ -198,7 +202,8 @@ class TernaryModel:
         tokenizer_json = self._tokenizer_json()
         if tokenizer_json is None:
             raise ValueError(f"{path} has no tokenizer (GGUF tokenizer.ggml.* metadata or tokenizer.json)")
-        self._tokens = _Tokens(tokenizer_json)
+        e = self._engine
+        self._tokens = _Tokens(tokenizer_json, e.bos_token_id, e.eos_token_id, e.add_bos_token, e.add_eos_token)
         self.generation_config: dict[str, Any] = self._read_generation_config()
 
     # ----------------------------------------------------------------------- loading and saving
@@ -242,7 +247,7 @@ class TernaryModel:
         if self.path.is_file():
             files = [(self.path, "model.gguf" if not self.path.name.endswith(".gguf") else self.path.name)]
         else:
-            names = ["config.json", "model.safetensors", "tokenizer.json", "generation_config.json"]
+            names = ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json"]
             files = [(self.path / n, n) for n in names if (self.path / n).is_file()]
         target.parent.mkdir(parents=True, exist_ok=True)
         fresh = not target.exists()
@@ -270,8 +275,24 @@ class TernaryModel:
         return int(self._engine.vocab_size)
 
     @property
-    def eos_token_id(self) -> int:
+    def bos_token_id(self) -> int | None:
+        """The file's BOS token id (None when it names none)."""
+        return self._tokens.bos_id
+
+    @property
+    def eos_token_id(self) -> int | None:
+        """The file's EOS token id, where generation stops (None when it names none)."""
         return self._tokens.eos_id
+
+    @property
+    def add_bos_token(self) -> bool:
+        """Whether prompts start with the BOS token (the file's ``add_bos_token``, else llama.cpp's default)."""
+        return self._tokens.add_bos
+
+    @property
+    def add_eos_token(self) -> bool:
+        """Whether :meth:`encode` ends a text with the EOS token (the file's ``add_eos_token``)."""
+        return self._tokens.add_eos
 
     @property
     def param_count(self) -> int:
@@ -291,12 +312,25 @@ class TernaryModel:
 
     # ----------------------------------------------------------------------- tokens and logits
 
-    def encode(self, text: str, add_bos: bool = True) -> list[int]:
-        """Token ids of ``text``, with ``<|endoftext|>`` first when ``add_bos`` (as in training)."""
+    def encode(self, text: str, add_bos: bool | None = None, add_eos: bool | None = None) -> list[int]:
+        """Token ids of ``text``. ``add_bos`` / ``add_eos`` (None: as the model file says, see
+        :attr:`add_bos_token`) put the BOS token first / the EOS token last, as llama.cpp does."""
         if not isinstance(text, str):
             raise TypeError(f"prompt must be a str, got {type(text).__name__}")
         ids = self._tokens.encode(text)
-        return [self._tokens.eos_id, *ids] if add_bos else ids
+        if self._flag("bos", add_bos, self._tokens.add_bos, self._tokens.bos_id):
+            ids = [int(self._tokens.bos_id), *ids]  # type: ignore[arg-type]
+        if self._flag("eos", add_eos, self._tokens.add_eos, self._tokens.eos_id):
+            ids = [*ids, int(self._tokens.eos_id)]  # type: ignore[arg-type]
+        return ids
+
+    @staticmethod
+    def _flag(what: str, asked: bool | None, default: bool, token: int | None) -> bool:
+        if asked is None:
+            return default
+        if asked and token is None:
+            raise ValueError(f"add_{what}=True, but the model names no {what.upper()} token")
+        return bool(asked)
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._tokens.decode(ids)
@@ -307,16 +341,19 @@ class TernaryModel:
 
     def nll(self, ids: Sequence[int]) -> npt.NDArray[np.float64]:
         """Per-token negative log-likelihood (nats) of ``ids``, each given the ones before it and
-        a leading ``<|endoftext|>`` (how training sees a document start). At most
+        a leading BOS token (how training sees a document start). At most
         ``context_length`` ids; the evaluation harness scores longer streams window by window."""
         ids = [int(i) for i in ids]
         if not ids:
             raise ValueError("nll needs at least one token")
+        bos = self._tokens.bos_id
+        if bos is None:
+            raise ValueError("nll scores the first token after a BOS token, and this model names none")
         if len(ids) > self.context_length:
             raise ValueError(f"{len(ids)} tokens exceed the context of {self.context_length}; score them in windows")
         if min(ids) < 0 or max(ids) >= self.vocab_size:
             raise ValueError(f"token ids must lie in 0..{self.vocab_size - 1}")
-        logits = self.logits([self._tokens.eos_id, *ids[:-1]]).astype(np.float64)
+        logits = self.logits([bos, *ids[:-1]]).astype(np.float64)
         top = logits.max(axis=1, keepdims=True)
         log_z = np.log(np.exp(logits - top).sum(axis=1)) + top[:, 0]
         return log_z - logits[np.arange(len(ids)), ids]
@@ -337,13 +374,14 @@ class TernaryModel:
         seed: int = 0,
         streamer: Streamer | None = None,
         truncate: bool = False,
-        add_bos: bool = True,
+        add_bos: bool | None = None,
     ) -> str | list[str]:
         """Continue ``prompt`` (a str -> str, a list of str -> list of str; the prompt is not repeated).
 
         ``do_sample=False`` (the default unless ``generation_config`` says otherwise, or a
-        ``temperature`` > 0 is given without ``do_sample``) decodes greedily. Generation ends at
-        ``<|endoftext|>``, at a ``stop`` string (cut from the text) or after ``max_new_tokens``
+        ``temperature`` > 0 is given without ``do_sample``) decodes greedily. The prompt starts
+        with the BOS token when ``add_bos`` (None: the model file's ``add_bos_token``). Generation
+        ends at the model's EOS token, at a ``stop`` string (cut from the text) or after ``max_new_tokens``
         (default: ``generation_config["max_new_tokens"]``, capped by the room left in the context).
         ``streamer`` receives text pieces as they are made (single prompts only). A prompt longer
         than the context raises ValueError unless ``truncate=True``, which keeps its tail.
@@ -373,7 +411,7 @@ class TernaryModel:
             new_ids = self._engine.generate(
                 [batches[i][0] for i in indices],
                 params.max_new_tokens,
-                stop_ids=[self._tokens.eos_id],
+                stop_ids=self._stop_ids(),
                 **params.engine_kwargs(),
             )
             for i, ids in zip(indices, new_ids):
@@ -393,7 +431,7 @@ class TernaryModel:
         stop: str | Sequence[str] | None = None,
         seed: int = 0,
         truncate: bool = False,
-        add_bos: bool = True,
+        add_bos: bool | None = None,
     ) -> Iterator[str]:
         """Like :meth:`generate` for one prompt, but yields text pieces as they are produced.
         Arguments are validated when called, before the first piece."""
@@ -411,7 +449,7 @@ class TernaryModel:
     ) -> Iterator[str]:
         # Stop strings are matched here on the text, not in the engine, so that text
         # held back as a possible stop prefix is released exactly when it isn't one.
-        tokens = self._engine.stream(ids, params.max_new_tokens, stop_ids=[self._tokens.eos_id], **params.engine_kwargs())
+        tokens = self._engine.stream(ids, params.max_new_tokens, stop_ids=self._stop_ids(), **params.engine_kwargs())
         text = _TextAssembler(self._tokens)
         stop_filter = _StopFilter(stops)
         for token in tokens:
@@ -430,6 +468,9 @@ class TernaryModel:
         if piece:
             yield piece
 
+    def _stop_ids(self) -> list[int]:
+        return [] if self._tokens.eos_id is None else [self._tokens.eos_id]
+
     def _text(self, ids: Sequence[int]) -> str:
         ids = [i for i in ids if i != self._tokens.eos_id]
         text = _TextAssembler(self._tokens)
@@ -447,7 +488,7 @@ class TernaryModel:
         repetition_penalty: float | None,
         seed: int,
         truncate: bool,
-        add_bos: bool,
+        add_bos: bool | None,
     ) -> tuple[list[int], SamplingParams]:
         if not isinstance(prompt, str):
             raise TypeError(f"prompts must be str, got {type(prompt).__name__}")
@@ -477,7 +518,7 @@ class TernaryModel:
         if seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
 
-        ids = self.encode(prompt, add_bos=add_bos)
+        ids = self.encode(prompt, add_bos=add_bos, add_eos=False)
         context = self.context_length
         if max_new_tokens is not None:
             max_new_tokens = _integer("max_new_tokens", max_new_tokens)

@@ -102,6 +102,30 @@ impl PyEngine {
         self.0.tokenizer_json.clone()
     }
 
+    /// The file's BOS token id (None when it names none).
+    #[getter]
+    fn bos_token_id(&self) -> Option<u32> {
+        self.0.bos_id
+    }
+
+    /// The file's EOS token id (None when it names none): generation stops there.
+    #[getter]
+    fn eos_token_id(&self) -> Option<u32> {
+        self.0.eos_id
+    }
+
+    /// Whether a prompt starts with the BOS token (the file's flag, or llama.cpp's default).
+    #[getter]
+    fn add_bos_token(&self) -> bool {
+        self.0.add_bos
+    }
+
+    /// Whether an encoded text ends with the EOS token (the file's flag; default False).
+    #[getter]
+    fn add_eos_token(&self) -> bool {
+        self.0.add_eos
+    }
+
     /// Logits (T, vocab) float32 of one causal forward from an empty cache.
     fn logits<'py>(&self, py: Python<'py>, ids: Vec<i64>) -> PyResult<Bound<'py, PyArray2<f32>>> {
         let ids = ids_from_py(&ids, "ids")?;

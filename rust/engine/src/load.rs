@@ -257,6 +257,39 @@ fn token_id(f: &GgufFile, key: &str) -> Result<Option<u32>> {
     Ok(meta_usize(f, key)?.map(|v| v.min(u32::MAX as usize) as u32))
 }
 
+fn meta_bool(f: &GgufFile, key: &str) -> Result<Option<bool>> {
+    match f.get(key) {
+        None => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(v) => Err(EngineError::Tokenizer(format!("metadata '{key}' must be a bool, got {v:?}"))),
+    }
+}
+
+/// `tokenizer.ggml.pre` values for which llama.cpp adds a BOS token when the file does not say.
+const PRE_ADDING_BOS: [&str; 11] = [
+    "llama3", "llama-v3", "llama-bpe", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2", "jina-v5-nano", "tekken",
+    "chameleon",
+];
+
+/// BOS/EOS ids and whether to add them, as llama.cpp reads them: the file's
+/// `tokenizer.ggml.{bos,eos}_token_id` and `add_{bos,eos}_token`; when a key is absent, llama.cpp's
+/// default for the tokenizer model (SentencePiece `llama`: BOS 1, EOS 2, add BOS; byte-level BPE:
+/// add BOS only for the LLaMA-3 family of pre-tokenizers).
+fn gguf_special_tokens(f: &GgufFile) -> Result<(Option<u32>, Option<u32>, bool, bool)> {
+    let model = f.get_str("tokenizer.ggml.model");
+    let spm = model == Some("llama");
+    let mut bos = token_id(f, "tokenizer.ggml.bos_token_id")?;
+    let mut eos = token_id(f, "tokenizer.ggml.eos_token_id")?;
+    if spm {
+        bos = bos.or(Some(1));
+        eos = eos.or(Some(2));
+    }
+    let default_bos = spm || f.get_str("tokenizer.ggml.pre").is_some_and(|p| PRE_ADDING_BOS.contains(&p));
+    let add_bos = meta_bool(f, "tokenizer.ggml.add_bos_token")?.unwrap_or(default_bos && bos.is_some());
+    let add_eos = meta_bool(f, "tokenizer.ggml.add_eos_token")?.unwrap_or(false);
+    Ok((bos, eos, add_bos, add_eos))
+}
+
 pub fn load_gguf(path: &Path) -> Result<Model> {
     let file = Arc::new(GgufFile::open(path)?);
     let f = &*file;
@@ -301,6 +334,7 @@ pub fn load_gguf(path: &Path) -> Result<Model> {
     let head_name = if f.tensor_info("output.weight").is_ok() { "output.weight" } else { "token_embd.weight" };
     let head = gguf_matrix(f, head_name, config.vocab_size, d)?;
     let (vocab, tokenizer_json) = gguf_tokenizer(f, config.vocab_size)?;
+    let (bos_id, eos_id, add_bos, add_eos) = gguf_special_tokens(f)?;
     let model = Model {
         rope: Rope::new(&config),
         output_norm: gguf_vector(f, "output_norm.weight", d)?,
@@ -309,8 +343,10 @@ pub fn load_gguf(path: &Path) -> Result<Model> {
         head,
         vocab,
         tokenizer_json,
-        bos_id: token_id(f, "tokenizer.ggml.bos_token_id")?,
-        eos_id: token_id(f, "tokenizer.ggml.eos_token_id")?,
+        bos_id,
+        eos_id,
+        add_bos,
+        add_eos,
         architecture: arch,
         config,
         residency: kernels::Residency::Cached,
@@ -475,6 +511,21 @@ pub fn load_hf_dir(dir: &Path) -> Result<Model> {
         bos_id = v["bos_token_id"].as_u64().map(|x| x.min(u32::MAX as u64) as u32);
         eos_id = v["eos_token_id"].as_u64().map(|x| x.min(u32::MAX as u64) as u32);
     }
+    // HF's tokenizer_config.json says whether encoding adds BOS/EOS. Without it (exports made
+    // before it was written), a BOS id means what our training does: every document starts with it.
+    let (mut add_bos, mut add_eos) = (bos_id.is_some(), false);
+    let tc_path = dir.join("tokenizer_config.json");
+    if tc_path.exists() {
+        let v: serde_json::Value = serde_json::from_str(&read_text(&tc_path)?)
+            .map_err(|e| EngineError::Config(format!("tokenizer_config.json: {e}")))?;
+        for (key, slot) in [("add_bos_token", &mut add_bos), ("add_eos_token", &mut add_eos)] {
+            match &v[key] {
+                serde_json::Value::Null => {}
+                serde_json::Value::Bool(b) => *slot = *b,
+                other => return Err(EngineError::Config(format!("tokenizer_config.json: '{key}' must be a bool, got {other}"))),
+            }
+        }
+    }
     let model = Model {
         architecture: config.architecture().to_string(),
         rope: Rope::new(&config),
@@ -486,6 +537,8 @@ pub fn load_hf_dir(dir: &Path) -> Result<Model> {
         tokenizer_json,
         bos_id,
         eos_id,
+        add_bos,
+        add_eos,
         config,
         residency: kernels::Residency::Cached,
         kv_precision: Default::default(),

@@ -95,6 +95,11 @@ pub struct Model {
     pub tokenizer_json: Option<String>,
     pub bos_id: Option<u32>,
     pub eos_id: Option<u32>,
+    /// Whether a prompt starts with `bos_id` (GGUF `tokenizer.ggml.add_bos_token`; HF
+    /// `tokenizer_config.json`), resolved at load with llama.cpp's defaults when the file is silent.
+    pub add_bos: bool,
+    /// Whether an encoded text ends with `eos_id` (`tokenizer.ggml.add_eos_token`).
+    pub add_eos: bool,
     /// Whether decode streams the weights from DRAM (they exceed the last-level cache), which
     /// makes the kernels prefetch far ahead. Set at load; see [`Model::default_residency`].
     pub residency: kernels::Residency,
@@ -156,6 +161,11 @@ impl Model {
                 if id as usize >= c.vocab_size {
                     return Err(EngineError::Tokenizer(format!("{what} token id {id} >= vocab_size {}", c.vocab_size)));
                 }
+            }
+        }
+        for (what, wanted, id) in [("bos", self.add_bos, self.bos_id), ("eos", self.add_eos, self.eos_id)] {
+            if wanted && id.is_none() {
+                return Err(EngineError::Tokenizer(format!("the file asks to add a {what} token but names no {what} token id")));
             }
         }
         Ok(())
