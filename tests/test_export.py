@@ -175,7 +175,7 @@ def test_quantize_q8_0_matches_gguf_py():
 
 def test_hf_directory(tmp_path, tok, mhc_model):
     out = export.export_hf(mhc_model, tok, tmp_path / "hf")
-    assert sorted(os.listdir(out)) == ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json"]
+    assert sorted(os.listdir(out)) == ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["architectures"] == ["NanochatTernaryForCausalLM"] and cfg["model_type"] == "nanochat-ternary"
     assert cfg["quantization"] == {"format": "nanochat-ternary-checkpoint/1", "weights": "ternary-absmean", "packing": "packed2"}

@@ -247,7 +247,7 @@ def test_save_pretrained_round_trip(files, model, tmp_path):
     assert again.generate(PROMPT, max_new_tokens=10) == expected
     hf = TernaryModel.from_pretrained(files["hf"])
     out_hf = hf.save_pretrained(tmp_path / "saved-hf")
-    assert sorted(p.name for p in out_hf.iterdir()) == ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json"]
+    assert sorted(p.name for p in out_hf.iterdir()) == ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
     assert TernaryModel.from_pretrained(out_hf).generate(PROMPT, max_new_tokens=10) == hf.generate(PROMPT, max_new_tokens=10)
 
 

@@ -8,7 +8,7 @@
 
 Command line:
 
-    python -m nanochat_ternary.export runs/tiny --tokenizer data/tokenizer.json --out tiny.gguf [--weight-type TQ1_0]
+    python -m nanochat_ternary.export runs/tiny --out tiny.gguf [--weight-type TQ1_0]   # the run's tokenizer
     python -m nanochat_ternary.export runs/tiny/ckpt-00000300.safetensors --tokenizer tok.json --out tiny-hf --format hf
 
 Both are lossless for the ternary projections: the trits written are exactly
@@ -26,8 +26,17 @@ HF directory keeps the training layout and names.
 
 A tokenizer is given as a ``tokenizer.json`` path, its JSON text, or an object
 with ``to_json()`` (e.g. ``nanochat_ternary.tokenizer.Tokenizer``). It must be a
-byte-level BPE with an ``<|endoftext|>`` token (BOS = EOS) and no more tokens
-than the model's vocabulary.
+byte-level BPE with no more tokens than the model's vocabulary. Training starts
+every document with one token (the data's ``bos_id``, ``<|endoftext|>`` in our
+tokenizers), which is also where a document ends: exports record it as BOS and
+EOS with ``add_bos_token = true`` (GGUF ``tokenizer.ggml.*``, HF
+``tokenizer_config.json``), so llama.cpp and ``TernaryModel`` encode a text prompt
+exactly as training saw it. Exporting a trainer run finds its tokenizer and BOS id
+in the run's data directory.
+
+GGUF's ternary types pack 256 weights per block along a row, so every projection's
+input dimension (``dim`` and ``ffn_hidden``) must be a multiple of 256
+(:func:`gguf_export_problems`); every shipped preset is.
 """
 
 from __future__ import annotations
@@ -62,10 +71,13 @@ __all__ = [
     "quantize_q8_0",
     "tokenizer_json_text",
     "gguf_tokenizer_metadata",
+    "gguf_export_problems",
+    "run_tokenizer",
 ]
 
 EOS_TOKEN = "<|endoftext|>"
-"""Documents are stored as ``[bos] + ids`` with this token as BOS and EOS."""
+"""Our tokenizers' document token: documents are stored as ``[bos] + ids`` with it as BOS and EOS.
+Used when an export is not told the data's ``bos_id``."""
 
 HF_ARCHITECTURE = "NanochatTernaryForCausalLM"
 HF_MODEL_TYPE = "nanochat-ternary"
@@ -232,14 +244,15 @@ def _mentions_byte_level(node: Any) -> bool:
     return False
 
 
-def gguf_tokenizer_metadata(text: str, vocab_size: int) -> dict[str, Any]:
+def gguf_tokenizer_metadata(text: str, vocab_size: int, bos_token_id: int | None = None) -> dict[str, Any]:
     """``tokenizer.ggml.*`` values for a byte-level BPE ``tokenizer.json``, as llama.cpp reads them.
 
     Returns ``tokens`` (padded with ``[PAD{i}]`` UNUSED entries up to the model's
     ``vocab_size``, as ``convert_hf_to_gguf`` does), ``merges``, ``token_type``
     (special added tokens CONTROL, other added tokens USER_DEFINED, the rest
-    NORMAL) and ``eos_id``. ValueError for a tokenizer that isn't byte-level BPE,
-    lacks ``<|endoftext|>`` or has more tokens than the model.
+    NORMAL) and ``eos_id`` (``bos_token_id``, else ``<|endoftext|>``: the document token, BOS and
+    EOS at once). ValueError for a tokenizer that isn't byte-level BPE, has no document token or
+    has more tokens than the model.
     """
     spec = _parse_tokenizer(text)
     model = spec["model"]
@@ -269,13 +282,16 @@ def gguf_tokenizer_metadata(text: str, vocab_size: int) -> dict[str, Any]:
             tokens.append(f"[PAD{index}]")
             token_type.append(_TOKEN_UNUSED)
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
-    eos = [i for i, t in by_id.items() if t == EOS_TOKEN]
-    if not eos:
-        raise ValueError(f"tokenizer has no {EOS_TOKEN!r} token (needed as BOS/EOS)")
-    return {"tokens": tokens, "merges": merges, "token_type": token_type, "eos_id": eos[0]}
+    return {"tokens": tokens, "merges": merges, "token_type": token_type, "eos_id": _document_token(text, bos_token_id, vocab_size)}
 
 
-def _eos_id(text: str) -> int:
+def _document_token(text: str, bos_id: int | None, vocab_size: int) -> int:
+    """The id that starts (and ends) every training document: ``bos_id`` when the caller knows it
+    (the data's meta.json), else the tokenizer's ``<|endoftext|>``."""
+    if bos_id is not None:
+        if isinstance(bos_id, bool) or not isinstance(bos_id, (int, np.integer)) or not 0 <= int(bos_id) < vocab_size:
+            raise ValueError(f"bos_token_id must be a token id in 0..{vocab_size - 1}, got {bos_id!r}")
+        return int(bos_id)
     spec = _parse_tokenizer(text)
     for added in spec.get("added_tokens") or []:
         if added.get("content") == EOS_TOKEN:
@@ -283,17 +299,42 @@ def _eos_id(text: str) -> int:
     vocab = spec["model"].get("vocab") or {}
     if EOS_TOKEN in vocab:
         return int(vocab[EOS_TOKEN])
-    raise ValueError(f"tokenizer has no {EOS_TOKEN!r} token (needed as BOS/EOS)")
+    raise ValueError(
+        f"tokenizer has no {EOS_TOKEN!r} token; pass the id every training document starts with as bos_token_id"
+    )
 
 
-def _check_tokenizer_fits(text: str, vocab_size: int) -> int:
-    """Checks the tokenizer against the model's vocab; returns the EOS id."""
+def _check_tokenizer_fits(text: str, vocab_size: int, bos_id: int | None = None) -> int:
+    """Checks the tokenizer against the model's vocab; returns the BOS (= EOS) id."""
     spec = _parse_tokenizer(text)
     ids = [int(i) for i in (spec["model"].get("vocab") or {}).values()]
     ids += [int(a["id"]) for a in spec.get("added_tokens") or []]
     if ids and max(ids) >= vocab_size:
         raise ValueError(f"tokenizer has ids up to {max(ids)} but the model's vocab_size is {vocab_size} (mismatched tokenizer)")
-    return _eos_id(text)
+    return _document_token(text, bos_id, vocab_size)
+
+
+def _token_text(text: str, token_id: int) -> str | None:
+    spec = _parse_tokenizer(text)
+    for added in spec.get("added_tokens") or []:
+        if int(added["id"]) == token_id:
+            return str(added["content"])
+    for token, index in (spec["model"].get("vocab") or {}).items():
+        if int(index) == token_id:
+            return str(token)
+    return None
+
+
+def gguf_export_problems(config: ModelConfig) -> list[str]:
+    """Why ``config`` can't be written as GGUF TQ2_0/TQ1_0 (empty when it can): the input
+    dimension of every ternary projection must be a multiple of 256, and the model ternary."""
+    problems = []
+    if not config.ternary:
+        problems.append("it was trained without ternary quantization (ternary=false)")
+    for name, value in (("dim", config.dim), ("ffn_hidden", config.ffn_hidden)):
+        if value % codec.BLOCK:
+            problems.append(f"{name}={value} is not a multiple of {codec.BLOCK}")
+    return problems
 
 
 # --------------------------------------------------------------------------- parameters
@@ -337,8 +378,13 @@ def export_gguf(
     embed_type: EmbedType = "F32",
     arch: str | None = None,
     generation_config: Mapping[str, Any] | None = None,
+    bos_token_id: int | None = None,
 ) -> Path:
     """Write ``model`` + ``tokenizer`` as a GGUF v3 file (atomically); returns the path.
+
+    ``bos_token_id``: the token every training document starts with (the data's ``bos_id``;
+    default: the tokenizer's ``<|endoftext|>``), written as BOS and EOS with
+    ``add_bos_token = true``.
 
     ``weight_type``: TQ2_0 (default, 2.0625 bits/weight) or TQ1_0 (1.6875) for
     the ternary projections; their input dimension must be a multiple of 256.
@@ -366,8 +412,16 @@ def export_gguf(
             f"arch='llama' needs a llama-shaped model (mhc_streams=1, swiglu); this one has "
             f"mhc_streams={config.mhc_streams}, ffn_activation={config.ffn_activation!r}"
         )
+    problems = [p for p in gguf_export_problems(config) if "ternary" not in p]
+    if problems:
+        raise ValueError(
+            f"{config.name or 'this model'} can't be stored as {weight_type}: {'; '.join(problems)} (GGUF's "
+            f"ternary blocks hold 256 weights of a row). Export an HF directory instead: --format hf on the "
+            f"command line, export_hf() in Python"
+        )
     text = tokenizer_json_text(tokenizer)
-    tok = gguf_tokenizer_metadata(text, config.vocab_size)
+    tok = gguf_tokenizer_metadata(text, config.vocab_size, bos_token_id)
+    bos = tok["eos_id"]
     params = _float_parameters(model)
     _check_parameters(config, params)
 
@@ -396,9 +450,11 @@ def export_gguf(
     w.add_array("tokenizer.ggml.tokens", tok["tokens"], GGUFValueType.STRING)
     w.add_array("tokenizer.ggml.token_type", tok["token_type"], GGUFValueType.INT32)
     w.add_array("tokenizer.ggml.merges", tok["merges"], GGUFValueType.STRING)
-    w.add_uint32("tokenizer.ggml.bos_token_id", tok["eos_id"])
-    w.add_uint32("tokenizer.ggml.eos_token_id", tok["eos_id"])
-    w.add_bool("tokenizer.ggml.add_bos_token", False)
+    # Training saw [bos] + document: llama.cpp must put the BOS token before a text prompt too.
+    w.add_uint32("tokenizer.ggml.bos_token_id", bos)
+    w.add_uint32("tokenizer.ggml.eos_token_id", bos)
+    w.add_bool("tokenizer.ggml.add_bos_token", True)
+    w.add_bool("tokenizer.ggml.add_eos_token", False)
     w.add_string("tokenizer.huggingface.json", text)
 
     embed = params["embed"]
@@ -421,11 +477,6 @@ def export_gguf(
         if not is_ternary_parameter(name):
             w.add_tensor(gguf_name, value, "F32")
             continue
-        if value.shape[1] % codec.BLOCK:
-            raise ValueError(
-                f"{name} has {value.shape[1]} input features, not a multiple of {codec.BLOCK}, so it can't be "
-                f"stored as {weight_type}; export an HF directory with export_hf() instead"
-            )
         trits, scale = _ternarize(name, value)
         if name.endswith("attn.wq"):
             trits = trits[q_perm]
@@ -462,10 +513,13 @@ def export_hf(
     tokenizer: Any,
     directory: str | os.PathLike[str],
     generation_config: Mapping[str, Any] | None = None,
+    bos_token_id: int | None = None,
 ) -> Path:
     """Write an HF-style directory: ``config.json``, ``model.safetensors`` (ternary projections as
     packed 2-bit codes + float32 scale, training names and layout; everything else F32),
-    ``tokenizer.json`` and ``generation_config.json``. Returns the directory.
+    ``tokenizer.json``, ``tokenizer_config.json`` (BOS/EOS and ``add_bos_token``, as HF
+    tokenizers record them) and ``generation_config.json``. Returns the directory.
+    ``bos_token_id`` as in :func:`export_gguf`.
 
     A new directory is built in a temporary sibling and renamed into place, so
     it appears complete or not at all; into an existing directory each file is
@@ -474,7 +528,7 @@ def export_hf(
     config = model.config
     text = tokenizer_json_text(tokenizer)
     _parse_tokenizer(text)
-    eos = _check_tokenizer_fits(text, config.vocab_size)
+    eos = _check_tokenizer_fits(text, config.vocab_size, bos_token_id)
     params = _float_parameters(model)
     _check_parameters(config, params)
     tensors: dict[str, Any] = {}
@@ -485,6 +539,8 @@ def export_hf(
         else:
             tensors[name] = value
     generation = {"bos_token_id": eos, "eos_token_id": eos, **DEFAULT_GENERATION_CONFIG, **(generation_config or {})}
+    token = _token_text(text, eos)
+    tokenizer_config = {"add_bos_token": True, "add_eos_token": False, "bos_token": token, "eos_token": token}
 
     target = Path(directory)
     if target.exists() and not target.is_dir():
@@ -497,6 +553,7 @@ def export_hf(
             os.chmod(work, 0o755)  # mkdtemp makes it private; the export is an ordinary directory
         checkpoint.save(work / "model.safetensors", tensors, {"format": CHECKPOINT_FORMAT, "config": config.to_json()})
         _atomic.write_text(work / "tokenizer.json", text)
+        _atomic.write_json(work / "tokenizer_config.json", tokenizer_config)
         _atomic.write_json(work / "generation_config.json", generation)
         _atomic.write_json(work / "config.json", hf_config(config))  # last: its presence marks a complete export
         if fresh:
@@ -510,17 +567,7 @@ def export_hf(
 # --------------------------------------------------------------------------- checkpoints and CLI
 
 
-def export_checkpoint(
-    checkpoint_path: str | os.PathLike[str],
-    tokenizer: Any,
-    out: str | os.PathLike[str],
-    format: Literal["gguf", "hf"] = "gguf",
-    **options: Any,
-) -> Path:
-    """Export a trainer checkpoint (``ckpt-*.safetensors``, or a run directory: its newest
-    checkpoint) to a GGUF file (``format="gguf"``; ``options`` as :func:`export_gguf`) or an HF
-    directory (``format="hf"``)."""
-    from .qat import QatModel
+def _checkpoint_path(checkpoint_path: str | os.PathLike[str]) -> Path:
     from .train import latest_checkpoint
 
     path = Path(checkpoint_path)
@@ -531,8 +578,69 @@ def export_checkpoint(
         path = newest
     if not path.is_file():
         raise FileNotFoundError(f"no such checkpoint: {path}")
+    return path
+
+
+def _trainer_state(path: Path) -> dict[str, Any]:
+    """The trainer's state record in a checkpoint's safetensors header (no tensor is read)."""
+    try:
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            if not 0 < size <= 100_000_000:
+                raise ValueError
+            header = json.loads(f.read(size))
+        return json.loads(header["__metadata__"]["trainer"])
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise ValueError(f"{path} is not a trainer checkpoint (no readable trainer state in its header)") from None
+
+
+def run_tokenizer(checkpoint_path: str | os.PathLike[str]) -> tuple[Path, int]:
+    """The ``tokenizer.json`` and BOS id a trainer run was trained with: from the data directory
+    its checkpoint records (``checkpoint_path``: a ``ckpt-*.safetensors`` file or a run directory).
+    FileNotFoundError when the run recorded no data directory or it is gone; ValueError when the
+    directory's tokenizer is not the one its shards were made with."""
+    from .data.shards import read_meta, sha256_file
+
+    path = _checkpoint_path(checkpoint_path)
+    state = _trainer_state(path)
+    try:
+        data_dir = json.loads(state["data_state"]).get("data_dir")
+    except (KeyError, TypeError, ValueError, AttributeError):
+        data_dir = None
+    if not data_dir:
+        raise FileNotFoundError(f"{path}: the run recorded no data directory; name the tokenizer with --tokenizer")
+    data = Path(data_dir)
+    tokenizer = data / "tokenizer.json"
+    if not tokenizer.is_file():
+        raise FileNotFoundError(f"{path} was trained on {data}, which has no tokenizer.json any more; name it with --tokenizer")
+    meta = read_meta(data)
+    expected = meta.get("tokenizer_sha256")
+    if expected and sha256_file(tokenizer) != expected:
+        raise ValueError(f"{tokenizer} is not the tokenizer {data}'s shards were made with (sha256 differs)")
+    return tokenizer, int(meta["bos_id"])
+
+
+def export_checkpoint(
+    checkpoint_path: str | os.PathLike[str],
+    tokenizer: Any = None,
+    out: str | os.PathLike[str] | None = None,
+    format: Literal["gguf", "hf"] = "gguf",
+    **options: Any,
+) -> Path:
+    """Export a trainer checkpoint (``ckpt-*.safetensors``, or a run directory: its newest
+    checkpoint) to a GGUF file (``format="gguf"``; ``options`` as :func:`export_gguf`) or an HF
+    directory (``format="hf"``). ``tokenizer`` None: the run's own (:func:`run_tokenizer`), with
+    the data's BOS id."""
+    from .qat import QatModel
+
+    if out is None:
+        raise ValueError("out (the .gguf file or HF directory to write) is required")
     if format not in ("gguf", "hf"):
         raise ValueError(f"format must be 'gguf' or 'hf', got {format!r}")
+    path = _checkpoint_path(checkpoint_path)
+    if tokenizer is None:
+        tokenizer, bos = run_tokenizer(path)
+        options.setdefault("bos_token_id", bos)
     model = QatModel.from_checkpoint(path)
     if format == "gguf":
         return export_gguf(model, tokenizer, out, **options)
@@ -545,7 +653,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m nanochat_ternary.export", description="Export a trainer checkpoint.")
     p.add_argument("checkpoint", help="ckpt-*.safetensors file or a run directory (its newest checkpoint)")
-    p.add_argument("--tokenizer", required=True, help="tokenizer.json of the training data")
+    p.add_argument("--tokenizer", help="tokenizer.json (default: the one of the data the run was trained on)")
     p.add_argument("--out", required=True, help="output .gguf file or HF directory")
     p.add_argument("--format", choices=["gguf", "hf"], default="gguf")
     p.add_argument("--weight-type", choices=["TQ2_0", "TQ1_0"], default="TQ2_0")
@@ -553,7 +661,20 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     options = {"weight_type": args.weight_type, "head_type": args.head_type} if args.format == "gguf" else {}
     try:
-        out = export_checkpoint(args.checkpoint, args.tokenizer, args.out, format=args.format, **options)
+        path = _checkpoint_path(args.checkpoint)
+        if args.format == "gguf":
+            from .model_config import ModelConfig
+
+            config = ModelConfig.from_dict(_trainer_state(path)["model"])
+            problems = gguf_export_problems(config)
+            if problems:
+                print(
+                    f"error: {path} can't be exported as GGUF: {'; '.join(problems)}. "
+                    + ("Use --format hf for an HF directory." if config.ternary else "It has no ternary export."),
+                    file=sys.stderr,
+                )
+                return 1
+        out = export_checkpoint(path, args.tokenizer, args.out, format=args.format, **options)
     except (ValueError, TypeError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

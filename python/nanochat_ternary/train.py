@@ -496,10 +496,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"model {trainer.config.name or 'custom'}: {trainer.config.param_count:,} parameters on {trainer.device}; "
         f"step {trainer.step_count}/{trainer.hyper['total_steps']}"
     )
+    from .export import gguf_export_problems
+
+    problems = gguf_export_problems(trainer.config)
+    if problems and trainer.config.ternary:
+        print(f"note: this model can't be exported to GGUF ({'; '.join(problems)}); "
+              "python -m nanochat_ternary.export --format hf writes an HF directory")
     trainer.fit()
     if trainer.val is not None:
         result = trainer.evaluate()
         print(f"final val loss {result['val_loss']:.4f}, val bpb {result['val_bpb']:.4f}")
+    if trainer.out_dir is not None and not problems:
+        print(f"export: python -m nanochat_ternary.export {trainer.out_dir} --out {trainer.out_dir}/model.gguf")
     return 0
 
 

@@ -1,7 +1,7 @@
 //! Engine throughput: prefill and decode tokens/s of a `nano-125m`-shaped llama (dim 768,
 //! 12 layers, 12 heads, FFN 2048, vocab 50257; TQ2_0 blocks, Q8_0 head, F16 embedding, random
-//! weights in a temporary GGUF) and of `d20` (dim 384, 10 layers, 2 mHC streams; an HF
-//! directory, since 384 columns do not fit TQ2_0's 256-weight blocks), at 1 and 2 threads.
+//! weights in a temporary GGUF) and of `d20` (dim 512, 6 layers, 2 mHC streams; as an HF
+//! directory, the training layout), at 1 and 2 threads.
 //!
 //! Per row: bytes read per decoded token (weights + the f16 KV cache at the mean decode
 //! position); two streaming-read bandwidths measured in the same process with the same thread

@@ -211,7 +211,7 @@ pub fn write_random_gguf(path: &Path, config: &ModelConfig, opts: &SyntheticOpti
 
 /// Writes a random model as an HF-style directory (`config.json` + `model.safetensors` in the
 /// checkpoint format, training names, per-tensor ternary scales). Works for any dims (no
-/// 256-column blocks), e.g. d20's 384.
+/// 256-column blocks).
 pub fn write_random_hf_dir(dir: &Path, config: &ModelConfig, seed: u64) -> Result<()> {
     use ternary::checkpoint::{Checkpoint, SafetensorsDtype, Tensor};
     config.validate()?;
