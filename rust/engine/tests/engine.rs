@@ -460,8 +460,8 @@ fn bad_files_are_errors() {
     assert!(e.contains("blk.0.ffn_down.weight") && e.contains("shape"), "{e}");
     let e = rewrite(&|k, _| (k == "tokenizer.ggml.tokens").then(|| gguf::Value::Array(gguf::Array::String(vec!["a".into(); 10]))), "", "");
     assert!(e.contains("tokenizer"), "{e}");
-    let e = rewrite(&|k, _| (k == "tokenizer.ggml.model").then(|| "llama".into()), "", "");
-    assert!(e.contains("only \"gpt2\""), "{e}");
+    let e = rewrite(&|k, _| (k == "tokenizer.ggml.model").then(|| "bert".into()), "", "");
+    assert!(e.contains("tokenizer.ggml.model \"bert\""), "{e}");
     let e = rewrite(&|k, _| (k == "llama.block_count").then_some(gguf::Value::U32(3)), "", "");
     assert!(e.contains("block_count"), "{e}");
     // The unedited copy loads.
