@@ -48,11 +48,11 @@ enum Store {
 /// [`KvPrecision`].
 pub struct KvCache {
     store: Store,
-    len: usize,
+    pub(crate) len: usize,
     /// Positions the layers' buffers have room for.
     room: usize,
     /// Positions to make room for at the first write (grown on demand, never past the context).
-    capacity: usize,
+    pub(crate) capacity: usize,
     /// The context length.
     max_len: usize,
     kv_heads: usize,
@@ -106,7 +106,7 @@ impl KvCache {
     }
 
     /// Makes room for `needed` positions in every layer, keeping what is cached.
-    fn reserve(&mut self, needed: usize) {
+    pub(crate) fn reserve(&mut self, needed: usize) {
         if needed <= self.room {
             return;
         }
@@ -121,7 +121,7 @@ impl KvCache {
     }
 
     /// Stores `n` tokens' keys and values (`n × kv_dim` each) of layer `li` at `len..len + n`.
-    fn write(&mut self, li: usize, k: &[f32], v: &[f32], n: usize) {
+    pub(crate) fn write(&mut self, li: usize, k: &[f32], v: &[f32], n: usize) {
         let shape = (self.kv_heads, self.head_dim, self.room, self.len);
         match &mut self.store {
             Store::F16(l) => write(&mut l[li], shape, k, v, n),
@@ -155,7 +155,7 @@ fn write<T: KvElem>(layer: &mut (Vec<T>, Vec<T>), (heads, hd, room, pos0): (usiz
     }
 }
 
-fn rms_norm(x: &[f32], gain: &[f32], eps: f32, out: &mut Vec<f32>) {
+pub(crate) fn rms_norm(x: &[f32], gain: &[f32], eps: f32, out: &mut Vec<f32>) {
     out.clear();
     for row in x.chunks_exact(gain.len()) {
         let ms = crate::simd::dot(row, row) / row.len() as f32;
@@ -165,7 +165,7 @@ fn rms_norm(x: &[f32], gain: &[f32], eps: f32, out: &mut Vec<f32>) {
 }
 
 /// Rotates adjacent pairs (2j, 2j+1) of every head of every token.
-fn apply_rope(model: &Model, x: &mut [f32], width: usize, pos0: usize) {
+pub(crate) fn apply_rope(model: &Model, x: &mut [f32], width: usize, pos0: usize) {
     let (hd, half) = (model.config.head_dim(), model.rope.half);
     for (t, row) in x.chunks_exact_mut(width).enumerate() {
         let cos = &model.rope.cos[(pos0 + t) * half..][..half];
@@ -178,7 +178,7 @@ fn apply_rope(model: &Model, x: &mut [f32], width: usize, pos0: usize) {
 
 /// Causal attention of `n` new tokens (queries `n × dim`) over the cache of layer `li`, which
 /// already holds their keys/values at `pos0..pos0+n`.
-fn attention(model: &Model, q: &[f32], cache: &KvCache, li: usize, n: usize, pos0: usize) -> Vec<f32> {
+pub(crate) fn attention(model: &Model, q: &[f32], cache: &KvCache, li: usize, n: usize, pos0: usize) -> Vec<f32> {
     match &cache.store {
         Store::F16(l) => attention_over(model, q, &l[li], cache.room, n, pos0),
         Store::F32(l) => attention_over(model, q, &l[li], cache.room, n, pos0),
@@ -231,7 +231,7 @@ fn attention_block(model: &Model, layer: &Layer, li: usize, h: &[f32], n: usize,
     layer.wo.forward(&y, n, model.residency)
 }
 
-fn ffn_block(model: &Model, layer: &Layer, h: &[f32], n: usize) -> Result<Vec<f32>> {
+pub(crate) fn ffn_block(model: &Model, layer: &Layer, h: &[f32], n: usize) -> Result<Vec<f32>> {
     let input = Input::new(h, n);
     let hidden: Vec<f32> = match (model.config.ffn_activation, &layer.gate) {
         (FfnActivation::Swiglu, Some(gate)) => {
@@ -247,7 +247,7 @@ fn ffn_block(model: &Model, layer: &Layer, h: &[f32], n: usize) -> Result<Vec<f3
 }
 
 /// x' = H_res·x + H_postᵀ ⊗ F(H_pre·x) for every token; `streams` is `n_tok × n × C`.
-fn mhc_sublayer(
+pub(crate) fn mhc_sublayer(
     params: &mhc::MhcParams,
     streams: &[f32],
     n_tok: usize,

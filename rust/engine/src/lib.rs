@@ -9,7 +9,10 @@
 //!   GQA attention split over heads, plain or mHC-lite residuals.
 //! - Generation ([`Generation`], [`generate`]): greedy / temperature / top-k / top-p / min-p,
 //!   repetition penalty, seed, stop ids, EOS, stop strings, streaming, several prompts.
+//! - Continuous batching ([`Model::forward_batch`], [`Scheduler`]): many sequences decoded in
+//!   one step (one GEMM per block matrix), chunked prefill, cancellation, a KV memory budget.
 
+mod batch;
 mod config;
 mod error;
 mod forward;
@@ -22,6 +25,7 @@ mod simd;
 pub mod synthetic;
 mod vocab;
 
+pub use batch::{Finish, Scheduler, SchedulerConfig, Segment, SeqEvent, TokenOut, MAX_TOP_LOGPROBS};
 pub use config::{FfnActivation, ModelConfig};
 pub use error::{EngineError, Result};
 pub use forward::{KvCache, KvPrecision};
