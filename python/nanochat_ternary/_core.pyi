@@ -147,7 +147,8 @@ def rust_extract_functions(source: str) -> list[dict[str, object]]:
     brace is at column 0), signature, doc, body, impl_header (methods; else None),
     standalone (a free function that looks std-only: a candidate for compiling alone),
     nontrivial (nonempty body without todo!/unimplemented!/unreachable!/panic!),
-    start_line and end_line (1-based).
+    std_uses (for a standalone function, the `use std::...` lines of its module it needs,
+    to be compiled before `text`; else ""), start_line and end_line (1-based).
 
     Raises ValueError when the source does not parse (or is too large or deep)."""
 

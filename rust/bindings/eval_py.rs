@@ -57,6 +57,7 @@ fn rust_extract_functions<'py>(py: Python<'py>, source: &str) -> PyResult<Vec<Bo
             d.set_item("impl_header", item.impl_header.as_deref())?;
             d.set_item("standalone", item.standalone)?;
             d.set_item("nontrivial", item.nontrivial)?;
+            d.set_item("std_uses", &item.std_uses)?;
             d.set_item("start_line", item.start_line)?;
             d.set_item("end_line", item.end_line)?;
             Ok(d)

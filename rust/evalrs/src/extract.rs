@@ -22,7 +22,10 @@
 //! `extern crate`, so it does not count); `Self`, `crate`, `super` and `self`
 //! paths disqualify, as do macros other than the standard ones, attributes
 //! other than a small allowlist (`cfg` and `test` are excluded since they can
-//! compile a function away) and `extern crate`. Methods and impl blocks are
+//! compile a function away) and `extern crate`. A name imported by a `use
+//! std::...` / `use core::...` declaration of the function's own module (no
+//! globs, no attributes) also counts; the declarations it needs are returned
+//! in [`ExtractedItem::std_uses`]. Methods and impl blocks are
 //! never standalone. The flag only picks candidates for `rustc`, which has the
 //! last word.
 //!
@@ -81,6 +84,12 @@ pub struct ExtractedItem {
     pub standalone: bool,
     /// See the module docs.
     pub nontrivial: bool,
+    /// For a standalone function, the `use std::...` / `use core::...`
+    /// declarations of its module that it needs (visibility dropped, one per
+    /// line): the names it refers to, and method-bearing traits such as
+    /// `std::fmt::Write` or `std::io::Read`, which calls cannot reveal. Compile
+    /// `std_uses` followed by `text`. Empty otherwise.
+    pub std_uses: String,
     /// 1-based line of the item's first attribute or keyword.
     pub start_line: usize,
     /// 1-based line of the closing brace.
@@ -259,6 +268,13 @@ fn doc_text(attrs: &[syn::Attribute]) -> String {
 }
 
 fn collect(ctx: &SourceText<'_>, items: &[syn::Item], out: &mut Vec<ExtractedItem>) {
+    let uses: Vec<StdUse> = items
+        .iter()
+        .filter_map(|item| match item {
+            syn::Item::Use(u) => std_use(ctx, u),
+            _ => None,
+        })
+        .collect();
     for item in items {
         match item {
             syn::Item::Fn(f) => {
@@ -272,7 +288,10 @@ fn collect(ctx: &SourceText<'_>, items: &[syn::Item], out: &mut Vec<ExtractedIte
                     ItemKind::Function,
                     None,
                 );
-                extracted.standalone = is_standalone(f);
+                if let Some(needed) = standalone_uses(f, &uses) {
+                    extracted.standalone = true;
+                    extracted.std_uses = needed;
+                }
                 out.push(extracted);
             }
             syn::Item::Impl(imp) => impl_block(ctx, imp, out),
@@ -312,6 +331,7 @@ fn function(
         impl_header,
         standalone: false,
         nontrivial: is_nontrivial(block),
+        std_uses: String::new(),
         start_line: start.line,
         end_line: close.end().line,
     }
@@ -351,6 +371,7 @@ fn impl_block(ctx: &SourceText<'_>, imp: &syn::ItemImpl, out: &mut Vec<Extracted
         impl_header: None,
         standalone: false,
         nontrivial: !imp.items.is_empty(),
+        std_uses: String::new(),
         start_line: start.line,
         end_line: close.end().line,
     });
@@ -663,20 +684,92 @@ impl<'ast> Visit<'ast> for References {
     }
 }
 
-/// See the module docs.
+/// Traits whose methods need them in scope: a module importing one may rely on
+/// it in method calls, which the extraction cannot resolve.
+const METHOD_TRAITS: [&str; 10] = [
+    "Write",
+    "Read",
+    "BufRead",
+    "Seek",
+    "Hash",
+    "Hasher",
+    "Borrow",
+    "BorrowMut",
+    "Any",
+    "FromStr",
+];
+
+/// A module-level `use std::...` / `use core::...` declaration.
+struct StdUse {
+    /// `use ...;` as written (visibility and attributes dropped), de-indented.
+    text: String,
+    /// The names it brings into scope (`_` for `as _`).
+    names: Vec<String>,
+}
+
+/// The declaration when it is a plain std/core import without globs or attributes.
+fn std_use(ctx: &SourceText<'_>, u: &syn::ItemUse) -> Option<StdUse> {
+    if !u.attrs.is_empty() {
+        return None;
+    }
+    let syn::UseTree::Path(root) = &u.tree else {
+        return None;
+    };
+    if !matches!(root.ident.to_string().as_str(), "std" | "core") {
+        return None;
+    }
+    fn names(tree: &syn::UseTree, parent: &str, out: &mut Vec<String>) -> bool {
+        match tree {
+            syn::UseTree::Path(p) => names(&p.tree, &p.ident.to_string(), out),
+            syn::UseTree::Name(n) if n.ident == "self" => {
+                out.push(parent.to_owned());
+                true
+            }
+            syn::UseTree::Name(n) => {
+                out.push(n.ident.to_string());
+                true
+            }
+            syn::UseTree::Rename(r) => {
+                out.push(r.rename.to_string());
+                true
+            }
+            syn::UseTree::Glob(_) => false,
+            syn::UseTree::Group(g) => g.items.iter().all(|t| names(t, parent, out)),
+        }
+    }
+    let mut found = Vec::new();
+    if !names(&u.tree, "", &mut found) {
+        return None;
+    }
+    let start = u.use_token.span.start();
+    let text = ctx.dedented(start, u.semi_token.span.end(), ctx.indent(start));
+    Some(StdUse { text, names: found })
+}
+
+/// See the module docs (no module imports counted).
 pub fn is_standalone(f: &syn::ItemFn) -> bool {
+    standalone_uses(f, &[]).is_some()
+}
+
+/// None when `f` is not standalone; else the `use` lines of `uses` it needs.
+fn standalone_uses(f: &syn::ItemFn, uses: &[StdUse]) -> Option<String> {
     if f.sig.receiver().is_some() || f.sig.variadic.is_some() {
-        return false;
+        return None;
     }
     if !f.attrs.iter().all(attr_allowed) {
-        return false;
+        return None;
     }
     let mut refs = References::default();
     refs.local.insert(f.sig.ident.to_string());
     refs.visit_item_fn(f);
     if refs.foreign {
-        return false;
+        return None;
     }
+    let imported: HashSet<&str> = uses
+        .iter()
+        .flat_map(|u| u.names.iter().map(String::as_str))
+        .collect();
+    let mut used_imports: HashSet<&str> = HashSet::new();
     let known_root = |name: &str| {
         PRIMITIVES.contains(&name) || PRELUDE_TYPES.contains(&name) || PRELUDE_MORE.contains(&name)
     };
@@ -688,7 +781,17 @@ pub fn is_standalone(f: &syn::ItemFn) -> bool {
         if *leading || matches!(first, "crate" | "super" | "self" | "Self") {
             return false;
         }
-        known_root(first) || refs.local.contains(first) || (*len == 1 && refs.bound.contains(first))
+        if known_root(first)
+            || refs.local.contains(first)
+            || (*len == 1 && refs.bound.contains(first))
+        {
+            return true;
+        }
+        if let Some(name) = imported.get(first) {
+            used_imports.insert(name);
+            return true;
+        }
+        false
     });
     let macros_ok = refs
         .macros
@@ -698,7 +801,19 @@ pub fn is_standalone(f: &syn::ItemFn) -> bool {
             [root, ..] => root == "std" || root == "core",
             [] => false,
         });
-    paths_ok && macros_ok
+    if !(paths_ok && macros_ok) {
+        return None;
+    }
+    let needed: Vec<&str> = uses
+        .iter()
+        .filter(|u| {
+            u.names.iter().any(|n| {
+                used_imports.contains(n.as_str()) || n == "_" || METHOD_TRAITS.contains(&n.as_str())
+            })
+        })
+        .map(|u| u.text.as_str())
+        .collect();
+    Some(needed.join("\n"))
 }
 
 #[cfg(test)]
@@ -844,6 +959,45 @@ mod tests {
         // Methods are never standalone, even std-only ones.
         let items = extract_items("impl S { fn f(x: u8) -> u8 { x } }").unwrap();
         assert!(items.iter().all(|i| !i.standalone));
+    }
+
+    #[test]
+    fn module_std_imports_make_standalone_with_their_use_lines() {
+        let src = "use std::collections::HashMap;\nuse std::io::{self, Read};\npub use std::fmt::Write as _;\nuse crate::Thing;\nuse std::sync::*;\n#[cfg(unix)]\nuse std::os::unix::fs::MetadataExt;\n\npub fn counts(s: &str) -> HashMap<char, usize> {\n    let mut m = HashMap::new();\n    for c in s.chars() {\n        *m.entry(c).or_insert(0) += 1;\n    }\n    m\n}\n\nfn read_all(r: &mut dyn Read) -> io::Result<Vec<u8>> {\n    let mut v = Vec::new();\n    r.read_to_end(&mut v)?;\n    Ok(v)\n}\n\nfn plain(x: u8) -> u8 {\n    x\n}\n\nfn thing() -> Thing {\n    Thing\n}\n\nfn arc() -> Arc<u8> {\n    Arc::new(1)\n}\n\nfn meta(m: &std::fs::Metadata) -> u32 {\n    m.mode()\n}\n\nmod inner {\n    pub fn c() -> HashMap<u8, u8> {\n        HashMap::new()\n    }\n}\n";
+        let items = extract_items(src).unwrap();
+        let get = |name: &str| items.iter().find(|i| i.name == name).unwrap();
+        // Trait imports (`Read`, `as _`) always come along: method calls cannot show they are needed.
+        assert!(get("counts").standalone);
+        assert_eq!(
+            get("counts").std_uses,
+            "use std::collections::HashMap;\nuse std::io::{self, Read};\nuse std::fmt::Write as _;"
+        );
+        assert!(get("read_all").standalone);
+        assert_eq!(
+            get("read_all").std_uses,
+            "use std::io::{self, Read};\nuse std::fmt::Write as _;"
+        );
+        assert!(get("plain").standalone);
+        assert_eq!(
+            get("plain").std_uses,
+            "use std::io::{self, Read};\nuse std::fmt::Write as _;"
+        );
+        assert!(!get("thing").standalone && get("thing").std_uses.is_empty());
+        assert!(!get("arc").standalone, "glob imports are not followed");
+        assert!(
+            get("meta").standalone,
+            "an unresolvable method is rustc's to judge"
+        );
+        assert!(
+            !get("c").standalone,
+            "a parent module's imports are not in scope"
+        );
+        // The flag without module imports.
+        let file = syn::parse_file("fn f() -> HashMap<u8, u8> { HashMap::new() }").unwrap();
+        let syn::Item::Fn(f) = &file.items[0] else {
+            unreachable!()
+        };
+        assert!(!is_standalone(f));
     }
 
     #[test]
