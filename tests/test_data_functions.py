@@ -20,7 +20,8 @@ from nanochat_ternary.data.decontam import Decontaminator, benchmark_texts
 from nanochat_ternary.data.dedup import DedupOptions, deduplicate
 from nanochat_ternary.data.fetch import (_spdx_permissive, classify_vendor, fetch_crates, kept_crate_dirs,
                                          license_file_kind, write_manifest)
-from nanochat_ternary.data.functions import FunctionsOptions, build_functions, iter_jsonl, render_completion_shape
+from nanochat_ternary.data.functions import (FunctionsOptions, build_functions, iter_jsonl, render_completion_shape,
+                                             standalone_source)
 from nanochat_ternary.eval import compile_rate
 
 needs_rustc = pytest.mark.skipif(shutil.which("rustc") is None, reason="rustc not installed")
@@ -237,12 +238,15 @@ def test_function_view_of_fake_crates(tmp_path):
     assert by_name["stub"]["standalone"] and not by_name["stub"]["nontrivial"]
     assert by_name["bump"]["kind"] == "method" and by_name["bump"]["impl_header"] == "impl Counter"
     assert not by_name["uses_local"]["standalone"]
-    assert not by_name["counts"]["standalone"]  # HashMap comes from a file-level `use`
+    # HashMap comes from the file's `use std::collections::HashMap;`, which goes with it.
+    assert by_name["counts"]["standalone"] and by_name["counts"]["std_uses"] == "use std::collections::HashMap;"
+    assert standalone_source(by_name["counts"]).startswith("use std::collections::HashMap;\n\npub fn counts(")
+    assert by_name["add"]["std_uses"] == "" and standalone_source(by_name["add"]) == by_name["add"]["text"]
     assert by_name["broken"]["standalone"]  # std-only on its face: rustc has the last word
     kinds = Counter(f["kind"] for f in fns)
     assert kinds == {"function": 9, "impl": 1, "method": 2}
-    # add, double, broken (a); one (mitfile); triple, two_sum (c); b did not parse; stub is a stub.
-    assert stats["standalone_nontrivial"] == 6
+    # add, double, broken, counts (a); one (mitfile); triple, two_sum (c); b did not parse; stub is a stub.
+    assert stats["standalone_nontrivial"] == 7 and stats["standalone_nontrivial_with_std_uses"] == 1
 
 
 def test_completion_shape_rendering():
@@ -283,10 +287,16 @@ def test_decontamination_by_13_token_window_and_path():
     twelve = " ".join(code_tokens(prompt)[:12])
     assert decon.reason(twelve) is None
     assert decon.reason("pub fn add(a: i32, b: i32) -> i32 { a + b }") is None
+    # A copied test is caught; number lists and idioms the tests share with everyone are not used.
+    copied_test = "fn main() {\n    let candidate = largest_divisor;\n    assert_eq!(candidate(3), 1);\n}\n"
+    assert decon.reason(copied_test) == "ngram"
+    assert decon.reason("const T: [u8; 12] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12];") is None
+    assert decon.reason("fn f() { g(vec![vec![], vec![1]], vec![String::from(\"a\")]); }") is None
+    assert decon.describe()["benchmark_windows_ignored"] > 0
     assert decon.reason("fn f() {}", "crate/tests/humaneval/x.rs") == "path"
     assert decon.reason("fn f() {}", "exercism/rust/two-fer/src/lib.rs") == "path"
     assert decon.reason("fn f() {}", "src/multiple.rs") is None
-    assert dict(decon.counts) == {"ngram": 1, "path": 2}
+    assert dict(decon.counts) == {"ngram": 2, "path": 2}
     assert tokens  # the prompt is not empty
 
 
@@ -403,6 +413,8 @@ def test_mix_config_errors(tmp_path):
         ({"format": "nanochat-ternary-mix/1", "views": {"files": {}}}, "names no corpus"),
         ({"format": "nanochat-ternary-mix/1", "corpus": "nowhere", "views": {"files": {}}}, "run the functions"),
         ({"format": "nanochat-ternary-mix/1", "corpus": "fn", "views": {"verified": {}}}, "run the verify step"),
+        ({"format": "nanochat-ternary-mix/1", "corpus": "fn", "views": {"files": {}},
+          "decontaminate": {"windows": 13}}, "decontaminate takes"),
     ]:
         bad.write_text(json.dumps(config))
         with pytest.raises(DataError, match=message):

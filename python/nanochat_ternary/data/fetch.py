@@ -270,7 +270,7 @@ def _cargo() -> str:
     return cargo
 
 
-def _vendor_batch(names: list[str], work: Path, vendor: Path, timeout: float, log) -> tuple[bool, str]:
+def _vendor_batch(names: list[str], work: Path, vendor: Path, timeout: float) -> tuple[bool, str]:
     """Vendors `names` (and their dependencies) into `vendor`; (ok, cargo's last error lines)."""
     if work.exists():
         shutil.rmtree(work)
@@ -322,7 +322,7 @@ def fetch_crates(out: str | os.PathLike[str], list_path: str | os.PathLike[str] 
         if not batch:
             continue
         log(f"cargo vendor: {len(batch)} crate(s) ({batch[0]} .. {batch[-1]})")
-        ok, err = _vendor_batch(batch, root / ".work", vendor, timeout, log)
+        ok, err = _vendor_batch(batch, root / ".work", vendor, timeout)
         if ok:
             done.update(batch)
             state["done"] = sorted(done)

@@ -8,7 +8,8 @@ plus the Rust standard library sources unless `--no-std`, and writes into `--out
     files.jsonl       one record per kept .rs file: {"text", "crate", "group", "path", "sha256"}
     functions.jsonl   one record per free function, impl block and method (`_core.rust_extract_functions`,
                       syn): {"kind", "name", "text", "signature", "doc", "body", "impl_header",
-                      "standalone", "nontrivial", "start_line", "end_line", "crate", "group", "path", "sha256"}
+                      "standalone", "nontrivial", "std_uses", "start_line", "end_line", "crate", "group",
+                      "path", "sha256" (of "text")}
     stats.json        counts: crates read / excluded, files seen / kept / dropped by reason, files that did
                       not parse, items by kind, standalone candidates
 
@@ -161,6 +162,8 @@ def build_functions(opts: FunctionsOptions, progress=print) -> dict:
                         stats["standalone_functions"] += 1
                         if item["nontrivial"]:
                             stats["standalone_nontrivial"] += 1
+                            if item.get("std_uses"):
+                                stats["standalone_nontrivial_with_std_uses"] += 1
                     if item["kind"] == "impl":
                         item["body"] = ""  # the impl's text holds it; no need to store it twice
                     record = {**item, "crate": name, "group": group, "path": rel, "sha256": _sha(item["text"])}
@@ -204,6 +207,13 @@ def iter_jsonl(path: str | os.PathLike[str], counts: Counter | None = None) -> I
 def _name_comment(name: str) -> str:
     words = re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", name.lstrip("_")).replace("_", " ").strip().lower()
     return f"// {words or name}"
+
+
+def standalone_source(record: dict) -> str:
+    """What a standalone function compiles as, alone: its module's needed `use std::...` lines
+    (`std_uses`, may be empty), a blank line, then the function."""
+    uses = record.get("std_uses") or ""
+    return f"{uses}\n\n{record['text']}" if uses else record["text"]
 
 
 def render_completion_shape(record: dict) -> str:

@@ -16,13 +16,14 @@ A mix config is a JSON object (`mix_rust.json` next to this file is the default 
       },
       "max_documents": null,                 # optional cap per view (a seeded choice), for small builds
       "dedup": {"threshold": 0.8, "shingle": 5, "num_perm": 64, "bands": 16},
-      "decontaminate": {"window": 13}
+      "decontaminate": {"window": 13, "min_words": 2}
     }
 
 Views: `files` holds every kept .rs file whole; `functions` the function-level documents
 (free functions and impl blocks by default; `"method"` may be added), of which the seeded
 `prompt_fraction` of free functions is rendered in completion-prompt shape (`functions.py`);
-`verified` the standalone functions that rustc accepted alone. A view left out of "views" is
+`verified` the standalone functions that rustc accepted alone (as compiled: with the
+`use std::...` lines they need). A view left out of "views" is
 not used. Each view's documents are decontaminated against HumanEval-Rust (`decontam.py`:
 13-token windows of its prompts and tests, benchmark-looking paths), then exact and
 near-duplicates are removed within the view (`dedup.py`), every drop counted per view.
@@ -38,14 +39,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections import Counter
 from pathlib import Path
 
 from .corpus import DataError, Document
-from .decontam import DEFAULT_WINDOW, Decontaminator
+from .decontam import DEFAULT_MIN_WORDS, DEFAULT_WINDOW, Decontaminator
 from .dedup import DedupOptions, Deduplicator
-from .functions import FILES_NAME, FUNCTIONS_NAME, iter_jsonl, render_completion_shape
-from .verify import RESULTS_NAME, is_candidate, passed_hashes
+from .functions import FILES_NAME, FUNCTIONS_NAME, iter_jsonl, render_completion_shape, standalone_source
+from .verify import RESULTS_NAME, is_candidate, passed_hashes, source_sha256
 
 FORMAT = "nanochat-ternary-mix/1"
 VIEWS = ("files", "functions", "verified")
@@ -109,8 +111,8 @@ def load_config(path: str | os.PathLike[str], corpus: str | None = None) -> dict
     except (TypeError, ValueError) as e:
         raise DataError(f"mix config {path}: dedup: {e}") from None
     decontam = config.get("decontaminate", {})
-    if not isinstance(decontam, dict) or set(decontam) - {"window", "path_pattern"}:
-        raise DataError(f"mix config {path}: decontaminate takes window and path_pattern")
+    if not isinstance(decontam, dict) or set(decontam) - {"window", "min_words", "path_pattern"}:
+        raise DataError(f"mix config {path}: decontaminate takes window, min_words and path_pattern")
     return {**config, "corpus": str(corpus_dir), "verify_results": str(results), "_dedup": dedup,
             "_config_sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "_path": str(path.resolve())}
 
@@ -141,19 +143,26 @@ def _view_records(config: dict, view: str, counts: Counter, seed: int):
     passed = passed_hashes(config["verify_results"])
     seen: set[str] = set()
     for r in iter_jsonl(corpus / FUNCTIONS_NAME, counts):
-        sha = r.get("sha256")
-        if is_candidate(r) and sha in passed and sha not in seen:
+        if not is_candidate(r):
+            continue
+        source = standalone_source(r)
+        sha = source_sha256(source)
+        if sha in passed and sha not in seen:
             seen.add(sha)
-            yield r["text"], f"{r.get('crate')}/{r.get('path')}:{r.get('start_line')}", r.get("group", ""), \
+            yield source, f"{r.get('crate')}/{r.get('path')}:{r.get('start_line')}", r.get("group", ""), \
                 str(r.get("path", ""))
 
 
 def mix_documents(config: dict, seed: int, progress=print) -> tuple[list[Document], dict]:
     """Every view's documents after decontamination and dedup, and the report for meta.json."""
     decontam_opts = config.get("decontaminate", {})
-    decontaminator = Decontaminator(window=decontam_opts.get("window", DEFAULT_WINDOW),
-                                    **({"path_pattern": decontam_opts["path_pattern"]}
-                                       if "path_pattern" in decontam_opts else {}))
+    try:
+        decontaminator = Decontaminator(window=decontam_opts.get("window", DEFAULT_WINDOW),
+                                        min_words=decontam_opts.get("min_words", DEFAULT_MIN_WORDS),
+                                        **({"path_pattern": decontam_opts["path_pattern"]}
+                                           if "path_pattern" in decontam_opts else {}))
+    except (ValueError, TypeError, re.error) as e:
+        raise DataError(f"mix config: decontaminate: {e}") from None
     cap = config.get("max_documents")
     docs: list[Document] = []
     report_views: dict[str, dict] = {}

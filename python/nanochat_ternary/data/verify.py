@@ -3,9 +3,11 @@
     python -m nanochat_ternary.data verify --functions /work/data/rust-fn [--workers 1] [--limit N]
 
 Candidates are the records of `functions.jsonl` (see `functions.py`) that are free functions
-flagged `standalone` and `nontrivial`, one per distinct text (SHA-256). Each is written alone to
-a fresh sandbox directory and checked with `rustc --edition 2021 --crate-type lib
---emit=metadata` (`eval/rustc.py`: rlimits, own process group, wall-clock timeout).
+flagged `standalone` and `nontrivial`, one per distinct source (SHA-256 of what is compiled:
+the module's needed `use std::...` lines, if any, then the function; `standalone_source`). Each
+is written alone to a fresh sandbox directory and checked with `rustc --edition 2021
+--crate-type lib --emit=metadata` (`eval/rustc.py`: rlimits, own process group, wall-clock
+timeout).
 
 Results are appended to `verify.jsonl` (next to functions.jsonl unless `--results`), one line
 per checked text: {"sha256", "ok", "status": "pass" | "fail" | "timeout" | "crash", "seconds",
@@ -17,6 +19,7 @@ crashes (killed by a signal, or an internal compiler error) are recorded and cou
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -29,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .corpus import DataError
-from .functions import FUNCTIONS_NAME, iter_jsonl
+from .functions import FUNCTIONS_NAME, iter_jsonl, standalone_source
 
 RESULTS_NAME = "verify.jsonl"
 
@@ -52,12 +55,17 @@ def iter_candidates(functions_path: str | os.PathLike[str], counts: Counter) -> 
         if not is_candidate(record):
             continue
         counts["candidate_records"] += 1
-        sha = record.get("sha256")
-        if not isinstance(sha, str) or sha in seen:
+        source = standalone_source(record)
+        sha = source_sha256(source)
+        if sha in seen:
             counts["duplicate_candidates"] += 1
             continue
         seen.add(sha)
-        yield Candidate(sha, record["text"])
+        yield Candidate(sha, source)
+
+
+def source_sha256(source: str) -> str:
+    return hashlib.sha256(source.encode("utf-8")).hexdigest()
 
 
 def rustc_version() -> str:
