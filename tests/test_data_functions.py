@@ -342,6 +342,12 @@ def test_verify_checks_candidates_and_resumes(tmp_path):
     assert again["skipped_lines"] == 2  # the torn results line and the bad functions.jsonl line
     third = verify(out, progress=None)  # the torn line was ended: every good line still reads
     assert third["checked_now"] == 0 and third["already_checked"] == 2
+    # A changed function is a new candidate; its old result stays in the file but is not counted.
+    text = (out / "functions.jsonl").read_text().replace("x.wrapping_mul(3)", "x.wrapping_mul(5)")
+    (out / "functions.jsonl").write_text(text)
+    fourth = verify(out, progress=None)
+    assert (fourth["checked_now"], fourth["passed_now"], fourth["already_checked"]) == (1, 1, 1)
+    assert fourth["results_not_candidates"] == 1 and fourth["passes_total"] == 1 and fourth["left_unchecked"] == 0
 
 
 # --- the data mix -------------------------------------------------------------------------------

@@ -126,9 +126,11 @@ def verify(functions_dir: str | os.PathLike[str], *, results_path: str | os.Path
     previous = load_results(results_file, version, counts)
     todo: list[Candidate] = []
     n_candidates = 0
+    reused = {}  # results of earlier runs for today's candidates (others may be for texts since changed)
     for candidate in iter_candidates(functions_path, counts):
         n_candidates += 1
         if candidate.sha256 in previous:
+            reused[candidate.sha256] = previous[candidate.sha256]
             continue
         if limit is None or len(todo) < limit:
             todo.append(candidate)
@@ -152,22 +154,22 @@ def verify(functions_dir: str | os.PathLike[str], *, results_path: str | os.Path
                 elapsed = time.perf_counter() - start
                 progress(f"  {i}/{len(todo)} checked, {new['pass']} pass, {i / max(elapsed, 1e-9):.2f} checks/s")
     elapsed = time.perf_counter() - start
-    all_results = {**previous}
-    passes_before = sum(r["ok"] for r in previous.values())
+    passes_before = sum(r["ok"] for r in reused.values())
     checked = sum(new.values())
     return {
         "rustc": version,
         "results": str(results_file),
         "candidates": n_candidates,
-        "already_checked": len(previous),
+        "already_checked": len(reused),
         "checked_now": checked,
         "passed_now": new["pass"],
         "failed_now": new["fail"],
         "timeouts_now": new["timeout"],
         "crashes_now": new["crash"],
-        "passes_total": passes_before + new["pass"],
-        "checked_total": len(all_results) + checked,
-        "left_unchecked": n_candidates - len(previous) - checked,
+        "passes_total": passes_before + new["pass"],  # of today's candidates
+        "checked_total": len(reused) + checked,
+        "left_unchecked": n_candidates - len(reused) - checked,
+        "results_not_candidates": len(previous) - len(reused),
         "seconds": round(elapsed, 1),
         "checks_per_second": round(checked / elapsed, 3) if checked and elapsed > 0 else None,
         "workers": workers,
