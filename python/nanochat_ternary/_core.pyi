@@ -333,3 +333,47 @@ class TokenStream:
     """Iterator of generated token ids; each step runs without the GIL."""
     def __iter__(self) -> TokenStream: ...
     def __next__(self) -> int: ...
+
+class Scheduler:
+    """Continuous batching over one Engine: every running sequence is decoded in one batched
+    forward per ``step()`` (chunked prefill, FIFO admission within ``max_batch`` and a KV byte
+    budget; cancel and finish free at once). Model work runs without the GIL.
+
+    ``step()`` events: ``(id, [(token, logprob, [(alt_token, logprob), ...])], finish, error)``;
+    finish is ``"stop"`` (EOS / stop id, not emitted), ``"length"``, ``"error"`` or None;
+    logprob is NaN when the request asked for no log-probabilities."""
+    def __init__(
+        self, engine: Engine, max_batch: int = 16, prefill_chunk: int = 256, kv_budget_bytes: int = 1073741824
+    ) -> None: ...
+    def add(
+        self,
+        prompt: list[int],
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        min_p: float = 0.0,
+        repetition_penalty: float = 1.0,
+        seed: int = 0,
+        stop_ids: list[int] = ...,
+        ignore_eos: bool = False,
+        logprobs: int | None = None,
+    ) -> int: ...
+    def cancel(self, id: int) -> bool: ...
+    def step(
+        self,
+    ) -> list[tuple[int, list[tuple[int, float, list[tuple[int, float]]]], str | None, str | None]]: ...
+    @property
+    def running(self) -> int: ...
+    @property
+    def waiting(self) -> int: ...
+    @property
+    def reserved_bytes(self) -> int: ...
+    @property
+    def kv_bytes(self) -> int: ...
+    @property
+    def kv_bytes_per_position(self) -> int: ...
+    @property
+    def max_batch(self) -> int: ...
+    @property
+    def kv_budget_bytes(self) -> int: ...

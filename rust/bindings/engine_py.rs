@@ -221,8 +221,136 @@ impl PyTokenStream {
     }
 }
 
+/// One step's outcome for one sequence: (id, new tokens as (id, logprob, top alternatives),
+/// finish reason "stop" / "length" / "error" or None, error message or None).
+type PyStepEvent = (u64, Vec<(u32, f32, Vec<(u32, f32)>)>, Option<&'static str>, Option<String>);
+
+/// Continuous-batching scheduler over one `Engine`: every running sequence decoded in one
+/// batched forward per `step()`, chunked prefill, KV byte budget. All model work (and the wait
+/// for the lock) runs with the GIL released.
+#[pyclass(name = "Scheduler", module = "nanochat_ternary._core", frozen)]
+pub struct PyScheduler(Mutex<engine::Scheduler>);
+
+impl PyScheduler {
+    fn with<R: Send>(&self, py: Python<'_>, f: impl FnOnce(&mut engine::Scheduler) -> R + Send) -> R {
+        py.detach(|| {
+            let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            f(&mut s)
+        })
+    }
+}
+
+#[pymethods]
+impl PyScheduler {
+    #[new]
+    #[pyo3(signature = (engine, max_batch=16, prefill_chunk=256, kv_budget_bytes=1usize << 30))]
+    fn new(engine: PyRef<'_, PyEngine>, max_batch: usize, prefill_chunk: usize, kv_budget_bytes: usize) -> PyResult<Self> {
+        let config = engine::SchedulerConfig { max_batch, prefill_chunk, kv_budget_bytes };
+        let s = engine::Scheduler::new(engine.0.clone(), config).map_err(to_py_err)?;
+        Ok(Self(Mutex::new(s)))
+    }
+
+    /// Queues a request; returns its id. ValueError when it is invalid or its KV cache alone
+    /// exceeds the budget. `logprobs`: None for no log-probabilities, else how many top
+    /// alternatives to report per token (0..=20).
+    #[pyo3(signature = (prompt, max_new_tokens, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
+                        repetition_penalty=1.0, seed=0, stop_ids=Vec::new(), ignore_eos=false, logprobs=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn add(
+        &self,
+        py: Python<'_>,
+        prompt: Vec<i64>,
+        max_new_tokens: i64,
+        temperature: f64,
+        top_k: i64,
+        top_p: f64,
+        min_p: f64,
+        repetition_penalty: f64,
+        seed: i64,
+        stop_ids: Vec<i64>,
+        ignore_eos: bool,
+        logprobs: Option<i64>,
+    ) -> PyResult<u64> {
+        let mut params =
+            sampling(max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, seed, &stop_ids, Vec::new())?;
+        params.ignore_eos = ignore_eos;
+        let prompt = ids_from_py(&prompt, "prompt")?;
+        let logprobs = match logprobs {
+            None => None,
+            Some(k) => Some(usize::try_from(k).map_err(|_| PyValueError::new_err(format!("logprobs must be >= 0, got {k}")))?),
+        };
+        self.with(py, |s| s.add(&prompt, params, logprobs)).map_err(to_py_err)
+    }
+
+    /// Drops a waiting or running sequence now; False when it is unknown (already finished).
+    fn cancel(&self, py: Python<'_>, id: u64) -> bool {
+        self.with(py, |s| s.cancel(id))
+    }
+
+    /// Admits waiting requests and runs one batched step; returns one event per sequence that
+    /// got a token or ended: (id, [(token, logprob, [(alt, logprob), ...])], finish, error).
+    /// logprob is NaN when the request asked for none.
+    fn step(&self, py: Python<'_>) -> Vec<PyStepEvent> {
+        let events = self.with(py, |s| s.step());
+        events
+            .into_iter()
+            .map(|e| {
+                let tokens = e.tokens.into_iter().map(|t| (t.id, t.logprob, t.top)).collect();
+                let (finish, error) = match e.finish {
+                    None => (None, None),
+                    Some(engine::Finish::Stop) => (Some("stop"), None),
+                    Some(engine::Finish::Length) => (Some("length"), None),
+                    Some(engine::Finish::Error(msg)) => (Some("error"), Some(msg)),
+                };
+                (e.id, tokens, finish, error)
+            })
+            .collect()
+    }
+
+    /// Sequences running (decoding or prefilling).
+    #[getter]
+    fn running(&self, py: Python<'_>) -> usize {
+        self.with(py, |s| s.running())
+    }
+
+    /// Requests waiting for a batch slot or KV memory.
+    #[getter]
+    fn waiting(&self, py: Python<'_>) -> usize {
+        self.with(py, |s| s.waiting())
+    }
+
+    /// KV bytes reserved by the running sequences.
+    #[getter]
+    fn reserved_bytes(&self, py: Python<'_>) -> usize {
+        self.with(py, |s| s.reserved_bytes())
+    }
+
+    /// KV bytes the running sequences' caches hold now.
+    #[getter]
+    fn kv_bytes(&self, py: Python<'_>) -> usize {
+        self.with(py, |s| s.kv_bytes())
+    }
+
+    /// KV bytes of one position (keys and values of every layer).
+    #[getter]
+    fn kv_bytes_per_position(&self, py: Python<'_>) -> usize {
+        self.with(py, |s| s.kv_bytes_per_position())
+    }
+
+    #[getter]
+    fn max_batch(&self, py: Python<'_>) -> usize {
+        self.with(py, |s| s.config().max_batch)
+    }
+
+    #[getter]
+    fn kv_budget_bytes(&self, py: Python<'_>) -> usize {
+        self.with(py, |s| s.config().kv_budget_bytes)
+    }
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyEngine>()?;
     m.add_class::<PyTokenStream>()?;
+    m.add_class::<PyScheduler>()?;
     Ok(())
 }
