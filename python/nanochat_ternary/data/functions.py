@@ -176,6 +176,8 @@ def build_functions(opts: FunctionsOptions, progress=print) -> dict:
     result = {
         "crates": str(Path(opts.crates).resolve()) if opts.crates else None,
         "include_std": opts.include_std,
+        # The standard library's own licence (rust-lang/rust COPYRIGHT): permissive like the kept crates.
+        "std_license": "MIT OR Apache-2.0" if opts.include_std else None,
         "all_versions": opts.all_versions,
         "exclude_crates": opts.exclude_crates,
         "filters": opts.corpus.describe(),

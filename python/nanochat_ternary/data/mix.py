@@ -118,13 +118,15 @@ def load_config(path: str | os.PathLike[str], corpus: str | None = None) -> dict
 
 
 def _view_records(config: dict, view: str, counts: Counter, seed: int):
-    """(text, source, group, path) of one view's documents, before decontamination and dedup."""
+    """(text, source, group, path, completion-shaped?) of one view's documents, before
+    decontamination and dedup."""
     corpus = Path(config["corpus"])
     spec = config["views"][view]
     if view == "files":
         for r in iter_jsonl(corpus / FILES_NAME, counts):
             if isinstance(r.get("text"), str):
-                yield r["text"], f"{r.get('crate')}/{r.get('path')}", r.get("group", ""), str(r.get("path", ""))
+                yield r["text"], f"{r.get('crate')}/{r.get('path')}", r.get("group", ""), str(r.get("path", "")), \
+                    False
         return
     if view == "functions":
         kinds = set(spec.get("kinds", ["function", "impl"]))
@@ -133,12 +135,12 @@ def _view_records(config: dict, view: str, counts: Counter, seed: int):
             if r.get("kind") not in kinds or not isinstance(r.get("text"), str):
                 continue
             text = r["text"]
-            if r["kind"] == "function" and fraction > 0 and \
-                    _fraction_score(seed, r.get("sha256", text), "prompt") < fraction:
+            shaped = r["kind"] == "function" and fraction > 0 and \
+                _fraction_score(seed, r.get("sha256", text), "prompt") < fraction
+            if shaped:
                 text = render_completion_shape(r)
-                counts["prompt_shaped"] += 1
             source = f"{r.get('crate')}/{r.get('path')}:{r.get('start_line')}"
-            yield text, source, r.get("group", ""), str(r.get("path", ""))
+            yield text, source, r.get("group", ""), str(r.get("path", "")), shaped
         return
     passed = passed_hashes(config["verify_results"])
     seen: set[str] = set()
@@ -150,7 +152,7 @@ def _view_records(config: dict, view: str, counts: Counter, seed: int):
         if sha in passed and sha not in seen:
             seen.add(sha)
             yield source, f"{r.get('crate')}/{r.get('path')}:{r.get('start_line')}", r.get("group", ""), \
-                str(r.get("path", ""))
+                str(r.get("path", "")), False
 
 
 def mix_documents(config: dict, seed: int, progress=print) -> tuple[list[Document], dict]:
@@ -169,7 +171,10 @@ def mix_documents(config: dict, seed: int, progress=print) -> tuple[list[Documen
     for view in VIEWS:
         if view not in config["views"]:
             continue
-        counts: Counter = Counter()
+        counts: Counter = Counter({"decontaminated_path": 0, "decontaminated_ngram": 0, "exact_duplicate": 0,
+                                   "near_duplicate": 0})
+        if view == "functions":
+            counts["prompt_shaped"] = 0  # among the kept documents
         dedup = Deduplicator(config["_dedup"])
         records = list(_view_records(config, view, counts, seed))
         counts["loaded"] = len(records)
@@ -179,7 +184,7 @@ def mix_documents(config: dict, seed: int, progress=print) -> tuple[list[Documen
             records.sort(key=lambda r: (r[2], r[1]))
             counts["capped_out"] = counts["loaded"] - cap
         kept: list[Document] = []
-        for text, source, group, path in records:
+        for text, source, group, path, shaped in records:
             reason = decontaminator.reason(text, path)
             if reason is not None:
                 counts[f"decontaminated_{reason}"] += 1
@@ -189,8 +194,11 @@ def mix_documents(config: dict, seed: int, progress=print) -> tuple[list[Documen
                 counts[f"{verdict}_duplicate"] += 1
                 continue
             digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+            counts["prompt_shaped"] += shaped
             kept.append(Document(text=text, source=source, group=group or source, sha256=digest, view=view))
         counts["kept"] = len(kept)
+        if view != "functions":
+            counts.pop("prompt_shaped", None)
         counts["bytes_kept"] = sum(d.n_bytes for d in kept)
         report_views[view] = {"weight": config["views"][view].get("weight", 1.0), **dict(sorted(counts.items()))}
         if progress is not None:
