@@ -86,8 +86,11 @@ def test_two_half_micro_batches_equal_one_batch():
     for step in range(2):
         a, b = whole.step(x, y), halves.step(x, y)
         assert a["tokens"] == b["tokens"] == 32
-        assert math.isclose(a["loss"], b["loss"], rel_tol=1e-5)
-        assert math.isclose(a["grad_norm"], b["grad_norm"], rel_tol=1e-4)
+        # Step 0 differs by float summation order only; step 1 starts from
+        # weights one update apart, where bf16 Newton–Schulz (CPUs with
+        # AVX512-BF16) turned that into ~1e-4 (seen: 1e-4 loss, 4e-3 grad-norm).
+        assert math.isclose(a["loss"], b["loss"], rel_tol=1e-5 if step == 0 else 1e-3)
+        assert math.isclose(a["grad_norm"], b["grad_norm"], rel_tol=1e-4 if step == 0 else 2e-2)
         if step == 0:
             # After one step. (Later the two drift apart by more than float
             # rounding: Newton–Schulz may run in bf16, whose rounding turns

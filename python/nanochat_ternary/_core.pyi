@@ -4,6 +4,8 @@ Users should import from the public modules (`nanochat_ternary.codec`,
 `.gguf`, `.mhc`, `.checkpoint`); these are the raw bindings beneath them.
 """
 
+from collections.abc import Callable
+
 import numpy as np
 import numpy.typing as npt
 import torch
@@ -211,7 +213,20 @@ class QatTrainer:
     def load(path: str, device: str = "cpu") -> tuple[QatTrainer, str]:
         """(trainer, data_state) from an exact-resume checkpoint."""
     def step(self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
-        """One optimizer step; metrics step, loss, ce, entropy, lr_muon, lr_lion, grad_norm, tokens."""
+        """One optimizer step; metrics step, loss, ce, entropy, lr_muon, lr_lion, grad_norm, tokens
+        (and kl when distilling)."""
+    def step_reduced(
+        self,
+        micro_batches: list[tuple[torch.Tensor, torch.Tensor]],
+        reduce: Callable[[list[torch.Tensor], torch.Tensor], None],
+    ) -> dict[str, float]:
+        """Data-parallel step: reduce(grads, stats) turns in place this rank's gradients (sharing the
+        trainer's storage) and float64 [loss, ce, entropy, kl, tokens] into the global token-weighted
+        means and token count; then clip + update."""
+    def set_teacher(self, path: str) -> tuple[str, str]:
+        """Distill from a trainer checkpoint; returns its (config JSON, data state)."""
+    @property
+    def has_teacher(self) -> bool: ...
     def eval_loss(self, tokens: torch.Tensor, targets: torch.Tensor) -> float: ...
     def save(self, path: str, data_state: str) -> None: ...
     @property
@@ -223,6 +238,10 @@ class QatTrainer:
     def named_parameters(self) -> list[tuple[str, torch.Tensor]]: ...
 
 def train_default_hyper() -> str: ...
+def train_distill_loss(
+    student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor, alpha: float, temperature: float
+) -> tuple[float, float, float]:
+    """(alpha*CE + (1-alpha)*T^2*KL, CE, KL) on (B, T, V) logits, no autograd."""
 def train_preset_config(name: str) -> str: ...
 def train_preset_names() -> list[str]: ...
 def train_validate_config(config_json: str) -> str: ...

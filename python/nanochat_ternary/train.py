@@ -25,6 +25,18 @@ directory (`nanochat_ternary.data`), logs, evaluates and checkpoints:
 
 On CPU a resumed run reproduces the uninterrupted run's losses bit for bit when
 both use the same thread count (`--threads`): libtorch's reductions depend on it.
+
+Distillation (`--teacher CKPT|RUN_DIR`): the objective becomes
+alpha*CE + (1 - alpha)*T^2*KL(softmax(z_teacher/T) || softmax(z_student/T)), the
+teacher (a trainer checkpoint of the same vocabulary and tokenizer, ternary or
+full precision) run without gradients on the same batch.
+
+Data parallel: under `torchrun --nproc-per-node N -m nanochat_ternary.train ...`
+every rank reads its own rows of each global batch (`--batch-size` is the
+global micro-batch, split over the ranks), the gradients are all-reduced
+through torch.distributed (`nanochat_ternary.distributed`) and rank 0 alone
+logs, evaluates and checkpoints. A checkpoint resumes under any world size
+that divides the batch size.
 """
 
 from __future__ import annotations
@@ -44,6 +56,7 @@ import numpy as np
 import torch
 
 from . import _atomic, _core
+from . import distributed as ddp
 from .data.shards import TokenShards
 from .model_config import PRESETS, ModelConfig
 from .qat import QatModel
@@ -65,6 +78,7 @@ DEFAULT_LOOP: dict[str, Any] = {
     "save_every": 100,
     "keep": 3,
     "log_every": 10,
+    "teacher": None,  # path of the teacher checkpoint when distilling
 }
 
 
@@ -72,10 +86,23 @@ class TokenBatches:
     """Sequential (tokens, targets) batches from one split: each row is the
     next `seq_len + 1` tokens of the stream (targets are tokens shifted by
     one). At the end of the split it wraps to the start and counts an epoch.
-    `state()` / `load_state()` capture the position exactly."""
+    `state()` / `load_state()` capture the position exactly.
 
-    def __init__(self, shards: TokenShards, batch_size: int, seq_len: int) -> None:
+    Data parallel: with `world` ranks, `batch_size` is the global batch and
+    rank `rank` reads only its `batch_size / world` rows of each window; the
+    position (the same on every rank) is global."""
+
+    def __init__(self, shards: TokenShards, batch_size: int, seq_len: int, *, rank: int = 0, world: int = 1) -> None:
+        if batch_size % world:
+            raise ValueError(
+                f"batch size {batch_size} does not split over {world} data-parallel ranks; "
+                f"use a multiple of {world}"
+            )
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} outside world size {world}")
         self.shards, self.batch_size, self.seq_len = shards, batch_size, seq_len
+        self.rank, self.world = rank, world
+        self.rows = batch_size // world
         self.window = batch_size * (seq_len + 1)
         if self.window > shards.tokens:
             raise ValueError(
@@ -88,7 +115,8 @@ class TokenBatches:
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.position + self.window > self.shards.tokens:
             self.position, self.epoch = 0, self.epoch + 1
-        rows = self.shards.read(self.position, self.window).reshape(self.batch_size, self.seq_len + 1)
+        span = self.rows * (self.seq_len + 1)
+        rows = self.shards.read(self.position + self.rank * span, span).reshape(self.rows, self.seq_len + 1)
         self.position += self.window
         rows_t = torch.from_numpy(np.ascontiguousarray(rows))
         return rows_t[:, :-1].contiguous(), rows_t[:, 1:].contiguous()
@@ -141,8 +169,14 @@ class Trainer:
     `nanochat_ternary.data` (optional when you only call `step`); `out_dir`
     receives checkpoints and `log.jsonl` (optional). Options: the
     hyper-parameters of `DEFAULT_HYPER` (`steps` sets `total_steps`, the
-    schedule's length), the loop settings of `DEFAULT_LOOP`, `device`
-    ("cpu" | "cuda"), `peak_flops` (for MFU) and `progress` (tqdm bar)."""
+    schedule's length; `distill_alpha`, `distill_temperature`), the loop
+    settings of `DEFAULT_LOOP` (`teacher`: a trainer checkpoint or run
+    directory to distill from), `device` ("cpu" | "cuda"), `peak_flops` (for
+    MFU) and `progress` (tqdm bar).
+
+    Inside an initialized torch.distributed process group of more than one
+    rank the trainer is data parallel: every rank must construct it with the
+    same arguments; `batch_size` is the global micro-batch."""
 
     def __init__(
         self,
@@ -169,6 +203,9 @@ class Trainer:
         self._core = _core.QatTrainer(self.config.to_json(), json.dumps(hyper), device)
         self.hyper: dict[str, Any] = json.loads(self._core.hyper_json())
         self._setup(data_dir, out_dir, loop, device, peak_flops, progress)
+        if ddp.active():
+            # Same seed, same init; the broadcast makes sure of it (e.g. across GPU models).
+            ddp.broadcast_([t for _, t in self._core.named_parameters()])
 
     def _setup(self, data_dir: str | os.PathLike[str] | None, out_dir: str | os.PathLike[str] | None,
                loop: dict[str, Any], device: str, peak_flops: float | None, progress: bool) -> None:
@@ -185,7 +222,16 @@ class Trainer:
             raise ValueError(f"seq_len {loop['seq_len']} exceeds the model's max_seq_len {self.config.max_seq_len}")
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"device {device!r} requested but no CUDA GPU is available")
-        self.loop, self.device, self.progress = loop, device, progress
+        if loop.get("teacher") is not None and not isinstance(loop["teacher"], (str, os.PathLike)):
+            raise ValueError(f"teacher must be a checkpoint path, got {loop['teacher']!r}")
+        self.rank, self.world = ddp.rank(), ddp.world_size()
+        if loop["batch_size"] % self.world:
+            raise ValueError(
+                f"batch size {loop['batch_size']} (global, per micro-batch) does not split over "
+                f"{self.world} data-parallel ranks; use a multiple of {self.world}"
+            )
+        self._reducer = ddp.GradientReducer(device) if self.world > 1 else None
+        self.loop, self.device, self.progress = loop, device, progress and self.rank == 0
         self.data_dir = Path(data_dir) if data_dir is not None else None
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.train_batches: TokenBatches | None = None
@@ -197,7 +243,9 @@ class Trainer:
                     f"{self.data_dir}: token ids go up to vocab_size {train.vocab_size}, "
                     f"the model's vocab_size is {self.config.vocab_size}"
                 )
-            self.train_batches = TokenBatches(train, loop["batch_size"], loop["seq_len"])
+            self.train_batches = TokenBatches(
+                train, loop["batch_size"], loop["seq_len"], rank=self.rank, world=self.world
+            )
             if "val" in train.meta["splits"]:
                 self.val = TokenShards(self.data_dir, "val")
         if self.out_dir is not None:
@@ -207,6 +255,55 @@ class Trainer:
         self._peak_flops = peak_flops
         self.peak_flops_source = "given" if peak_flops is not None else "measured matmul"
         self._flops_per_token = 6 * self.config.param_count
+        self.teacher_path: Path | None = None
+        if loop.get("teacher") is not None:
+            self._attach_teacher(loop["teacher"])
+        ddp.check_consistent({
+            "config": self.config.to_json(), "hyper": self.hyper, "loop": self.loop, "step": self.step_count,
+            "loader": self.train_batches.state() if self.train_batches is not None else None,
+            "teacher_sha": self._teacher_digest(),
+        })
+
+    # ---- distillation ------------------------------------------------------------
+
+    def _attach_teacher(self, teacher: str | os.PathLike[str]) -> None:
+        """Loads the teacher checkpoint (or a run directory's latest) and checks
+        that it shares the student's vocabulary and tokenizer."""
+        path = Path(teacher)
+        if path.is_dir():
+            found = latest_checkpoint(path)
+            if found is None:
+                raise FileNotFoundError(f"teacher {path}: a run directory without checkpoints")
+            path = found
+        elif not path.is_file():
+            raise FileNotFoundError(f"teacher {path}: no such checkpoint file or run directory")
+        path = path.resolve()
+        config_json, data_state = self._core.set_teacher(os.fspath(path))
+        teacher_sha = _tokenizer_sha256(json.loads(data_state) if data_state else {})
+        mine = self._tokenizer_sha256()
+        if teacher_sha is not None and mine is not None and teacher_sha != mine:
+            raise ValueError(
+                f"teacher {path} was trained with tokenizer sha256 {teacher_sha[:12]}..., this data's tokenizer "
+                f"is {mine[:12]}...: distillation needs the same tokenizer"
+            )
+        if (teacher_sha is None or mine is None) and self.rank == 0:
+            print(f"note: could not compare the tokenizers of teacher {path} and this run "
+                  "(one of them names no tokenizer); only the vocabulary sizes were checked", file=sys.stderr)
+        self.teacher_path = path
+        self.teacher_config = ModelConfig.from_json(config_json)
+        self.loop["teacher"] = os.fspath(path)
+
+    def _teacher_digest(self) -> str | None:
+        if self.teacher_path is None:
+            return None
+        stat = self.teacher_path.stat()
+        return f"{self.teacher_path.name}:{stat.st_size}"
+
+    def _tokenizer_sha256(self) -> str | None:
+        if self.train_batches is None:
+            return None
+        sha = self.train_batches.shards.meta.get("tokenizer_sha256")
+        return sha if isinstance(sha, str) else None
 
     # ---- construction from a checkpoint --------------------------------------
 
@@ -257,8 +354,11 @@ class Trainer:
             if tokens.shape[0] % accum:
                 raise ValueError(f"batch of {tokens.shape[0]} rows does not split into grad_accum={accum} micro-batches")
             micro_batches = list(zip(tokens.chunk(accum), targets.chunk(accum)))
+        batches = [(x.contiguous(), y.contiguous()) for x, y in micro_batches]
         with self._autocast():
-            return self._core.step([(x.contiguous(), y.contiguous()) for x, y in micro_batches])
+            if self._reducer is not None:
+                return self._core.step_reduced(batches, self._reducer)
+            return self._core.step(batches)
 
     def train_step(self) -> dict[str, float]:
         """One optimizer step on the next `grad_accum` batches of the data."""
@@ -295,6 +395,7 @@ class Trainer:
             "data_dir": os.fspath(self.data_dir.resolve()) if self.data_dir is not None else None,
             "loader": self.train_batches.state() if self.train_batches is not None else None,
             "loop": self.loop,
+            "tokenizer_sha256": self._tokenizer_sha256(),
         })
 
     def save(self) -> Path:
@@ -332,7 +433,7 @@ class Trainer:
                 f.write(json.dumps({**record, "time": round(time.time(), 3)}) + "\n")
 
     def peak_flops(self) -> float:
-        """The MFU denominator: `peak_flops` as given, else measured once."""
+        """The MFU denominator of one process: `peak_flops` as given, else measured once."""
         if self._peak_flops is None:
             self._peak_flops = measured_peak_flops("cpu" if self.device == "cpu" else self.device)
         return self._peak_flops
@@ -356,14 +457,17 @@ class Trainer:
                 seconds = time.perf_counter() - start
                 tok_s = metrics["tokens"] / seconds
                 metrics["tok_per_s"] = tok_s
-                metrics["mfu"] = self._flops_per_token * tok_s / self.peak_flops()
+                metrics["mfu"] = self._flops_per_token * tok_s / (self.peak_flops() * self.world)
                 history.append(metrics)
                 step = int(metrics["step"])
                 bar.update(1)
                 bar.set_postfix(loss=f"{metrics['loss']:.3f}", refresh=False)
+                if self.rank != 0:
+                    continue  # rank 0 alone logs, evaluates and checkpoints
                 if loop["log_every"] and (step % loop["log_every"] == 0 or step == target):
+                    kl = f" | kl {metrics['kl']:.4f}" if "kl" in metrics else ""
                     bar.write(
-                        f"step {step}/{total} | loss {metrics['loss']:.4f} | ce {metrics['ce']:.4f} | "
+                        f"step {step}/{total} | loss {metrics['loss']:.4f} | ce {metrics['ce']:.4f}{kl} | "
                         f"entropy {metrics['entropy']:.3f} | lr {metrics['lr_muon']:.2e}/{metrics['lr_lion']:.2e} | "
                         f"grad-norm {metrics['grad_norm']:.3f} | {tok_s:,.0f} tok/s | "
                         f"MFU {100 * metrics['mfu']:.2f}% ({self.peak_flops_source} peak)"
@@ -380,6 +484,22 @@ class Trainer:
         finally:
             bar.close()
         return history
+
+
+def _tokenizer_sha256(data_state: dict[str, Any]) -> str | None:
+    """The tokenizer a checkpoint's run used: recorded in its data state, else
+    read from its data directory's meta.json when that still exists."""
+    sha = data_state.get("tokenizer_sha256")
+    if isinstance(sha, str):
+        return sha
+    data_dir = data_state.get("data_dir")
+    if isinstance(data_dir, str):
+        try:
+            sha = json.loads((Path(data_dir) / "meta.json").read_text(encoding="utf-8")).get("tokenizer_sha256")
+        except (OSError, ValueError):
+            return None
+        return sha if isinstance(sha, str) else None
+    return None
 
 
 def checkpoints(out_dir: str | os.PathLike[str]) -> list[Path]:
@@ -454,6 +574,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip", type=_non_negative_float, default=h["clip"], help="global grad-norm clip (0 = off)")
     p.add_argument("--entropy-weight", type=_non_negative_float, default=h["entropy_weight"], help="w in CE - w*H")
     p.add_argument("--seed", type=int, default=h["seed"], help="init seed")
+    p.add_argument("--teacher", default=None,
+                   help="distill from this trainer checkpoint (or run directory: its latest checkpoint), "
+                        "same vocabulary and tokenizer, full-precision or ternary")
+    p.add_argument("--distill-alpha", type=_non_negative_float, default=None,
+                   help=f"alpha in alpha*CE + (1-alpha)*T^2*KL (default {h['distill_alpha']}; needs --teacher)")
+    p.add_argument("--distill-temperature", type=_positive_float, default=None,
+                   help=f"temperature T of the soft targets (default {h['distill_temperature']}; needs --teacher)")
     p.add_argument("--eval-every", type=_non_negative_int, default=lp["eval_every"], help="steps between evals (0 = off)")
     p.add_argument("--eval-batches", type=_positive_int, default=lp["eval_batches"], help="val batches per eval")
     p.add_argument("--save-every", type=_non_negative_int, default=lp["save_every"], help="steps between checkpoints")
@@ -464,6 +591,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peak-flops", type=_positive_float, default=None,
                    help="peak FLOP/s for MFU (default: a quick measured matmul rate)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    p.add_argument("--dist-timeout", type=_positive_float, default=ddp.DEFAULT_TIMEOUT_S,
+                   help="data-parallel runs (torchrun): seconds a collective waits for the other ranks before "
+                        "the job fails")
     return p
 
 
@@ -472,7 +602,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    common = dict(device=args.device, peak_flops=args.peak_flops, progress=not args.no_progress)
+    if args.teacher is None and (args.distill_alpha is not None or args.distill_temperature is not None):
+        parser.error("--distill-alpha and --distill-temperature need --teacher")
+    if args.resume and args.teacher is not None:
+        parser.error("--teacher applies to a new run; a resumed run keeps its own teacher")
+    device = args.device
+    if ddp.launched_by_torchrun():
+        try:
+            device = ddp.init_from_env(args.device, args.dist_timeout)
+        except (ValueError, RuntimeError) as e:
+            parser.error(str(e))
+    try:
+        return _run(parser, args, device)
+    except ddp.DistributedError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        ddp.shutdown()
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, device: str) -> int:
+    h = DEFAULT_HYPER
+    common = dict(device=device, peak_flops=args.peak_flops, progress=not args.no_progress)
     try:
         if args.resume:
             trainer = Trainer.resume(args.out, data_dir=args.data, **common)
@@ -488,13 +639,26 @@ def main(argv: Sequence[str] | None = None) -> int:
                 warmup=args.warmup, decay_frac=args.decay_frac, lr_floor=args.lr_floor, clip=args.clip,
                 entropy_weight=args.entropy_weight, seed=args.seed, eval_every=args.eval_every,
                 eval_batches=args.eval_batches, save_every=args.save_every, keep=args.keep,
-                log_every=args.log_every, **common,
+                log_every=args.log_every, teacher=args.teacher,
+                distill_alpha=h["distill_alpha"] if args.distill_alpha is None else args.distill_alpha,
+                distill_temperature=(
+                    h["distill_temperature"] if args.distill_temperature is None else args.distill_temperature
+                ),
+                **common,
             )
     except (ValueError, FileNotFoundError) as e:
         parser.error(str(e))
+    if trainer.rank != 0:
+        trainer.fit()
+        return 0
+    distill = ""
+    if trainer.teacher_path is not None:
+        distill = (f"; distilling from {trainer.teacher_path} (alpha {trainer.hyper['distill_alpha']}, "
+                   f"T {trainer.hyper['distill_temperature']})")
+    world = f"; {trainer.world} data-parallel ranks" if trainer.world > 1 else ""
     print(
         f"model {trainer.config.name or 'custom'}: {trainer.config.param_count:,} parameters on {trainer.device}; "
-        f"step {trainer.step_count}/{trainer.hyper['total_steps']}"
+        f"step {trainer.step_count}/{trainer.hyper['total_steps']}{distill}{world}"
     )
     from .export import gguf_export_problems
 

@@ -5,16 +5,22 @@
 //! released (libtorch refuses autograd while it is held). Config and input
 //! errors become ValueError; a libtorch failure (a panic inside tch, e.g. out
 //! of memory) becomes RuntimeError instead of unwinding into Python.
+//!
+//! Data-parallel training uses `QatTrainer.step_reduced`: the gradients are
+//! computed in Rust, handed to a Python callable as torch tensors sharing the
+//! trainer's storage (no copies) to be all-reduced in place by
+//! torch.distributed, then clipped and applied in Rust.
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
 
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyDict, PyList};
 use tch::nn::VarStore;
 use tch::{Device, Tensor};
-use train::{ModelConfig, TrainError, TrainHyper, Trainer, Transformer};
+use train::trainer::Gradients;
+use train::{ModelConfig, StepMetrics, TrainError, TrainHyper, Teacher, Trainer, Transformer};
 
 use crate::torch_io::{tensor_from_py, tensor_to_py};
 
@@ -240,16 +246,92 @@ impl QatTrainer {
         let mut guard = self.lock()?;
         let trainer: &mut Trainer = &mut guard;
         let m = py.detach(move || guarded(|| trainer.step(&batches)))?;
-        let dict = PyDict::new(py);
-        dict.set_item("step", m.step)?;
-        dict.set_item("loss", m.loss)?;
-        dict.set_item("ce", m.ce)?;
-        dict.set_item("entropy", m.entropy)?;
-        dict.set_item("lr_muon", m.lr_muon)?;
-        dict.set_item("lr_lion", m.lr_lion)?;
-        dict.set_item("grad_norm", m.grad_norm)?;
-        dict.set_item("tokens", m.tokens)?;
-        Ok(dict)
+        metrics_dict(py, &m)
+    }
+
+    /// One data-parallel optimizer step: computes this rank's gradients over
+    /// its micro-batches (GIL released), calls `reduce(grads, stats)` with the
+    /// gradient tensors (one per parameter, sharing the trainer's storage, not
+    /// copies) and a float64 tensor [loss, ce, entropy, kl, tokens] of this
+    /// rank's means and token count; `reduce` must leave in place the global
+    /// token-weighted mean gradients in `grads` and the global means and
+    /// token count in `stats`. Then
+    /// clips and applies the update (GIL released). An exception raised by
+    /// `reduce` propagates and the step is not applied.
+    fn step_reduced<'py>(
+        &self,
+        py: Python<'py>,
+        micro_batches: Vec<(Bound<'py, PyAny>, Bound<'py, PyAny>)>,
+        reduce: Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let batches = micro_batches
+            .iter()
+            .map(|(x, y)| Ok((tensor_from_py(x)?, tensor_from_py(y)?)))
+            .collect::<PyResult<Vec<_>>>()?;
+        let mut guard = self.lock()?;
+        let trainer: &mut Trainer = &mut guard;
+        let (g, stats) = {
+            // `&mut Trainer` is Send (a shared `&Trainer` is not: Tensor is not Sync).
+            let trainer: &mut Trainer = &mut *trainer;
+            py.detach(move || {
+                guarded(|| {
+                    let mut g = trainer.gradients(&batches)?;
+                    // torch.distributed collectives need contiguous tensors; a no-op when they are.
+                    for t in g.grads.iter_mut() {
+                        if !t.is_contiguous() {
+                            *t = t.f_contiguous()?;
+                        }
+                    }
+                    let local = [g.loss, g.ce, g.entropy, g.kl.unwrap_or(0.0), g.tokens as f64];
+                    let stats = Tensor::from_slice(&local);
+                    Ok((g, stats))
+                })
+            })?
+        };
+        let py_grads = PyList::empty(py);
+        for t in &g.grads {
+            py_grads.append(tensor_to_py(py, t)?)?;
+        }
+        reduce.call1((py_grads, tensor_to_py(py, &stats)?))?;
+        let means = Vec::<f64>::try_from(&stats)
+            .map_err(|e| PyRuntimeError::new_err(format!("reading the reduced stats: {e}")))?;
+        if means.len() != 5 || !(means[4] >= 1.0) {
+            return Err(PyValueError::new_err(format!(
+                "reduce left stats {means:?}; expected [loss, ce, entropy, kl, tokens] with tokens >= 1"
+            )));
+        }
+        let reduced = Gradients {
+            grads: g.grads,
+            loss: means[0],
+            ce: means[1],
+            entropy: means[2],
+            tokens: means[4].round() as u64,
+            kl: g.kl.map(|_| means[3]),
+        };
+        let m = py.detach(move || guarded(|| trainer.apply_gradients(reduced)))?;
+        metrics_dict(py, &m)
+    }
+
+    /// Distills from the weights of a trainer checkpoint (CRC verified) from
+    /// now on; returns the teacher checkpoint's (config JSON, data state) so
+    /// the caller can check its tokenizer. A teacher with another vocabulary
+    /// is a ValueError.
+    fn set_teacher(&self, py: Python<'_>, path: PathBuf) -> PyResult<(String, String)> {
+        let mut guard = self.lock()?;
+        let trainer: &mut Trainer = &mut guard;
+        py.detach(move || {
+            guarded(|| {
+                let (teacher, state) = Teacher::from_checkpoint(&path, trainer.device())?;
+                trainer.set_teacher(teacher)?;
+                Ok((state.model.to_json(), state.data_state))
+            })
+        })
+    }
+
+    /// Whether a teacher is attached.
+    #[getter]
+    fn has_teacher(&self) -> PyResult<bool> {
+        Ok(self.lock()?.teacher().is_some())
     }
 
     /// Mean cross-entropy of `targets` given `tokens`, no autograd.
@@ -300,6 +382,45 @@ impl QatTrainer {
     }
 }
 
+fn metrics_dict<'py>(py: Python<'py>, m: &StepMetrics) -> PyResult<Bound<'py, PyDict>> {
+    let dict = PyDict::new(py);
+    dict.set_item("step", m.step)?;
+    dict.set_item("loss", m.loss)?;
+    dict.set_item("ce", m.ce)?;
+    dict.set_item("entropy", m.entropy)?;
+    dict.set_item("lr_muon", m.lr_muon)?;
+    dict.set_item("lr_lion", m.lr_lion)?;
+    dict.set_item("grad_norm", m.grad_norm)?;
+    dict.set_item("tokens", m.tokens)?;
+    if let Some(kl) = m.kl {
+        dict.set_item("kl", kl)?;
+    }
+    Ok(dict)
+}
+
+/// (objective, ce, kl) of the distillation loss α·CE + (1 − α)·T²·KL(softmax(teacher/T) ‖
+/// softmax(student/T)) on (B, T, vocab) logits and (B, T) int64 targets, no autograd: the
+/// formula the trainer uses.
+#[pyfunction]
+fn train_distill_loss(
+    py: Python<'_>,
+    student: &Bound<'_, PyAny>,
+    teacher: &Bound<'_, PyAny>,
+    targets: &Bound<'_, PyAny>,
+    alpha: f64,
+    temperature: f64,
+) -> PyResult<(f64, f64, f64)> {
+    let (s, t, y) = (tensor_from_py(student)?, tensor_from_py(teacher)?, tensor_from_py(targets)?);
+    py.detach(move || {
+        guarded(|| {
+            tch::no_grad(|| {
+                let (obj, ce, kl) = train::distill::distill_loss(&s, &t, &y, alpha, temperature)?;
+                Ok((obj.f_double_value(&[])?, ce.f_double_value(&[])?, kl.f_double_value(&[])?))
+            })
+        })
+    })
+}
+
 /// Default optimization hyper-parameters as JSON.
 #[pyfunction]
 fn train_default_hyper() -> String {
@@ -333,6 +454,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<QatModel>()?;
     m.add_class::<QatTrainer>()?;
     m.add_function(wrap_pyfunction!(train_default_hyper, m)?)?;
+    m.add_function(wrap_pyfunction!(train_distill_loss, m)?)?;
     m.add_function(wrap_pyfunction!(train_preset_config, m)?)?;
     m.add_function(wrap_pyfunction!(train_preset_names, m)?)?;
     m.add_function(wrap_pyfunction!(train_validate_config, m)?)?;

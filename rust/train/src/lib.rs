@@ -7,12 +7,14 @@
 //!   attention, SwiGLU/ReLU², BitLinear projections, plain or mHC-lite residual
 //!   streams).
 //! - [`optim`]: Muon, Lion and the warmup-stable-decay schedule.
+//! - [`distill`]: knowledge distillation from a frozen teacher (α·CE + (1 − α)·T²·KL).
 //! - [`trainer`]: one optimizer step (gradient accumulation, clipping, entropy
 //!   regularization, weights ternarized once per step) and exact-resume
 //!   checkpoints.
 mod error;
 
 pub mod config;
+pub mod distill;
 pub mod layers;
 pub mod mhc_layer;
 pub mod model;
@@ -23,4 +25,5 @@ pub mod trainer;
 pub use config::{FfnActivation, ModelConfig, PRESET_NAMES};
 pub use error::{Result, TrainError};
 pub use model::Transformer;
-pub use trainer::{StepMetrics, TrainHyper, Trainer};
+pub use distill::Teacher;
+pub use trainer::{Gradients, StepMetrics, TrainHyper, Trainer};

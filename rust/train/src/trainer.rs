@@ -14,6 +14,12 @@
 //! straight-through estimator is the identity). On CUDA the forward pass runs
 //! under autocast; on CPU everything is f32 and, with a fixed thread count,
 //! bit-for-bit deterministic (nothing in a step draws random numbers).
+//!
+//! With a [`Teacher`] attached the objective is the distillation loss
+//! α·CE + (1 − α)·T²·KL(teacher/T ‖ student/T) − w·H (see [`crate::distill`]).
+//! For data-parallel training [`Trainer::gradients`] and
+//! [`Trainer::apply_gradients`] are the two halves of [`Trainer::step`]: the
+//! caller all-reduces the gradients (and the metric sums) in between.
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
@@ -23,6 +29,7 @@ use tch::{Device, Kind, Reduction, Tensor};
 use ternary::checkpoint::{self as ckpt, Checkpoint, SafetensorsDtype};
 
 use crate::config::ModelConfig;
+use crate::distill::{self, Teacher};
 use crate::error::{Result, TrainError};
 use crate::model::Transformer;
 use crate::optim::{DecayShape, Lion, Muon, Wsd};
@@ -57,6 +64,10 @@ pub struct TrainHyper {
     pub entropy_weight: f64,
     /// Seed of the parameter init.
     pub seed: i64,
+    /// α of the distillation loss α·CE + (1 − α)·T²·KL (used only with a teacher).
+    pub distill_alpha: f64,
+    /// Temperature T of the distillation loss (used only with a teacher).
+    pub distill_temperature: f64,
 }
 
 impl Default for TrainHyper {
@@ -72,6 +83,8 @@ impl Default for TrainHyper {
             clip: 1.0,
             entropy_weight: 0.0,
             seed: 0,
+            distill_alpha: 0.5,
+            distill_temperature: 2.0,
         }
     }
 }
@@ -122,6 +135,7 @@ impl TrainHyper {
         if !(0.0..=1.0).contains(&self.decay_frac) {
             return Err(invalid("decay_frac", self.decay_frac, "must lie in [0, 1]"));
         }
+        distill::validate(self.distill_alpha, self.distill_temperature)?;
         if self.total_steps == 0 {
             return Err(invalid("total_steps", 0, "must be at least 1"));
         }
@@ -163,6 +177,8 @@ pub struct StepMetrics {
     pub grad_norm: f64,
     /// Target tokens in the step.
     pub tokens: u64,
+    /// Mean KL(teacher/T ‖ student/T) when distilling.
+    pub kl: Option<f64>,
 }
 
 /// Output of [`Trainer::gradients`].
@@ -174,6 +190,8 @@ pub struct Gradients {
     pub ce: f64,
     pub entropy: f64,
     pub tokens: u64,
+    /// Mean KL(teacher/T ‖ student/T) when distilling.
+    pub kl: Option<f64>,
 }
 
 /// Scales `grads` in place so their global L2 norm is at most `max_norm`
@@ -224,6 +242,7 @@ pub struct Trainer {
     lion_names: Vec<String>,
     schedule: Wsd,
     step: u64,
+    teacher: Option<Teacher>,
 }
 
 /// Checks a (tokens, targets) pair where it lies (normally host memory, so
@@ -241,22 +260,60 @@ fn checked_pair(model: &Transformer, tokens: &Tensor, targets: &Tensor, device: 
     Ok((tokens.f_to_device(device)?, targets.f_to_device(device)?))
 }
 
-/// (objective, ce, entropy) of one checked micro-batch; entropy carries a
-/// gradient only when it is part of the objective.
-fn objective(model: &Transformer, tokens: &Tensor, targets: &Tensor, entropy_weight: f64) -> Result<(Tensor, Tensor, Tensor)> {
+/// The distillation part of an objective: the teacher and (α, T).
+#[derive(Clone, Copy)]
+struct Distill<'a> {
+    teacher: &'a Teacher,
+    alpha: f64,
+    temperature: f64,
+}
+
+/// Terms of one micro-batch's objective.
+struct Objective {
+    /// What is differentiated: CE (or the distillation loss) − w·H.
+    value: Tensor,
+    ce: Tensor,
+    entropy: Tensor,
+    /// Mean KL to the teacher (detached), when distilling.
+    kl: Option<Tensor>,
+}
+
+/// The objective of one checked micro-batch; entropy carries a gradient only
+/// when it is part of the objective.
+fn objective(
+    model: &Transformer,
+    tokens: &Tensor,
+    targets: &Tensor,
+    entropy_weight: f64,
+    distill: Option<Distill<'_>>,
+) -> Result<Objective> {
     let logits = model.forward_prechecked(tokens);
     let vocab = model.config().vocab_size as i64;
     // Log-softmax in f32 at least: bf16 logits lose too much.
     let log_probs = logits.reshape([-1, vocab]).log_softmax(-1, Kind::Float);
     let ce = log_probs.g_nll_loss::<Tensor>(&targets.reshape([-1]), None, Reduction::Mean, -100);
+    let (base, kl) = match distill {
+        None => (ce.shallow_clone(), None),
+        Some(d) => {
+            let teacher_logits = d.teacher.logits(tokens);
+            let kl = distill::soft_kl(&logits, &teacher_logits, d.temperature)?;
+            (distill::combine(&ce, &kl, d.alpha, d.temperature), Some(kl.detach()))
+        }
+    };
     if entropy_weight == 0.0 {
         let entropy = mean_entropy_for_metrics(&log_probs.detach());
-        Ok((ce.shallow_clone(), ce, entropy))
+        let ce = if kl.is_some() { ce.detach() } else { ce };
+        Ok(Objective { value: base, ce, entropy, kl })
     } else {
         let entropy = -(log_probs.exp() * &log_probs)
             .sum_dim_intlist([-1i64].as_slice(), false, Kind::Float)
             .mean(Kind::Float);
-        Ok((&ce - &entropy * entropy_weight, ce.detach(), entropy.detach()))
+        Ok(Objective {
+            value: &base - &entropy * entropy_weight,
+            ce: ce.detach(),
+            entropy: entropy.detach(),
+            kl,
+        })
     }
 }
 
@@ -337,6 +394,41 @@ impl Trainer {
             lion_names,
             schedule,
             step: 0,
+            teacher: None,
+        })
+    }
+
+    /// Distills from `teacher` from now on (α and T from the hyper-parameters);
+    /// its vocabulary must be the student's.
+    pub fn set_teacher(&mut self, teacher: Teacher) -> Result<()> {
+        let (mine, theirs) = (self.config().vocab_size, teacher.model().config().vocab_size);
+        if mine != theirs {
+            return Err(TrainError::BadInput(format!(
+                "the teacher's vocab_size is {theirs}, the student's {mine}: distillation needs the same \
+                 tokenizer and vocabulary"
+            )));
+        }
+        if teacher.device() != self.device {
+            return Err(TrainError::BadInput(format!(
+                "the teacher is on {:?}, the student on {:?}",
+                teacher.device(),
+                self.device
+            )));
+        }
+        self.teacher = Some(teacher);
+        Ok(())
+    }
+
+    /// The attached teacher, if any.
+    pub fn teacher(&self) -> Option<&Teacher> {
+        self.teacher.as_ref()
+    }
+
+    fn distill(&self) -> Option<Distill<'_>> {
+        self.teacher.as_ref().map(|teacher| Distill {
+            teacher,
+            alpha: self.hyper.distill_alpha,
+            temperature: self.hyper.distill_temperature,
         })
     }
 
@@ -375,6 +467,14 @@ impl Trainer {
     /// (B, T) int64. Gradients of the micro-batches are weighted by their
     /// token counts, so 2 micro-batches of B/2 rows equal one batch of B.
     pub fn step(&mut self, micro_batches: &[(Tensor, Tensor)]) -> Result<StepMetrics> {
+        let gradients = self.gradients(micro_batches)?;
+        self.apply_gradients(gradients)
+    }
+
+    /// The update half of [`Self::step`]: clips `gradients` (one per
+    /// parameter in [`Self::param_groups`] order, e.g. all-reduced across
+    /// data-parallel ranks) and applies Muon and Lion at this step's rates.
+    pub fn apply_gradients(&mut self, gradients: Gradients) -> Result<StepMetrics> {
         let (lr_muon, lr_lion) = self.learning_rates();
         let Gradients {
             mut grads,
@@ -382,7 +482,15 @@ impl Trainer {
             ce,
             entropy,
             tokens,
-        } = self.gradients(micro_batches)?;
+            kl,
+        } = gradients;
+        let expected = self.muon_names.len() + self.lion_names.len();
+        if grads.len() != expected {
+            return Err(TrainError::BadInput(format!(
+                "got {} gradients, the model has {expected} parameters",
+                grads.len()
+            )));
+        }
         let grad_norm = clip_grad_norm(&mut grads, self.hyper.clip)?;
         if !grad_norm.is_finite() {
             return Err(TrainError::BadInput(format!(
@@ -405,6 +513,7 @@ impl Trainer {
             lr_lion,
             grad_norm,
             tokens,
+            kl,
         })
     }
 
@@ -417,7 +526,12 @@ impl Trainer {
         }
         let batches = micro_batches
             .iter()
-            .map(|(x, y)| checked_pair(&self.model, x, y, self.device))
+            .map(|(x, y)| {
+                if let Some(teacher) = &self.teacher {
+                    teacher.model().check_tokens(x, "tokens (for the teacher)")?;
+                }
+                checked_pair(&self.model, x, y, self.device)
+            })
             .collect::<Result<Vec<_>>>()?;
         let total_tokens: i64 = batches.iter().map(|(x, _)| x.numel() as i64).sum();
         // Ternarize once per step; the leaves collect the projections' STE gradients.
@@ -429,13 +543,16 @@ impl Trainer {
             .chain(self.lion_params())
             .collect();
         let (model, weight, cuda) = (&self.model, self.hyper.entropy_weight, self.device.is_cuda());
+        let distill = self.distill();
         let mut grads: Vec<Tensor> = Vec::new();
         // Sums stay on the device so a step synchronizes once, not per micro-batch.
-        let mut sums: Vec<Tensor> = (0..3).map(|_| Tensor::zeros([], (Kind::Double, self.device))).collect();
+        let mut sums: Vec<Tensor> = (0..4).map(|_| Tensor::zeros([], (Kind::Double, self.device))).collect();
         model.with_prequantized(&quantized, || -> Result<()> {
             for (tokens, targets) in &batches {
                 let share = tokens.numel() as f64 / total_tokens as f64;
-                let (obj, ce, entropy) = tch::autocast(cuda, || objective(model, tokens, targets, weight))?;
+                let Objective { value: obj, ce, entropy, kl } =
+                    tch::autocast(cuda, || objective(model, tokens, targets, weight, distill))?;
+                let kl = kl.unwrap_or_else(|| Tensor::zeros([], (Kind::Float, tokens.device())));
                 let micro_grads = Tensor::f_run_backward(&[&obj * share], &inputs, false, false)?;
                 if grads.is_empty() {
                     grads = micro_grads;
@@ -444,7 +561,7 @@ impl Trainer {
                         let _ = acc.f_add_(g)?;
                     }
                 }
-                for (sum, value) in sums.iter_mut().zip([&obj, &ce, &entropy]) {
+                for (sum, value) in sums.iter_mut().zip([&obj, &ce, &entropy, &kl]) {
                     let _ = sum.f_add_(&(value.detach().to_kind(Kind::Double) * share))?;
                 }
             }
@@ -457,6 +574,7 @@ impl Trainer {
             ce: value(&sums[1])?,
             entropy: value(&sums[2])?,
             tokens: total_tokens as u64,
+            kl: if distill.is_some() { Some(value(&sums[3])?) } else { None },
         })
     }
 
@@ -472,10 +590,10 @@ impl Trainer {
         tch::no_grad(|| {
             let quantized = self.model.step_weights();
             let cuda = self.device.is_cuda();
-            let (_, ce, _) = self
-                .model
-                .with_prequantized(&quantized, || tch::autocast(cuda, || objective(&self.model, &tokens, &targets, 0.0)))??;
-            Ok(ce.f_double_value(&[])?)
+            let out = self.model.with_prequantized(&quantized, || {
+                tch::autocast(cuda, || objective(&self.model, &tokens, &targets, 0.0, None))
+            })??;
+            Ok(out.ce.f_double_value(&[])?)
         })
     }
 
