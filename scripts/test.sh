@@ -24,6 +24,17 @@ WHEEL=$(ls dist/nanochat_ternary-*.whl)
 "$VPY" -m pip install -q "${WHEEL}[test]"
 "$VPY" -m pip install -q --force-reinstall --no-deps "$WHEEL"
 
+# The server page's browser test (tests/test_serve_ui.py) drives Debian's chromium through its
+# chromedriver. Best effort: when it cannot be installed (no apt, no root, no network) the test skips.
+if ! command -v chromedriver >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+    SUDO=""
+    [ "$(id -u)" = 0 ] || SUDO="sudo -n"
+    echo "== installing chromium + chromium-driver for the browser test (skipped on failure)"
+    { $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver \
+        || { $SUDO apt-get update -q && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; }; } >/dev/null 2>&1 \
+        || echo "   chromium not installed: tests/test_serve_ui.py will skip"
+fi
+
 echo "== cargo test (every crate but the binding crate, which pytest tests through the wheel)"
 # The `train` crate links libtorch: tch's build script asks the venv's python
 # (torch==2.11.0) where libtorch lives, so the venv must come first on PATH.
