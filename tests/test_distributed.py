@@ -22,10 +22,10 @@ from nanochat_ternary.train import TokenBatches, Trainer, checkpoints
 from test_train import SMALL, make_data
 
 # Rank-local code of the tests below (not a hook of the trainer): optionally
-# makes rank 1 exit abruptly after some steps, then runs the CLI; "{rank}" in an
-# argument becomes the rank.
+# makes rank 1 exit abruptly (or stall for a minute) after some steps, then
+# runs the CLI; "{rank}" in an argument becomes the rank.
 WORKER = """
-import os, sys
+import os, sys, time
 import torch
 from nanochat_ternary import train
 die_after = int(os.environ.get("TEST_DIE_AFTER_STEPS", "0"))
@@ -33,7 +33,10 @@ if die_after and os.environ["RANK"] == "1":
     original = train.Trainer.train_step
     def train_step(self):
         if self.step_count >= die_after:
-            os._exit(3)
+            if os.environ.get("TEST_MODE") == "stall":
+                time.sleep(60)
+            else:
+                os._exit(3)
         return original(self)
     train.Trainer.train_step = train_step
 sys.exit(train.main([a.replace("{rank}", os.environ["RANK"]) for a in sys.argv[1:]]))
@@ -175,7 +178,38 @@ def test_a_rank_that_dies_fails_the_job_with_a_clear_message(setup, tmp_path):
     assert "error: rank 0 of 2: the gradient all-reduce of local step 3 failed; another rank exited" in err0
     assert "Traceback" not in err0
     assert elapsed < 20 + 60  # the collective timeout plus start-up, never a hang
-    # Rank 0 alone wrote: its log and checkpoints up to the last completed step; rank 1's directory stays empty.
+    _only_rank_0_wrote(tmp_path)
+
+
+def test_a_stalled_rank_fails_the_job_after_the_timeout(setup, tmp_path):
+    root, data, config = setup
+    args = flags(data, config, tmp_path / "r{rank}", steps=20)
+    args[args.index("--save-every") + 1] = "1"
+    args[args.index("--dist-timeout") + 1] = "4"
+    start = time.monotonic()
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    port = free_port()
+    procs = [subprocess.Popen(
+        [sys.executable, str(script), *args], text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env={**env(), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2", "RANK": str(rank),
+             "LOCAL_RANK": str(rank), "TEST_DIE_AFTER_STEPS": "2", "TEST_MODE": "stall"},
+    ) for rank in range(2)]
+    try:
+        out0, err0 = procs[0].communicate(timeout=TIMEOUT)
+    finally:
+        procs[1].kill()
+        procs[1].communicate()
+    elapsed = time.monotonic() - start
+    # Rank 0 gives up after the 4 s timeout while rank 1 still sleeps (60 s).
+    assert procs[0].returncode == 1, out0[-2000:] + err0[-2000:]
+    assert "error: rank 0 of 2: the gradient all-reduce of local step 3 failed" in err0 and "Traceback" not in err0
+    assert elapsed < 55, elapsed
+    _only_rank_0_wrote(tmp_path)
+
+
+def _only_rank_0_wrote(tmp_path):
+    """Rank 0 alone wrote: its log and checkpoints up to the last completed step; rank 1's directory stays empty."""
     assert [s for s, _ in losses(tmp_path / "r0")] == [1, 2]
     assert [p.name for p in checkpoints(tmp_path / "r0")][-1] == "ckpt-00000002.safetensors"
     assert not list((tmp_path / "r1").iterdir())
