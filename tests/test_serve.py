@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -269,9 +270,37 @@ def test_metrics_are_prometheus_text(server: Server) -> None:
         assert server.metric(name + "_count") > 0
 
 
-def test_timeout_and_sigterm_drain() -> None:
-    s = Server("--timeout", "1.5", "--parallel", "2")
+TEMPLATE = (
+    "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def with_chat_template(model: TernaryModel, out: Path) -> Path:
+    """A copy of the model's GGUF that ships a chat template (every key and tensor kept)."""
+    from nanochat_ternary.gguf import GGUFReader, GGUFWriter
+
+    reader = GGUFReader(model.path)
+    writer = GGUFWriter(out)
+    for key, value in reader.metadata.items():
+        if key != "general.alignment":
+            writer.add(key, value, reader.metadata_types[key])
+    writer.add_string("tokenizer.chat_template", TEMPLATE)
+    for t in reader.tensors:
+        data = reader.tensor(t.name) if t.ggml_type in ("F32", "F16") else reader.tensor_bytes(t.name)
+        writer.add_tensor(t.name, data, ggml_type=t.ggml_type, shape=t.shape)
+    writer.write()
+    return out
+
+
+def test_model_chat_template_timeout_and_sigterm_drain(tmp_path: Path, model: TernaryModel) -> None:
+    path = with_chat_template(model, tmp_path / "templated.gguf")
+    s = Server("--model", str(path), "--timeout", "1.5", "--parallel", "2")
     try:
+        # The file's own template renders the prompt (no base-template stop string).
+        c = openai.OpenAI(base_url=s.url + "/v1", api_key="none", max_retries=0).chat.completions.create(
+            model="templated", messages=[{"role": "user", "content": "hi"}], max_tokens=4, temperature=0)
+        assert c.usage.prompt_tokens == len(model.encode("<|user|>hi\n<|assistant|>"))
         r = httpx.post(s.url + "/v1/completions", timeout=30,
                        json={"prompt": PROMPT, "max_tokens": 480, "temperature": 0, "ignore_eos": True,
                              "repetition_penalty": 1.0, "n": 2})
@@ -312,3 +341,38 @@ def test_many_requests_with_random_disconnects_leave_no_errors(server: Server) -
             assert r.status_code == 200, r.text
     assert server.metric('nct:request_finished_total{outcome="error"}') == errors0
     assert httpx.get(server.url + "/health").status_code == 200
+
+
+def test_health_is_503_while_the_model_loads(monkeypatch: pytest.MonkeyPatch, model: TernaryModel) -> None:
+    import asyncio
+    import threading
+
+    from nanochat_ternary.serve import ServerConfig, create_app
+
+    release = threading.Event()
+
+    def slow_load(name: object = None, **kw: object) -> TernaryModel:
+        release.wait(30)
+        return model
+
+    monkeypatch.setattr(TernaryModel, "from_pretrained", staticmethod(slow_load))
+    app = create_app(ServerConfig(parallel=1))
+
+    async def run() -> None:
+        async with app.router.lifespan_context(app):
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+                r = await c.get("/health")
+                assert r.status_code == 503
+                assert r.json() == {"error": {"code": 503, "message": "Loading model", "type": "unavailable_error",
+                                              "param": None}}
+                r = await c.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 2})
+                assert r.status_code == 503 and r.headers["retry-after"] == "1"
+                release.set()
+                for _ in range(200):
+                    if (await c.get("/health")).status_code == 200:
+                        break
+                    await asyncio.sleep(0.02)
+                r = await c.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 2, "temperature": 0})
+                assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] >= 1
+
+    asyncio.run(run())
