@@ -109,9 +109,12 @@ def main() -> None:
     print(f"config {args.config}, global batch {args.batch} x {args.seq} tokens, {args.steps} timed steps "
           f"after {args.warmup}; load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     best = {"2 processes x 1 thread (gloo DDP)": 0.0, "1 process x 2 threads": 0.0}
-    for _ in range(args.repeats):
-        best["2 processes x 1 thread (gloo DDP)"] = max(best["2 processes x 1 thread (gloo DDP)"], run(args, 2, 1))
-        best["1 process x 2 threads"] = max(best["1 process x 2 threads"], run(args, 1, 2))
+    for repeat in range(args.repeats):
+        ddp_run, single_run = run(args, 2, 1), run(args, 1, 2)
+        print(f"  repeat {repeat + 1}: {ddp_run:,.0f} / {single_run:,.0f} tok/s "
+              f"(load {os.getloadavg()[0]:.2f})")
+        best["2 processes x 1 thread (gloo DDP)"] = max(best["2 processes x 1 thread (gloo DDP)"], ddp_run)
+        best["1 process x 2 threads"] = max(best["1 process x 2 threads"], single_run)
     for name, tok_s in best.items():
         print(f"{name:<36} {tok_s:10,.0f} tok/s")
     ddp, single = best.values()
