@@ -78,11 +78,17 @@ fn prequantized_gradients_equal_the_plain_ste_gradients() {
         assert_eq!(muon.len(), 2 * 7);
         assert!(lion.iter().any(|n| n == "embed") && lion.iter().any(|n| n.contains("mhc")) == (streams > 1));
         for (name, g) in muon.iter().chain(lion).zip(&got.grads) {
+            // The plain path's weight value is w + (q(w) - w), within an ulp of
+            // q(w): enough to move an activation across an int8 rounding
+            // boundary now and then (1/127 of its token's max), so the two
+            // agree to ~1e-3 relative, not to f32 rounding (seen: 2e-3 on a
+            // CPU with AMX, where the f32 kernels sum in another order).
             let want = vars[name].grad();
-            assert!(g.allclose(&want, 1e-4, 1e-6, false), "{name}");
+            let (diff, norm) = ((g - &want).norm().double_value(&[]), want.norm().double_value(&[]));
+            assert!(diff <= 2e-2 * norm + 1e-6, "{name}: |difference| {diff:e}, |gradient| {norm:e}");
         }
         let loss = trainer.model().loss(&x, &y).unwrap().double_value(&[]);
-        assert!((got.ce - loss).abs() < 1e-5 && got.loss == got.ce && got.tokens == 36);
+        assert!((got.ce - loss).abs() < 1e-4 && got.loss == got.ce && got.tokens == 36, "{} vs {loss}", got.ce);
     }
 }
 
