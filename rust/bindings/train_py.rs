@@ -295,7 +295,7 @@ impl QatTrainer {
         reduce.call1((py_grads, tensor_to_py(py, &stats)?))?;
         let means = Vec::<f64>::try_from(&stats)
             .map_err(|e| PyRuntimeError::new_err(format!("reading the reduced stats: {e}")))?;
-        if means.len() != 5 || !(means[4] >= 1.0) {
+        if means.len() != 5 || means[4].is_nan() || means[4] < 1.0 {
             return Err(PyValueError::new_err(format!(
                 "reduce left stats {means:?}; expected [loss, ce, entropy, kl, tokens] with tokens >= 1"
             )));
