@@ -64,8 +64,10 @@ def test_bad_distillation_settings_are_clear_errors():
         _core.train_distill_loss(x, x, y, 0.5, 0.0)
     with pytest.raises(ValueError, match="differ in shape"):
         _core.train_distill_loss(x, torch.zeros(1, 2, 6), y, 0.5, 1.0)
-    with pytest.raises(ValueError, match="distill_alpha"):
+    with pytest.raises(ValueError, match="distill_alpha must lie in"):
         Trainer(ModelConfig(**SMALL), distill_alpha=-1.0)
+    with pytest.raises(ValueError, match="distill_temperature must be"):
+        Trainer(ModelConfig(**SMALL), distill_temperature=float("inf"))
 
 
 def test_alpha_one_equals_plain_training_bit_for_bit(tmp_path, data, teacher):
@@ -117,7 +119,7 @@ def test_cli_teacher_trains_and_resumes_with_it(tmp_path, data, teacher, capsys)
     # Resume from step 2 reproduces steps 3-4 bit for bit, with the same teacher.
     (out / "latest").write_text("ckpt-00000002.safetensors\n")
     resumed = Trainer.resume(out, progress=False)
-    assert resumed.teacher_path == latest_checkpoint(teacher).resolve() and resumed.hyper["distill_alpha"] == 0.5
+    assert resumed.teacher_path == latest_checkpoint(teacher).resolve() and resumed.loop["distill_alpha"] == 0.5
     assert [m["loss"] for m in resumed.fit()] == [r["loss"] for r in records[2:]]
     with pytest.raises(SystemExit) as exit_info:
         main(["--data", str(data), "--out", str(tmp_path / "x"), "--distill-alpha", "0.5", *common])

@@ -223,8 +223,9 @@ class QatTrainer:
         """Data-parallel step: reduce(grads, stats) turns in place this rank's gradients (sharing the
         trainer's storage) and float64 [loss, ce, entropy, kl, tokens] into the global token-weighted
         means and token count; then clip + update."""
-    def set_teacher(self, path: str) -> tuple[str, str]:
-        """Distill from a trainer checkpoint; returns its (config JSON, data state)."""
+    def set_teacher(self, path: str, alpha: float, temperature: float) -> tuple[str, str]:
+        """Distill from a trainer checkpoint (loss alpha*CE + (1-alpha)*T^2*KL); returns its
+        (config JSON, data state)."""
     @property
     def has_teacher(self) -> bool: ...
     def eval_loss(self, tokens: torch.Tensor, targets: torch.Tensor) -> float: ...

@@ -79,6 +79,8 @@ DEFAULT_LOOP: dict[str, Any] = {
     "keep": 3,
     "log_every": 10,
     "teacher": None,  # path of the teacher checkpoint when distilling
+    "distill_alpha": 0.5,  # alpha in alpha*CE + (1 - alpha)*T^2*KL (with a teacher)
+    "distill_temperature": 2.0,  # T (with a teacher)
 }
 
 
@@ -169,10 +171,10 @@ class Trainer:
     `nanochat_ternary.data` (optional when you only call `step`); `out_dir`
     receives checkpoints and `log.jsonl` (optional). Options: the
     hyper-parameters of `DEFAULT_HYPER` (`steps` sets `total_steps`, the
-    schedule's length; `distill_alpha`, `distill_temperature`), the loop
-    settings of `DEFAULT_LOOP` (`teacher`: a trainer checkpoint or run
-    directory to distill from), `device` ("cpu" | "cuda"), `peak_flops` (for
-    MFU) and `progress` (tqdm bar).
+    schedule's length), the loop settings of `DEFAULT_LOOP` (`teacher`: a
+    trainer checkpoint or run directory to distill from, with
+    `distill_alpha` and `distill_temperature`), `device` ("cpu" | "cuda"),
+    `peak_flops` (for MFU) and `progress` (tqdm bar).
 
     Inside an initialized torch.distributed process group of more than one
     rank the trainer is data parallel: every rank must construct it with the
@@ -224,6 +226,16 @@ class Trainer:
             raise ValueError(f"device {device!r} requested but no CUDA GPU is available")
         if loop.get("teacher") is not None and not isinstance(loop["teacher"], (str, os.PathLike)):
             raise ValueError(f"teacher must be a checkpoint path, got {loop['teacher']!r}")
+        for key in ("distill_alpha", "distill_temperature"):
+            loop.setdefault(key, DEFAULT_LOOP[key])  # checkpoints from before distillation existed
+            if isinstance(loop[key], bool) or not isinstance(loop[key], (int, float)):
+                raise ValueError(f"{key} must be a number, got {loop[key]!r}")
+            loop[key] = float(loop[key])
+        if not 0.0 <= loop["distill_alpha"] <= 1.0:
+            raise ValueError(f"distill_alpha must lie in [0, 1] (the weight of the hard-label CE), "
+                             f"got {loop['distill_alpha']}")
+        if not (math.isfinite(loop["distill_temperature"]) and loop["distill_temperature"] > 0):
+            raise ValueError(f"distill_temperature must be a finite number > 0, got {loop['distill_temperature']}")
         self.rank, self.world = ddp.rank(), ddp.world_size()
         if loop["batch_size"] % self.world:
             raise ValueError(
@@ -278,7 +290,9 @@ class Trainer:
         elif not path.is_file():
             raise FileNotFoundError(f"teacher {path}: no such checkpoint file or run directory")
         path = path.resolve()
-        config_json, data_state = self._core.set_teacher(os.fspath(path))
+        config_json, data_state = self._core.set_teacher(
+            os.fspath(path), self.loop["distill_alpha"], self.loop["distill_temperature"]
+        )
         teacher_sha = _tokenizer_sha256(json.loads(data_state) if data_state else {})
         mine = self._tokenizer_sha256()
         if teacher_sha is not None and mine is not None and teacher_sha != mine:
@@ -578,9 +592,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="distill from this trainer checkpoint (or run directory: its latest checkpoint), "
                         "same vocabulary and tokenizer, full-precision or ternary")
     p.add_argument("--distill-alpha", type=_non_negative_float, default=None,
-                   help=f"alpha in alpha*CE + (1-alpha)*T^2*KL (default {h['distill_alpha']}; needs --teacher)")
+                   help=f"alpha in alpha*CE + (1-alpha)*T^2*KL (default {lp['distill_alpha']}; needs --teacher)")
     p.add_argument("--distill-temperature", type=_positive_float, default=None,
-                   help=f"temperature T of the soft targets (default {h['distill_temperature']}; needs --teacher)")
+                   help=f"temperature T of the soft targets (default {lp['distill_temperature']}; needs --teacher)")
     p.add_argument("--eval-every", type=_non_negative_int, default=lp["eval_every"], help="steps between evals (0 = off)")
     p.add_argument("--eval-batches", type=_positive_int, default=lp["eval_batches"], help="val batches per eval")
     p.add_argument("--save-every", type=_non_negative_int, default=lp["save_every"], help="steps between checkpoints")
@@ -622,7 +636,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, device: str) -> int:
-    h = DEFAULT_HYPER
+    lp = DEFAULT_LOOP
     common = dict(device=device, peak_flops=args.peak_flops, progress=not args.no_progress)
     try:
         if args.resume:
@@ -640,9 +654,9 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, device: str)
                 entropy_weight=args.entropy_weight, seed=args.seed, eval_every=args.eval_every,
                 eval_batches=args.eval_batches, save_every=args.save_every, keep=args.keep,
                 log_every=args.log_every, teacher=args.teacher,
-                distill_alpha=h["distill_alpha"] if args.distill_alpha is None else args.distill_alpha,
+                distill_alpha=lp["distill_alpha"] if args.distill_alpha is None else args.distill_alpha,
                 distill_temperature=(
-                    h["distill_temperature"] if args.distill_temperature is None else args.distill_temperature
+                    lp["distill_temperature"] if args.distill_temperature is None else args.distill_temperature
                 ),
                 **common,
             )
@@ -653,8 +667,8 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, device: str)
         return 0
     distill = ""
     if trainer.teacher_path is not None:
-        distill = (f"; distilling from {trainer.teacher_path} (alpha {trainer.hyper['distill_alpha']}, "
-                   f"T {trainer.hyper['distill_temperature']})")
+        distill = (f"; distilling from {trainer.teacher_path} (alpha {trainer.loop['distill_alpha']}, "
+                   f"T {trainer.loop['distill_temperature']})")
     world = f"; {trainer.world} data-parallel ranks" if trainer.world > 1 else ""
     print(
         f"model {trainer.config.name or 'custom'}: {trainer.config.param_count:,} parameters on {trainer.device}; "

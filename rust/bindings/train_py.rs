@@ -313,16 +313,16 @@ impl QatTrainer {
     }
 
     /// Distills from the weights of a trainer checkpoint (CRC verified) from
-    /// now on; returns the teacher checkpoint's (config JSON, data state) so
-    /// the caller can check its tokenizer. A teacher with another vocabulary
-    /// is a ValueError.
-    fn set_teacher(&self, py: Python<'_>, path: PathBuf) -> PyResult<(String, String)> {
+    /// now on with the loss alpha·CE + (1 − alpha)·T²·KL; returns the teacher
+    /// checkpoint's (config JSON, data state) so the caller can check its
+    /// tokenizer. A teacher with another vocabulary is a ValueError.
+    fn set_teacher(&self, py: Python<'_>, path: PathBuf, alpha: f64, temperature: f64) -> PyResult<(String, String)> {
         let mut guard = self.lock()?;
         let trainer: &mut Trainer = &mut guard;
         py.detach(move || {
             guarded(|| {
                 let (teacher, state) = Teacher::from_checkpoint(&path, trainer.device())?;
-                trainer.set_teacher(teacher)?;
+                trainer.set_teacher(teacher, alpha, temperature)?;
                 Ok((state.model.to_json(), state.data_state))
             })
         })

@@ -64,10 +64,6 @@ pub struct TrainHyper {
     pub entropy_weight: f64,
     /// Seed of the parameter init.
     pub seed: i64,
-    /// α of the distillation loss α·CE + (1 − α)·T²·KL (used only with a teacher).
-    pub distill_alpha: f64,
-    /// Temperature T of the distillation loss (used only with a teacher).
-    pub distill_temperature: f64,
 }
 
 impl Default for TrainHyper {
@@ -83,8 +79,6 @@ impl Default for TrainHyper {
             clip: 1.0,
             entropy_weight: 0.0,
             seed: 0,
-            distill_alpha: 0.5,
-            distill_temperature: 2.0,
         }
     }
 }
@@ -135,7 +129,6 @@ impl TrainHyper {
         if !(0.0..=1.0).contains(&self.decay_frac) {
             return Err(invalid("decay_frac", self.decay_frac, "must lie in [0, 1]"));
         }
-        distill::validate(self.distill_alpha, self.distill_temperature)?;
         if self.total_steps == 0 {
             return Err(invalid("total_steps", 0, "must be at least 1"));
         }
@@ -242,7 +235,8 @@ pub struct Trainer {
     lion_names: Vec<String>,
     schedule: Wsd,
     step: u64,
-    teacher: Option<Teacher>,
+    /// The teacher and (α, T) when distilling.
+    teacher: Option<(Teacher, f64, f64)>,
 }
 
 /// Checks a (tokens, targets) pair where it lies (normally host memory, so
@@ -398,9 +392,11 @@ impl Trainer {
         })
     }
 
-    /// Distills from `teacher` from now on (α and T from the hyper-parameters);
-    /// its vocabulary must be the student's.
-    pub fn set_teacher(&mut self, teacher: Teacher) -> Result<()> {
+    /// Distills from `teacher` from now on with the loss
+    /// α·CE + (1 − α)·T²·KL; its vocabulary must be the student's. (The
+    /// teacher is not part of a checkpoint: the caller records it.)
+    pub fn set_teacher(&mut self, teacher: Teacher, alpha: f64, temperature: f64) -> Result<()> {
+        distill::validate(alpha, temperature)?;
         let (mine, theirs) = (self.config().vocab_size, teacher.model().config().vocab_size);
         if mine != theirs {
             return Err(TrainError::BadInput(format!(
@@ -415,20 +411,20 @@ impl Trainer {
                 self.device
             )));
         }
-        self.teacher = Some(teacher);
+        self.teacher = Some((teacher, alpha, temperature));
         Ok(())
     }
 
-    /// The attached teacher, if any.
-    pub fn teacher(&self) -> Option<&Teacher> {
-        self.teacher.as_ref()
+    /// The attached teacher and its (α, T), if any.
+    pub fn teacher(&self) -> Option<(&Teacher, f64, f64)> {
+        self.teacher.as_ref().map(|(t, a, temp)| (t, *a, *temp))
     }
 
     fn distill(&self) -> Option<Distill<'_>> {
-        self.teacher.as_ref().map(|teacher| Distill {
+        self.teacher.as_ref().map(|(teacher, alpha, temperature)| Distill {
             teacher,
-            alpha: self.hyper.distill_alpha,
-            temperature: self.hyper.distill_temperature,
+            alpha: *alpha,
+            temperature: *temperature,
         })
     }
 
@@ -527,7 +523,7 @@ impl Trainer {
         let batches = micro_batches
             .iter()
             .map(|(x, y)| {
-                if let Some(teacher) = &self.teacher {
+                if let Some((teacher, _, _)) = &self.teacher {
                     teacher.model().check_tokens(x, "tokens (for the teacher)")?;
                 }
                 checked_pair(&self.model, x, y, self.device)

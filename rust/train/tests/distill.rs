@@ -35,12 +35,10 @@ fn config(vocab: usize, ternary: bool) -> ModelConfig {
     }
 }
 
-fn hyper(alpha: f64) -> TrainHyper {
+fn hyper() -> TrainHyper {
     TrainHyper {
         total_steps: 20,
         warmup: 2,
-        distill_alpha: alpha,
-        distill_temperature: 2.0,
         ..TrainHyper::default()
     }
 }
@@ -70,9 +68,9 @@ fn same_weights(a: &Trainer, b: &Trainer) -> bool {
 #[test]
 fn alpha_one_with_a_teacher_is_plain_training_bit_for_bit() {
     let _serial = serial();
-    let mut plain = Trainer::new(&config(64, true), hyper(1.0), Device::Cpu).unwrap();
-    let mut distilled = Trainer::new(&config(64, true), hyper(1.0), Device::Cpu).unwrap();
-    distilled.set_teacher(teacher(64, 7)).unwrap();
+    let mut plain = Trainer::new(&config(64, true), hyper(), Device::Cpu).unwrap();
+    let mut distilled = Trainer::new(&config(64, true), hyper(), Device::Cpu).unwrap();
+    distilled.set_teacher(teacher(64, 7), 1.0, 2.0).unwrap();
     for step in 0..3 {
         let (x, y) = batch(step, 4, 12);
         let a = plain.step(&[(x.shallow_clone(), y.shallow_clone())]).unwrap();
@@ -86,8 +84,8 @@ fn alpha_one_with_a_teacher_is_plain_training_bit_for_bit() {
 #[test]
 fn distillation_changes_the_objective_by_its_formula() {
     let _serial = serial();
-    let mut trainer = Trainer::new(&config(64, true), hyper(0.25), Device::Cpu).unwrap();
-    trainer.set_teacher(teacher(64, 3)).unwrap();
+    let mut trainer = Trainer::new(&config(64, true), hyper(), Device::Cpu).unwrap();
+    trainer.set_teacher(teacher(64, 3), 0.25, 2.0).unwrap();
     let (x, y) = batch(5, 3, 10);
     let m = trainer.step(&[(x, y)]).unwrap();
     let kl = m.kl.unwrap();
@@ -109,13 +107,14 @@ fn distillation_changes_the_objective_by_its_formula() {
 #[test]
 fn a_teacher_of_another_vocabulary_is_refused() {
     let _serial = serial();
-    let mut trainer = Trainer::new(&config(64, true), hyper(0.5), Device::Cpu).unwrap();
-    let err = trainer.set_teacher(teacher(96, 1)).unwrap_err().to_string();
+    let mut trainer = Trainer::new(&config(64, true), hyper(), Device::Cpu).unwrap();
+    let err = trainer.set_teacher(teacher(96, 1), 0.5, 2.0).unwrap_err().to_string();
     assert!(err.contains("vocab_size is 96") && err.contains("same tokenizer"), "{err}");
     assert!(trainer.teacher().is_none());
-    let bad = |h: TrainHyper| Trainer::new(&config(64, true), h, Device::Cpu).unwrap_err().to_string();
-    assert!(bad(TrainHyper { distill_alpha: -0.1, ..hyper(0.5) }).contains("distill_alpha"));
-    assert!(bad(TrainHyper { distill_temperature: 0.0, ..hyper(0.5) }).contains("distill_temperature"));
+    let mut bad = |alpha, temperature| trainer.set_teacher(teacher(64, 1), alpha, temperature).unwrap_err().to_string();
+    assert!(bad(-0.1, 2.0).contains("distill_alpha"));
+    assert!(bad(0.5, 0.0).contains("distill_temperature"));
+    assert!(trainer.teacher().is_none());
 }
 
 #[test]
@@ -124,8 +123,8 @@ fn averaged_half_batch_gradients_equal_one_accumulated_step() {
     // What two data-parallel ranks do (each its half, gradients summed and
     // halved) against one process accumulating both halves: bit for bit,
     // because scaling by 1/2 is exact in floating point.
-    let mut single = Trainer::new(&config(64, true), hyper(0.5), Device::Cpu).unwrap();
-    let mut parallel = Trainer::new(&config(64, true), hyper(0.5), Device::Cpu).unwrap();
+    let mut single = Trainer::new(&config(64, true), hyper(), Device::Cpu).unwrap();
+    let mut parallel = Trainer::new(&config(64, true), hyper(), Device::Cpu).unwrap();
     for step in 0..3 {
         let (x, y) = batch(10 + step, 4, 12);
         let halves = [
