@@ -360,7 +360,9 @@ class Trainer:
         """One optimizer step. Either `tokens`, `targets` (both (B, T) int64;
         split along B into `grad_accum` micro-batches) or explicit
         `micro_batches=[(tokens, targets), ...]`. Returns the metrics step,
-        loss, ce, entropy, lr_muon, lr_lion, grad_norm, tokens."""
+        loss, ce, entropy, lr_muon, lr_lion, grad_norm, tokens (and kl when
+        distilling). Data parallel: pass this rank's rows; the gradients are
+        all-reduced and the metrics are those of the global batch."""
         if micro_batches is None:
             if tokens is None or targets is None:
                 raise ValueError("step() needs tokens and targets, or micro_batches")
