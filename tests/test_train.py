@@ -262,3 +262,41 @@ def test_cli_missing_data_and_module_entry_point(tmp_path):
     )
     assert result.returncode == 2
     assert "no meta.json" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_resume_with_another_tokenizer_or_mix_is_a_clear_error(tmp_path, data):
+    """A run resumed on data made with another tokenizer or another data-mix config stops with an
+    error naming --data; the run's own data (or a copy of it) resumes."""
+    import json
+    import shutil
+
+    one_step = {**FAST, "steps": 1}
+    trainer = Trainer(small_config(), data, tmp_path / "run", **one_step)
+    trainer.fit()
+    trainer.save()
+    same = tmp_path / "copy"
+    shutil.copytree(data, same)
+    Trainer.resume(tmp_path / "run", data_dir=same, progress=False)
+    for key, value, what in (("tokenizer_sha256", "1" * 64, "tokenizer"),
+                             ("source", {"mix": {"config_sha256": "2" * 64}}, "data mix")):
+        other = tmp_path / f"other-{key}"
+        shutil.copytree(data, other)
+        meta = json.loads((other / "meta.json").read_text())
+        meta[key] = value
+        (other / "meta.json").write_text(json.dumps(meta))
+        if what == "data mix":
+            # The run itself was trained on a mix: another mix config is refused too.
+            run = tmp_path / "run-mix"
+            mixed = tmp_path / "mixed"
+            shutil.copytree(data, mixed)
+            meta_mixed = json.loads((mixed / "meta.json").read_text())
+            meta_mixed["source"] = {"mix": {"config_sha256": "3" * 64}}
+            (mixed / "meta.json").write_text(json.dumps(meta_mixed))
+            t = Trainer(small_config(), mixed, run, **one_step)
+            t.fit()
+            t.save()
+            Trainer.resume(run, data_dir=mixed, progress=False)
+        else:
+            run = tmp_path / "run"
+        with pytest.raises(ValueError, match=f"another {what}.*--data"):
+            Trainer.resume(run, data_dir=other, progress=False)

@@ -568,17 +568,9 @@ def export_hf(
 
 
 def _checkpoint_path(checkpoint_path: str | os.PathLike[str]) -> Path:
-    from .train import latest_checkpoint
+    from .train import resolve_checkpoint
 
-    path = Path(checkpoint_path)
-    if path.is_dir():
-        newest = latest_checkpoint(path)
-        if newest is None:
-            raise FileNotFoundError(f"{path} holds no trainer checkpoint")
-        path = newest
-    if not path.is_file():
-        raise FileNotFoundError(f"no such checkpoint: {path}")
-    return path
+    return resolve_checkpoint(checkpoint_path)
 
 
 def _trainer_state(path: Path) -> dict[str, Any]:

@@ -281,15 +281,7 @@ class Trainer:
     def _attach_teacher(self, teacher: str | os.PathLike[str]) -> None:
         """Loads the teacher checkpoint (or a run directory's latest) and checks
         that it shares the student's vocabulary and tokenizer."""
-        path = Path(teacher)
-        if path.is_dir():
-            found = latest_checkpoint(path)
-            if found is None:
-                raise FileNotFoundError(f"teacher {path}: a run directory without checkpoints")
-            path = found
-        elif not path.is_file():
-            raise FileNotFoundError(f"teacher {path}: no such checkpoint file or run directory")
-        path = path.resolve()
+        path = resolve_checkpoint(teacher, "teacher").resolve()
         config_json, data_state = self._core.set_teacher(
             os.fspath(path), self.loop["distill_alpha"], self.loop["distill_temperature"]
         )
@@ -319,6 +311,14 @@ class Trainer:
         sha = self.train_batches.shards.meta.get("tokenizer_sha256")
         return sha if isinstance(sha, str) else None
 
+    def _mix_sha256(self) -> str | None:
+        """The sha256 of the data-mix config the shards were built with (None: not a mix build)."""
+        if self.train_batches is None:
+            return None
+        mix = (self.train_batches.shards.meta.get("source") or {}).get("mix") or {}
+        sha = mix.get("config_sha256") if isinstance(mix, dict) else None
+        return sha if isinstance(sha, str) else None
+
     # ---- construction from a checkpoint --------------------------------------
 
     @classmethod
@@ -338,6 +338,16 @@ class Trainer:
         self.hyper = json.loads(core.hyper_json())
         data = data_dir if data_dir is not None else state.get("data_dir")
         self._setup(data, out_dir, dict(state["loop"]), device, peak_flops, progress)
+        # Token ids only mean something under the tokenizer they were made with, and a resumed
+        # data position only under the same mix: other data is a clear error, not a silent restart.
+        for what, recorded, now in (("tokenizer", state.get("tokenizer_sha256"), self._tokenizer_sha256()),
+                                    ("data mix", state.get("mix_sha256"), self._mix_sha256())):
+            if recorded is not None and now != recorded:
+                raise ValueError(
+                    f"{out_dir} was trained with another {what} than {self.data_dir}'s "
+                    f"(sha256 {recorded[:12]} vs {(now or 'none')[:12]}); resume with the run's own --data "
+                    f"or start a new run"
+                )
         if self.train_batches is not None and state.get("loader") is not None:
             self.train_batches.load_state(state["loader"])
         return self
@@ -412,6 +422,7 @@ class Trainer:
             "loader": self.train_batches.state() if self.train_batches is not None else None,
             "loop": self.loop,
             "tokenizer_sha256": self._tokenizer_sha256(),
+            "mix_sha256": self._mix_sha256(),
         })
 
     def save(self) -> Path:
@@ -521,6 +532,20 @@ def _tokenizer_sha256(data_state: dict[str, Any]) -> str | None:
 def checkpoints(out_dir: str | os.PathLike[str]) -> list[Path]:
     """Checkpoints in `out_dir`, oldest first."""
     return sorted(Path(out_dir).glob(f"{CHECKPOINT_PREFIX}*{CHECKPOINT_SUFFIX}"))
+
+
+def resolve_checkpoint(path: str | os.PathLike[str], what: str = "checkpoint") -> Path:
+    """A checkpoint file, or a run directory's newest checkpoint; FileNotFoundError naming
+    ``what`` when there is none."""
+    path = Path(path)
+    if path.is_dir():
+        found = latest_checkpoint(path)
+        if found is None:
+            raise FileNotFoundError(f"{what} {path}: a run directory without checkpoints")
+        return found
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path}: no such checkpoint file or run directory")
+    return path
 
 
 def latest_checkpoint(out_dir: str | os.PathLike[str]) -> Path | None:
