@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-pytest.importorskip("httpx")
+httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 webdriver = pytest.importorskip("selenium.webdriver")
 
@@ -74,9 +74,15 @@ def test_page_streams_a_completion(browser: object, server: Server) -> None:
     assert texts[-1].get_attribute("textContent") == expected
 
 
+def _finished(server: Server) -> float:
+    """Requests finished so far, whatever the outcome."""
+    text = httpx.get(server.url + "/metrics", timeout=5).text
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("nct:request_finished_total{"))
+
+
 def test_stop_button_cancels_and_chat_mode_answers(browser: object, server: Server) -> None:
     _open(browser, server)
-    cancelled0 = server.metric('nct:request_finished_total{outcome="cancelled"}')
+    finished0 = _finished(server)
     _set(browser, "input", PROMPT)
     _set(browser, "max_tokens", "480")
     _set(browser, "temperature", "0")
@@ -86,9 +92,13 @@ def test_stop_button_cancels_and_chat_mode_answers(browser: object, server: Serv
     WebDriverWait(browser, 10).until(lambda d: d.find_element(By.ID, "stats").get_attribute("data-finish"))
     finish = browser.find_element(By.ID, "stats").get_attribute("data-finish")  # type: ignore[attr-defined]
     if finish == "stopped":  # (a fast machine may have finished the 480 tokens first)
+        # The stop button aborts the page's stream. On an idle machine the server may already have
+        # generated all 480 tokens of the tiny model (the page is still reading them) when the click
+        # lands, so its outcome is "length", not "cancelled"; either way the request must be over.
+        # That a disconnected stream is cancelled server-side is asserted in test_serve.py.
         deadline = time.monotonic() + 10
-        while server.metric('nct:request_finished_total{outcome="cancelled"}') <= cancelled0:
-            assert time.monotonic() < deadline, "the stop button did not cancel the generation"
+        while server.metric("nct:num_requests_running") > 0 or _finished(server) <= finished0:
+            assert time.monotonic() < deadline, "the stopped generation is still running on the server"
             time.sleep(0.05)
     assert not browser.find_element(By.ID, "send").get_attribute("disabled")  # type: ignore[attr-defined]
     browser.find_element(By.ID, "clear").click()  # type: ignore[attr-defined]
