@@ -2,57 +2,23 @@
 //! teacher is plain CE training bit for bit, a teacher of another vocabulary
 //! is refused, the loss matches its formula, and averaging the gradients of
 //! two half batches then applying them equals one step over both halves.
-use std::sync::{Mutex, MutexGuard};
 
-use tch::{Device, Kind, Tensor};
+mod common;
+
+use common::{batch, hyper, serial};
+use tch::{Device, Tensor};
 use train::distill::distill_loss;
 use train::trainer::Gradients;
-use train::{FfnActivation, ModelConfig, Teacher, TrainHyper, Trainer, Transformer};
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    tch::set_num_threads(1);
-    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
+use train::{ModelConfig, Teacher, Trainer, Transformer};
 
 fn config(vocab: usize, ternary: bool) -> ModelConfig {
-    ModelConfig {
-        name: "test".into(),
-        vocab_size: vocab,
-        dim: 32,
-        n_layers: 2,
-        n_heads: 4,
-        n_kv_heads: 2,
-        ffn_hidden: 48,
-        ffn_activation: FfnActivation::Swiglu,
-        max_seq_len: 16,
-        rope_theta: 10_000.0,
-        norm_eps: 1e-5,
-        tie_embeddings: false,
-        mhc_streams: 1,
-        ternary,
-    }
-}
-
-fn hyper() -> TrainHyper {
-    TrainHyper {
-        total_steps: 20,
-        warmup: 2,
-        ..TrainHyper::default()
-    }
+    common::small_config(vocab, 1, ternary)
 }
 
 fn teacher(vocab: usize, seed: i64) -> Teacher {
     tch::manual_seed(seed);
     let (vs, model) = Transformer::with_var_store(&config(vocab, false), Device::Cpu).unwrap();
     Teacher::new(vs, model)
-}
-
-fn batch(seed: i64, b: i64, t: i64) -> (Tensor, Tensor) {
-    tch::manual_seed(seed);
-    let seq = Tensor::randint(64, [b, t + 1], (Kind::Int64, Device::Cpu));
-    (seq.narrow(1, 0, t).contiguous(), seq.narrow(1, 1, t).contiguous())
 }
 
 fn weights(trainer: &Trainer) -> Vec<(String, Tensor)> {

@@ -2,51 +2,16 @@
 //! plain STE gradients, accumulation, clipping, entropy regularization,
 //! exact resume from a checkpoint and clear errors for bad checkpoints.
 use std::collections::BTreeMap;
-use std::sync::{Mutex, MutexGuard};
 
+mod common;
+
+use common::{batch, hyper, serial};
 use tch::{Device, Kind, Tensor};
 use train::trainer::{clip_grad_norm, read_checkpoint_weights};
-use train::{FfnActivation, ModelConfig, TrainHyper, Trainer};
-
-/// libtorch's RNG is global; seeded inits must not interleave.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    tch::set_num_threads(1);
-    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
+use train::{ModelConfig, TrainHyper, Trainer};
 
 fn config(streams: usize) -> ModelConfig {
-    ModelConfig {
-        name: "test".into(),
-        vocab_size: 64,
-        dim: 32,
-        n_layers: 2,
-        n_heads: 4,
-        n_kv_heads: 2,
-        ffn_hidden: 48,
-        ffn_activation: FfnActivation::Swiglu,
-        max_seq_len: 16,
-        rope_theta: 10_000.0,
-        norm_eps: 1e-5,
-        tie_embeddings: false,
-        mhc_streams: streams,
-        ternary: true,
-    }
-}
-
-fn hyper() -> TrainHyper {
-    TrainHyper {
-        total_steps: 20,
-        warmup: 2,
-        ..TrainHyper::default()
-    }
-}
-
-fn batch(seed: i64, b: i64, t: i64) -> (Tensor, Tensor) {
-    tch::manual_seed(seed);
-    let seq = Tensor::randint(64, [b, t + 1], (Kind::Int64, Device::Cpu));
-    (seq.narrow(1, 0, t).contiguous(), seq.narrow(1, 1, t).contiguous())
+    common::small_config(64, streams, true)
 }
 
 fn params(trainer: &Trainer) -> BTreeMap<String, Tensor> {
