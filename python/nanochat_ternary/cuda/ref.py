@@ -79,28 +79,36 @@ def act_quant(x: torch.Tensor, mode: int, padded_cols: int | None = None) -> tup
 
 
 def absmean_partial(w: torch.Tensor, n_partials: int) -> torch.Tensor:
-    """float64 ``(n_partials,)``: partial ``b`` sums ``|w[i]|`` over the flat indices the kernel's
-    block ``b`` strides over (``(i mod (n_partials * 256)) // 256 == b``)."""
+    """float64 ``(n_partials,)``, in the kernel's order: thread ``t`` of block ``b`` adds
+    ``|w[i]|`` for ``i = b * 256 + t + k * n_partials * 256`` (k = 0, 1, ...) in turn, then the
+    block adds its 256 sums in a halving tree (strides 128, ..., 1)."""
     flat = w.detach().reshape(-1).float().abs().double()
-    n = flat.numel()
     stride = n_partials * ABS_THREADS
-    block = (torch.arange(n) % stride) // ABS_THREADS
-    return torch.zeros(n_partials, dtype=torch.float64).index_add_(0, block, flat)
+    steps = -(-flat.numel() // stride)
+    padded = torch.zeros(steps * stride, dtype=torch.float64)
+    padded[: flat.numel()] = flat
+    chunks = padded.view(steps, n_partials, ABS_THREADS)
+    red = torch.zeros(n_partials, ABS_THREADS, dtype=torch.float64)
+    for k in range(steps):  # one add per step, as each thread does
+        red = red + chunks[k]
+    step = ABS_THREADS // 2
+    while step > 0:
+        red[:, :step] = red[:, :step] + red[:, step : 2 * step]
+        step //= 2
+    return red[:, 0].clone()
 
 
 def ternarize_pack(w: torch.Tensor, partials: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Absmean ternarization of float32/bfloat16 ``(rows, cols)`` packed in the GPU layout:
     ``(words int32 (rows, words), scale float32 (1,))`` with ``s = (float)(sum|w| / n)`` (float64
-    sum, ``partials`` added in order when given) and ``trit = clamp(rint(w / (s + 1e-5)), -1, 1)``."""
+    sum; ``partials`` reduced in the kernel's order when given) and ``trit = clamp(rint(w / (s + 1e-5)), -1, 1)``."""
     if w.ndim != 2 or w.dtype not in (torch.float32, torch.bfloat16):
         raise ValueError(f"w must be 2-D float32 or bfloat16, got {tuple(w.shape)} {w.dtype}")
     w = w.detach().float()
     rows, cols = w.shape
     if partials is None:
         partials = w.abs().double().sum().reshape(1)
-    total = 0.0
-    for p in partials.tolist():  # in index order, as the kernel adds them
-        total += p
+    total = _fixed_order_sum(partials.tolist())
     s = torch.tensor(total / (rows * cols), dtype=torch.float64).float()
     if not torch.isfinite(s):
         s = torch.tensor(float("nan"))
@@ -125,3 +133,17 @@ def ternary_gemm(
     ws = w_scale.cpu().float().reshape(-1)
     ws = ws.expand(rows) if ws.numel() == 1 else ws
     return (acc.to(torch.float32) * ws[None, :]) * d.cpu().float().reshape(-1, 1)
+
+
+def _fixed_order_sum(partials: list[float], threads: int = 256) -> float:
+    """ternarize_pack's float64 reduction order: strided per-thread sums, then a halving tree."""
+    red = [0.0] * threads
+    for t in range(threads):
+        for i in range(t, len(partials), threads):
+            red[t] += partials[i]
+    step = threads // 2
+    while step > 0:
+        for t in range(step):
+            red[t] += red[t + step]
+        step //= 2
+    return red[0]

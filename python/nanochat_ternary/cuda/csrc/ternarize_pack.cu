@@ -1,13 +1,13 @@
 // Second pass of the fused absmean ternarization: scale, trits and packing in one kernel, so no
 // float tensor of quantized weights is ever materialized.
 //
-// s = (float)(sum(partials) / n) (partials from absmean_partial.cu, added in index order);
+// s = (float)(sum(partials) / n) (partials from absmean_partial.cu, summed in a fixed order);
 // trit = clamp(rint(w / (s + 1e-5f)), -1, 1) (ABSMEAN_EPS of rust/ternary, round half to even);
 // codes (trit + 1) are packed in the "nct-u32x16" layout of ternary_gemv.cu: out [rows, words]
 // uint32, element k of a row in word k / 16 at bits 8 * (k % 4) + 2 * ((k % 16) / 4), padding
 // code 1. Block 0 writes scale[0] = s. Non-finite weights give a NaN scale (and trits 0 where the
 // quotient is NaN), so everything computed from them is NaN.
-// Launch: block 256, grid ceil(rows * words / 256).
+// Launch: block 256 (exactly), grid ceil(rows * words / 256).
 #define PACK_THREADS 256
 
 __device__ __forceinline__ float pack_load_f32(const float* p, long i) { return p[i]; }
@@ -19,11 +19,20 @@ template <typename T, float (*LOAD)(const T*, long)>
 __device__ void ternarize_pack(const T* __restrict__ w, const double* __restrict__ partials, int n_partials,
                                unsigned int* __restrict__ out, float* __restrict__ scale, int rows, int cols,
                                int words) {
+    __shared__ double red[PACK_THREADS];
     __shared__ float s_shared;
+    // The partials, reduced in a fixed order: thread t adds partials t, t + 256, ... in turn, then
+    // a shared-memory tree (strides 128, 64, ..., 1). ref.ternarize_pack repeats this order.
+    double acc = 0.0;
+    for (int i = threadIdx.x; i < n_partials; i += PACK_THREADS) acc += partials[i];
+    red[threadIdx.x] = acc;
+    __syncthreads();
+    for (int st = PACK_THREADS / 2; st > 0; st >>= 1) {
+        if (threadIdx.x < st) red[threadIdx.x] += red[threadIdx.x + st];
+        __syncthreads();
+    }
     if (threadIdx.x == 0) {
-        double sum = 0.0;
-        for (int i = 0; i < n_partials; ++i) sum += partials[i];
-        const float s = (float)(sum / ((double)rows * (double)cols));
+        const float s = (float)(red[0] / ((double)rows * (double)cols));
         s_shared = s <= 3.402823466e38f ? s : __int_as_float(0x7fc00000);
         if (blockIdx.x == 0) scale[0] = s_shared;
     }
