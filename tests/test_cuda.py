@@ -305,3 +305,30 @@ def test_dense_bf16_peaks() -> None:
     assert peaks.dense_bf16_peak("NVIDIA A100-SXM4-80GB") == (312e12, "A100")
     assert peaks.dense_bf16_peak("NVIDIA L40S") == (362e12, "L40S")
     assert peaks.dense_bf16_peak("Tesla T4") is None
+
+
+# ----------------------------------------------------------------------------- training on CUDA: the parts a CPU can check
+
+
+def test_mfu_uses_the_gpus_dense_bf16_peak(monkeypatch) -> None:
+    from nanochat_ternary.model_config import ModelConfig
+    from nanochat_ternary.train import Trainer
+
+    config = ModelConfig(vocab_size=64, dim=32, n_layers=1, n_heads=4, n_kv_heads=2, ffn_hidden=64, max_seq_len=16)
+    trainer = Trainer(config, steps=2, warmup=1, progress=False)
+    trainer.device = "cuda"  # what the CUDA run sees; only the peak lookup runs here
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
+    assert trainer.peak_flops() == 989e12 and trainer.peak_flops_source == "H100 SXM dense bf16"
+    trainer._peak_flops, trainer.peak_flops_source = None, "measured matmul"
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Some Future GPU")
+    monkeypatch.setattr("nanochat_ternary.train.measured_peak_flops", lambda device: 1.25e14)
+    assert trainer.peak_flops() == 1.25e14 and trainer.peak_flops_source == "measured matmul"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_train_cli_device_cuda_without_a_gpu_is_a_clear_error(tmp_path, capsys) -> None:
+    from nanochat_ternary import train
+
+    with pytest.raises(SystemExit):
+        train.main(["--config", "tiny", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--device", "cuda"])
+    assert "no CUDA GPU is available" in capsys.readouterr().err

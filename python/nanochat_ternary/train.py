@@ -460,9 +460,19 @@ class Trainer:
                 f.write(json.dumps({**record, "time": round(time.time(), 3)}) + "\n")
 
     def peak_flops(self) -> float:
-        """The MFU denominator of one process: `peak_flops` as given, else measured once."""
+        """The MFU denominator of one process: `peak_flops` as given; on CUDA the GPU's dense
+        bf16 peak by device name (`cuda.peaks`: H100/H200 SXM 989 TFLOP/s); else measured once."""
         if self._peak_flops is None:
-            self._peak_flops = measured_peak_flops("cpu" if self.device == "cpu" else self.device)
+            known = None
+            if self.device.startswith("cuda"):
+                from .cuda import peaks
+
+                known = peaks.dense_bf16_peak(torch.cuda.get_device_name(torch.device(self.device)))
+            if known is not None:
+                self._peak_flops, label = known
+                self.peak_flops_source = f"{label} dense bf16"
+            else:
+                self._peak_flops = measured_peak_flops("cpu" if self.device == "cpu" else self.device)
         return self._peak_flops
 
     def fit(self, steps: int | None = None) -> list[dict[str, float]]:
@@ -630,7 +640,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cpu, or cuda when a GPU exists")
     p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for libtorch")
     p.add_argument("--peak-flops", type=_positive_float, default=None,
-                   help="peak FLOP/s for MFU (default: a quick measured matmul rate)")
+                   help="peak FLOP/s for MFU (default: the GPU's dense bf16 peak by name on CUDA, else a quick measured matmul rate)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     p.add_argument("--dist-timeout", type=_positive_float, default=ddp.DEFAULT_TIMEOUT_S,
                    help="data-parallel runs (torchrun): seconds a collective waits for the other ranks before "
