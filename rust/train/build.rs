@@ -1,10 +1,33 @@
-//! Test binaries of this crate load libtorch at run time. torch-sys links it
-//! from the venv's torch/lib but sets no rpath for us, so without this
-//! `cargo test -p train` would need LD_LIBRARY_PATH. The Python extension does
-//! not need it: `import torch` has loaded libtorch before `_core` is imported.
+//! 1. Test binaries of this crate load libtorch at run time. torch-sys links it
+//!    from the venv's torch/lib but sets no rpath for us, so without this
+//!    `cargo test -p train` would need LD_LIBRARY_PATH. The Python extension
+//!    does not need it: `import torch` has loaded libtorch before `_core` is
+//!    imported.
+//! 2. Compiles `csrc/bitlinear.cpp` (the CPU BitLinear autograd function, see
+//!    `src/cpu_bitlinear.rs`) against the same libtorch's headers, with the
+//!    C++ ABI torch-sys uses (`LIBTORCH_CXX11_ABI`, default 1 as in every
+//!    torch >= 2.7 wheel).
+use std::path::PathBuf;
+
 fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
-    if let Ok(dir) = std::env::var("DEP_TCH_LIBTORCH_LIB") {
-        println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}");
-    }
+    println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
+    println!("cargo:rerun-if-changed=csrc/bitlinear.cpp");
+    let lib = std::env::var("DEP_TCH_LIBTORCH_LIB")
+        .expect("torch-sys did not report its libtorch lib dir (DEP_TCH_LIBTORCH_LIB)");
+    println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
+    let include = PathBuf::from(&lib).join("..").join("include");
+    let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".to_owned());
+    cc::Build::new()
+        .cpp(true)
+        .pic(true)
+        .warnings(false)
+        .opt_level(2)
+        .include(&include)
+        .include(include.join("torch").join("csrc").join("api").join("include"))
+        .flag("-std=c++17")
+        .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
+        .flag("-DGLOG_USE_GLOG_EXPORT")
+        .file("csrc/bitlinear.cpp")
+        .compile("nct_bitlinear");
 }

@@ -4,33 +4,52 @@
 use std::cell::RefCell;
 
 use tch::nn::{Init, Path};
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use crate::config::{FfnActivation, ModelConfig};
+use crate::cpu_bitlinear::{self, PackedTernary};
 use crate::quant::{bit_linear, bit_linear_prequantized};
 
 /// Ternarized values of a layer's projections, set for the duration of one
-/// optimizer step (see `Transformer::with_quantized_weights`) so every
+/// optimizer step (see `Transformer::with_prequantized`) so every
 /// micro-batch reuses them instead of ternarizing again. `None`: ternarize
-/// on the fly (the plain STE path).
+/// on the fly (the plain STE path). On CPU the values are also packed for
+/// the integer forward of [`crate::cpu_bitlinear`] (once per step).
 #[derive(Debug)]
 struct Prequantized {
     weights: RefCell<Option<Vec<Tensor>>>,
+    /// One entry per weight: its packed forms, or `None` for the fake-quant
+    /// path (CUDA, values that are not t·s, `NCT_QAT_MATMUL=fp32`).
+    packed: RefCell<Vec<Option<PackedTernary>>>,
     /// `false`: the full-precision baseline (`ModelConfig::ternary`).
     ternary: bool,
 }
 
 impl Prequantized {
     fn new(ternary: bool) -> Self {
-        Self { weights: RefCell::new(None), ternary }
+        Self { weights: RefCell::new(None), packed: RefCell::new(Vec::new()), ternary }
     }
 
     fn set(&self, weights: Option<Vec<Tensor>>) {
+        let int8 = self.ternary && cpu_bitlinear::enabled().unwrap_or(false);
+        let packed = match (&weights, int8) {
+            // A packing failure (e.g. a libtorch without oneDNN) keeps the fake-quant path.
+            (Some(weights), true) => weights.iter().map(|w| PackedTernary::pack(w).ok().flatten()).collect(),
+            _ => Vec::new(),
+        };
+        *self.packed.borrow_mut() = packed;
         *self.weights.borrow_mut() = weights;
     }
 
     /// BitLinear of projection number `index`, whose latent weight is `latent`.
     fn linear(&self, x: &Tensor, index: usize, latent: &Tensor) -> Tensor {
+        if let Some(Some(packed)) = self.packed.borrow().get(index) {
+            if x.device() == Device::Cpu && x.kind() == Kind::Float {
+                let weights = self.weights.borrow();
+                let wq = &weights.as_ref().expect("packed weights come with their values")[index];
+                return packed.linear(x, wq).unwrap_or_else(|e| panic!("{e}"));
+            }
+        }
         match (self.weights.borrow().as_ref(), self.ternary) {
             (Some(quantized), true) => bit_linear_prequantized(x, &quantized[index]),
             (None, true) => bit_linear(x, latent),
