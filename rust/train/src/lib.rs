@@ -3,6 +3,8 @@
 //! - [`config`]: model hyper-parameters, JSON presets, validation, parameter count.
 //! - [`quant`]: BitNet b1.58 fake quantization (absmean ternary weights, int8
 //!   per-token activations) with straight-through gradients.
+//! - [`cpu_bitlinear`]: BitLinear on CPU with an int8 forward (oneDNN) and a
+//!   bf16 backward, as a libtorch autograd function (`csrc/bitlinear.cpp`).
 //! - [`layers`], [`mhc_layer`], [`model`]: the transformer (RMSNorm, RoPE, GQA
 //!   attention, SwiGLU/ReLU², BitLinear projections, plain or mHC-lite residual
 //!   streams).
@@ -14,6 +16,7 @@
 mod error;
 
 pub mod config;
+pub mod cpu_bitlinear;
 pub mod distill;
 pub mod layers;
 pub mod mhc_layer;

@@ -138,6 +138,7 @@ impl Transformer {
     /// step and reuses the result for all micro-batches. The default path is
     /// restored afterwards, also when `f` panics.
     pub fn with_prequantized<T>(&self, quantized: &[Tensor], f: impl FnOnce() -> T) -> Result<T> {
+        crate::cpu_bitlinear::enabled()?;
         let expected = self.projection_weights().len();
         if quantized.len() != expected {
             return Err(TrainError::BadInput(format!(
