@@ -10,6 +10,7 @@ mod gguf_io;
 mod kernels_py;
 mod mhc_py;
 mod torch_io;
+mod rl_py;
 mod train_py;
 mod tokens_py;
 mod engine_py;
@@ -25,6 +26,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     mhc_py::register(m)?;
     torch_io::register(m)?;
     train_py::register(m)?;
+    rl_py::register(m)?;
     tokens_py::register(m)?;
     engine_py::register(m)?;
     Ok(())

@@ -32,7 +32,7 @@ fn to_py_err(e: TrainError) -> PyErr {
 }
 
 /// Runs `f`, turning a panic from inside tch into a Python RuntimeError.
-fn guarded<T>(f: impl FnOnce() -> train::Result<T>) -> PyResult<T> {
+pub(crate) fn guarded<T>(f: impl FnOnce() -> train::Result<T>) -> PyResult<T> {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(result) => result.map_err(to_py_err),
         Err(panic) => {
@@ -46,7 +46,7 @@ fn guarded<T>(f: impl FnOnce() -> train::Result<T>) -> PyResult<T> {
     }
 }
 
-fn parse_device(name: &str) -> PyResult<Device> {
+pub(crate) fn parse_device(name: &str) -> PyResult<Device> {
     let device = match name {
         "cpu" => Device::Cpu,
         "cuda" => Device::Cuda(0),
@@ -191,12 +191,12 @@ fn named_parameters<'py>(py: Python<'py>, vs: &VarStore) -> PyResult<Vec<(String
 
 /// Model + Muon/Lion + WSD schedule; see `train::Trainer`.
 #[pyclass(name = "QatTrainer", module = "nanochat_ternary._core")]
-struct QatTrainer {
+pub(crate) struct QatTrainer {
     inner: Mutex<Trainer>,
 }
 
 impl QatTrainer {
-    fn lock(&self) -> PyResult<MutexGuard<'_, Trainer>> {
+    pub(crate) fn lock(&self) -> PyResult<MutexGuard<'_, Trainer>> {
         self.inner
             .lock()
             .map_err(|_| PyRuntimeError::new_err("QatTrainer is unusable: an earlier call panicked while holding it"))
@@ -382,7 +382,7 @@ impl QatTrainer {
     }
 }
 
-fn metrics_dict<'py>(py: Python<'py>, m: &StepMetrics) -> PyResult<Bound<'py, PyDict>> {
+pub(crate) fn metrics_dict<'py>(py: Python<'py>, m: &StepMetrics) -> PyResult<Bound<'py, PyDict>> {
     let dict = PyDict::new(py);
     dict.set_item("step", m.step)?;
     dict.set_item("loss", m.loss)?;

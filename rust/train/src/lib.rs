@@ -10,6 +10,7 @@
 //!   streams).
 //! - [`optim`]: Muon, Lion and the warmup-stable-decay schedule.
 //! - [`distill`]: knowledge distillation from a frozen teacher (α·CE + (1 − α)·T²·KL).
+//! - [`rl`]: the policy-gradient update of RL from verifiable rewards (MaxRL / GRPO).
 //! - [`trainer`]: one optimizer step (gradient accumulation, clipping, entropy
 //!   regularization, weights ternarized once per step) and exact-resume
 //!   checkpoints.
@@ -23,6 +24,7 @@ pub mod mhc_layer;
 pub mod model;
 pub mod optim;
 pub mod quant;
+pub mod rl;
 pub mod trainer;
 
 pub use config::{FfnActivation, ModelConfig, PRESET_NAMES};
