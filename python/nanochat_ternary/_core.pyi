@@ -248,6 +248,21 @@ def train_preset_names() -> list[str]: ...
 def train_validate_config(config_json: str) -> str: ...
 def train_param_count(config_json: str) -> int: ...
 
+# --- RL (rust/bindings/rl_py.rs) ---------------------------------------------------------------
+
+class RlReference:
+    """A frozen policy (a trainer checkpoint's weights) for the RL KL penalty."""
+
+    def __init__(self, path: str, device: str = "cpu") -> None: ...
+
+def rl_step(
+    trainer: QatTrainer,
+    micro_batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]],
+    reference: RlReference | None = None,
+    kl_coef: float = 0.0,
+) -> dict[str, float]:
+    """One policy-gradient step over (tokens, targets, mask, advantages) micro-batches."""
+
 # --- tokens (rust/bindings/tokens_py.rs) ---
 # Byte-level BPE (HF tokenizer.json). Errors: ValueError, OSError for unreadable files.
 # Public API: nanochat_ternary.tokenizer.Tokenizer.

@@ -13,7 +13,8 @@ Everything a step draws is seeded by (seed, step): a run resumed from a
 checkpoint (weights, optimizer moments, RL state) logs what the uninterrupted
 run logs. ``log.jsonl`` holds one record per step (and ``eval`` records);
 ``ckpt-*.safetensors`` are trainer checkpoints whose data state is the RL state;
-``reference.safetensors`` is the starting policy; ``final.gguf`` the exported result.
+``reference.safetensors`` is the starting policy, ``tasks.jsonl`` the run's copy of
+its (verified) tasks, ``tokenizer.json`` its tokenizer; ``final.gguf`` the exported result.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from ..eval.passk import mean_pass_at_k
 from .advantages import ALGOS, group_advantages
 from .rewards import ScoreStats, score
 from .rollouts import Policy, Rollout
-from .tasks import Task, TaskSet, load_tasks
+from .tasks import Task, TaskSet, load_tasks, write_tasks
 
 STATE_FORMAT = "nanochat-ternary-rl/1"
 
@@ -189,8 +190,11 @@ class RLRun:
         if (out / "latest").exists():
             raise ValueError(f"{out} already holds an RL run; resume it or pick another --out")
         out.mkdir(parents=True, exist_ok=True)
+        # The run keeps its own copy of the (verified) tasks, so a resume reads exactly these.
+        write_tasks(tasks.tasks, out / "tasks.jsonl")
+        tasks = load_tasks(out / "tasks.jsonl")
         state = {"format": STATE_FORMAT, "step": 0, "samples": 0, "config": dataclasses.asdict(config),
-                 "tasks": tasks.source, "tasks_sha256": tasks.sha256, "bos_token_id": bos_token_id}  # fmt: skip
+                 "tasks_sha256": tasks.sha256, "bos_token_id": bos_token_id}  # fmt: skip
         tok = tokenizer
         if isinstance(tok, (str, os.PathLike)):
             shutil.copyfile(tok, out / "tokenizer.json")
@@ -211,9 +215,9 @@ class RLRun:
         state = json.loads(data_state)
         if state.get("format") != STATE_FORMAT:
             raise ValueError(f"{path}: not an RL checkpoint (format {state.get('format')!r})")
-        tasks = load_tasks(state["tasks"])
+        tasks = load_tasks(out / "tasks.jsonl")
         if tasks.sha256 != state["tasks_sha256"]:
-            raise ValueError(f"{state['tasks']} changed since the run started (sha256 differs); resuming would not be exact")
+            raise ValueError(f"{out / 'tasks.jsonl'} changed since the run started (sha256 differs); resuming would not be exact")
         config = RLConfig(**state["config"])
         # Drop log records written after the checkpoint (the resumed run writes them again).
         log = out / "log.jsonl"

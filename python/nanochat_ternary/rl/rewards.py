@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .. import _core
-from ..eval.rustc import BINARY_NAME, COMPILE_LIMITS, SOURCE_NAME, compile_rust, rustc_binary
+from ..eval.rustc import BINARY_NAME, COMPILE_LIMITS, SOURCE_NAME, rustc_binary
 from ..eval.sandbox import Limits, run_tool, run_untrusted, sandbox_dir
 from .tasks import Task, truncate
 
@@ -92,7 +92,7 @@ def _batch_source(programs: Sequence[str]) -> tuple[str, list[tuple[int, int]]]:
         "    let nonce = args.get(1).cloned().unwrap_or_default();\n"
         "    let only: Option<usize> = args.get(2).and_then(|a| a.parse().ok());\n"
         "    let table = |i: usize| -> fn() { match i {\n" + calls + "        _ => std::process::exit(3),\n    } };\n"
-        f"    if let Some(i) = only {{ table(i)(); return; }}\n"
+        "    if let Some(i) = only { table(i)(); println!(\"{} {} ok\", nonce, i); return; }\n"
         "    std::panic::set_hook(Box::new(|_| {}));\n"
         f"    for i in 0..{len(programs)} {{\n"
         "        let ok = std::panic::catch_unwind(table(i)).is_ok();\n"
@@ -134,18 +134,38 @@ def _rustc(workdir: Path, source: str, *, binary: bool) -> tuple[int, str, bool]
 
 
 def _single(program: str) -> Check:
-    """Compile and run one program alone (the fallback and reference path)."""
+    """Compile and run one program alone (the fallback path): a one-module batch
+    run with the candidate's index, so success still needs the nonce line printed
+    after the test returned (a body that calls ``exit(0)`` does not pass)."""
     try:
         with sandbox_dir() as workdir:
-            built = compile_rust(program, workdir, binary=True)
-            if not built.ok:
-                return Check("timeout" if built.timed_out else "compile_error", built.stderr[:2000])
-            run = run_untrusted([f"./{BINARY_NAME}"], workdir, RUN_LIMITS)
-            if run.timed_out:
-                return Check("timeout")
-            return Check("pass") if run.returncode == 0 else Check("runtime_error", run.stderr[:2000])
+            source, _ = _batch_source([program])
+            code, stderr, timed_out = _rustc(workdir, source, binary=True)
+            if code != 0:
+                return Check("timeout" if timed_out else "compile_error", _messages(stderr))
+            (workdir / BINARY_NAME).chmod(0o755)
+            return _run_one(workdir, secrets.token_hex(8), 0)
     except Exception as exc:  # a crash of rustc or the sandbox scores 0, never stops the run
         return Check("compile_error", f"harness error: {exc!r}")
+
+
+def _run_one(workdir: Path, nonce: str, index: int) -> Check:
+    run = run_untrusted([f"./{BINARY_NAME}", nonce, str(index)], workdir, RUN_LIMITS)
+    if run.timed_out:
+        return Check("timeout")
+    if run.returncode == 0 and f"{nonce} {index} ok" in run.stdout.splitlines():
+        return Check("pass")
+    return Check("runtime_error", run.stderr[:2000] or f"exit status {run.returncode}")
+
+
+def _messages(stderr: str) -> str:
+    out = []
+    for raw in stderr.splitlines():
+        try:
+            out.append(str(json.loads(raw).get("rendered") or ""))
+        except (json.JSONDecodeError, AttributeError):
+            out.append(raw)
+    return "".join(out)[:2000]
 
 
 def _score_group(programs: list[str], stats: ScoreStats) -> list[Check]:
@@ -172,7 +192,7 @@ def _score_group(programs: list[str], stats: ScoreStats) -> list[Check]:
                         results[i] = _single(programs[i])
                     break
                 for k in sorted(failed):
-                    results[alive[k]] = Check("compile_error", "type check failed")
+                    results[alive[k]] = Check("compile_error", "type check failed in the batch")
                 alive = [i for k, i in enumerate(alive) if k not in failed]
             else:
                 for i in alive:
@@ -204,13 +224,7 @@ def _score_group(programs: list[str], stats: ScoreStats) -> list[Check]:
                             results[i] = Check("runtime_error", "panicked")
                         else:  # lost to a timeout, abort or exit: run it alone
                             stats.fallbacks += 1
-                            one = run_untrusted([f"./{BINARY_NAME}", nonce, str(k)], workdir, RUN_LIMITS)
-                            if one.timed_out:
-                                results[i] = Check("timeout")
-                            elif one.returncode == 0:
-                                results[i] = Check("pass")
-                            else:
-                                results[i] = Check("runtime_error", one.stderr[:2000])
+                            results[i] = _run_one(workdir, nonce, k)
     except Exception as exc:  # harness failure: never stop the run
         for i, r in enumerate(results):
             if r is None:

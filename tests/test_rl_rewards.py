@@ -1,0 +1,139 @@
+"""Rewards of the RL task set (rustc + sandbox), the task loader, and the shipped tasks.
+
+Run: cd tests && ../.venv/bin/python -m pytest -q test_rl_rewards.py
+"""
+
+import json
+import shutil
+from collections import Counter
+
+import pytest
+
+from nanochat_ternary.eval.sandbox import Limits
+from nanochat_ternary.rl import rewards
+from nanochat_ternary.rl.rewards import ScoreStats, score
+from nanochat_ternary.rl.tasks import Task, load_tasks
+
+pytestmark = pytest.mark.skipif(shutil.which("rustc") is None, reason="needs rustc")
+
+
+def _task(name="add_two", body="    x + 2", tests=((1, 3), (-5, -3))) -> Task:
+    asserts = "".join(f"    assert_eq!({name}({a}), {b});\n" for a, b in tests)
+    return Task(name=f"t/{name}", family="add", split="train",
+                prompt=f"/// Returns x plus 2.\nfn {name}(x: i64) -> i64 {{\n", test=f"\nfn main() {{\n{asserts}}}\n",
+                entry_point=name, reference=body, provenance={"source": "test"})
+
+
+def test_outcomes_are_attributed_per_candidate_in_one_batch(monkeypatch):
+    monkeypatch.setattr(rewards, "RUN_LIMITS", Limits(cpu_seconds=2, wall_seconds=3.0))
+    monkeypatch.setattr(rewards, "BATCH_RUN_LIMITS", Limits(cpu_seconds=2, wall_seconds=3.0))
+    t = _task()
+    completions = {
+        "right": "    x + 2\n}\n\nthis text after the function's end is cut",
+        "right2": "    let y = x;\n    y + 1 + 1",
+        "wrong": "    x + 3",
+        "type_error": "    x + \"2\"",
+        "unknown_name": "    x + undefined_thing",
+        "parse_error": "    x + + ) 2",
+        "todo_stub": "    todo!()",
+        "empty_stub": "",
+        "panics": "    panic!(\"no\")",
+        "exits_early": "    std::process::exit(0)",
+        "loops_forever": "    loop {}",
+        "right3": "    2 + x",
+    }
+    stats = ScoreStats()
+    checks = score([(t, c) for c in completions.values()], stats=stats, workers=1)
+    got = dict(zip(completions, (c.outcome for c in checks)))
+    assert got == {
+        "right": "pass", "right2": "pass", "wrong": "runtime_error", "type_error": "compile_error",
+        "unknown_name": "compile_error", "parse_error": "parse_error", "todo_stub": "runtime_error",
+        "empty_stub": "compile_error", "panics": "runtime_error",
+        # exit(0) before the asserts: no success line after the test returned, so no reward.
+        "exits_early": "runtime_error", "loops_forever": "timeout", "right3": "pass",
+    }
+    assert [c.reward for c in checks] == [1.0 if o == "pass" else 0.0 for o in got.values()]
+    # The two compile errors were attributed inside one batch: check, re-check, build (no per-candidate rustc).
+    assert stats.rustc_calls == 3
+    assert stats.candidates == len(completions)
+
+
+def test_truncated_and_non_utf8_score_zero_without_compiling():
+    t = _task()
+    stats = ScoreStats()
+    checks = score([(t, "    x + 2 + 0 * (((((("), (t, "    x + 2\n}"), (t, "    x \ufffd+ 2")],
+                   finished=[False, False, True], stats=stats)
+    assert [c.outcome for c in checks] == ["truncated", "pass", "parse_error"]
+    assert stats.rustc_calls == 2  # only the one finished candidate was compiled (check + build)
+
+
+def test_a_broken_harness_scores_zero_and_does_not_raise(monkeypatch):
+    def boom(*args, **kwargs):
+        raise OSError("sandbox exploded")
+    monkeypatch.setattr(rewards, "run_tool", boom)
+    checks = score([(_task(), "    x + 2")])
+    assert checks[0].reward == 0.0 and "harness error" in checks[0].detail
+
+
+def _write(path, tasks):
+    path.write_text("".join(t.to_json() + "\n" for t in tasks), encoding="utf-8")
+
+
+def test_load_rejects_tasks_whose_reference_fails(tmp_path):
+    good, bad = _task(), _task(name="add_bad", body="    x + 5")
+    _write(tmp_path / "t.jsonl", [good, bad])
+    ts = load_tasks(tmp_path / "t.jsonl", verify=True)
+    assert [t.name for t in ts.tasks] == ["t/add_two"] and ts.rejected == 1 and ts.rejected_names == ["t/add_bad"]
+
+
+@pytest.mark.parametrize("line, message", [
+    ("{not json", "not JSON"),
+    (json.dumps({"name": "x"}), "field 'family'"),
+    (None, "split must be"),
+    (None, "duplicate task name"),
+])
+def test_load_errors_name_the_line(tmp_path, line, message):
+    record = json.loads(_task().to_json())
+    if message == "split must be":
+        record["split"] = "test"
+        line = json.dumps(record)
+    if message == "duplicate task name":
+        line = json.dumps(record) + "\n" + json.dumps(record)
+    (tmp_path / "t.jsonl").write_text(line + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=message):
+        load_tasks(tmp_path / "t.jsonl")
+    (tmp_path / "u.jsonl").write_bytes(b"\xff\xfe")
+    with pytest.raises(ValueError, match="not UTF-8"):
+        load_tasks(tmp_path / "u.jsonl")
+
+
+def test_shipped_task_set():
+    ts = load_tasks()
+    assert len(ts.tasks) >= 2000
+    train, held = set(ts.families("train")), set(ts.families("heldout"))
+    assert len(train) >= 30 and len(held) >= 10 and not train & held
+    assert all(t.provenance.get("source") and t.provenance.get("family") == t.family for t in ts.tasks)
+    assert len({t.name for t in ts.tasks}) == len(ts.tasks)
+    # A sample spread over every family passes with its reference and fails with a stub body.
+    by_family = {}
+    for t in sorted(ts.tasks, key=lambda t: t.name):
+        by_family.setdefault(t.family, t)
+    sample = list(by_family.values())
+    checks = score([(t, t.reference) for t in sample] + [(t, "    todo!()") for t in sample])
+    outcomes = Counter(c.outcome for c in checks[: len(sample)])
+    assert outcomes == {"pass": len(sample)}
+    assert not any(c.reward for c in checks[len(sample):])
+
+
+def test_generator_tests_come_from_running_the_reference():
+    from nanochat_ternary.rl.generator import generate_tasks
+
+    tasks = generate_tasks(per_family=2, seed=7, families=["add_const", "safe_div", "evens", "greeting"])
+    assert len(tasks) == 8
+    add = next(t for t in tasks if t.family == "add_const")
+    k = int(add.reference.split("+")[1])
+    for line in add.test.splitlines():
+        if "assert_eq!" in line:  # assert_eq!(name(A), B) with B = A + k
+            a, b = line.split("(", 2)[2].split(")")[0], line.rsplit(", ", 1)[1].rstrip(");")
+            assert int(b) == int(a) + k
+    assert all(c.outcome == "pass" for c in score([(t, t.reference) for t in tasks]))
