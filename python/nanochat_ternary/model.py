@@ -1,4 +1,4 @@
-"""`TernaryModel`: load an exported ternary model and generate text (CPU, no torch at run time).
+"""`TernaryModel`: load an exported ternary model and generate text (the Rust engine on the CPU, or `device="cuda"`).
 
     from nanochat_ternary import TernaryModel
     model = TernaryModel.from_pretrained("model.gguf")        # or a directory, a zoo name, "org/repo"
@@ -10,7 +10,8 @@
 
 The forward pass, sampling and KV cache run in the Rust engine (`_core.Engine`)
 with the GIL released, so a notebook stays responsive and other Python threads
-run. Prompts are encoded as the file says, as llama.cpp encodes them: the BOS token first when
+run. With ``device="cuda"`` (``.gguf`` models) they run on the GPU instead:
+``nanochat_ternary.cuda.model`` with the CUDA ternary kernels. Prompts are encoded as the file says, as llama.cpp encodes them: the BOS token first when
 the file's ``add_bos_token`` is set (our exports: ``<|endoftext|>``, the document start of the
 training shards), the EOS token last when ``add_eos_token`` is. Streaming decodes incrementally and never yields a broken
 UTF-8 sequence; stop strings are cut before they are yielded.
@@ -187,9 +188,15 @@ class TernaryModel:
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], name: str | None = None, source: str = "local", kv_cache: str = "f16"
+        self,
+        path: str | os.PathLike[str],
+        name: str | None = None,
+        source: str = "local",
+        kv_cache: str = "f16",
+        device: str = "cpu",
     ) -> None:
         """Loads a ``.gguf`` file or an HF-style directory directly (see :meth:`from_pretrained`)."""
+        device = _check_device(device)
         path = Path(path)
         self.path: Path = path
         self.name: str = name or (path.stem if path.is_file() else path.name)
@@ -205,6 +212,19 @@ class TernaryModel:
         e = self._engine
         self._tokens = _Tokens(tokenizer_json, e.bos_token_id, e.eos_token_id, e.add_bos_token, e.add_eos_token)
         self.generation_config: dict[str, Any] = self._read_generation_config()
+        self.device: str = device
+        self._torch: Any = None
+        if device != "cpu":
+            self._use_torch_forward(device)
+
+    def _use_torch_forward(self, device: str) -> None:
+        """Runs logits and generation through ``cuda.model.TorchForward`` on ``device`` (the GPU
+        path; on ``"cpu"`` it runs the CUDA kernels' references, which is how it is tested)."""
+        if not (self.path.is_file() and self.path.suffix == ".gguf"):
+            raise ValueError(f"device={device!r} loads .gguf files; {self.path} is not one (export it with nanochat_ternary.export)")
+        from .cuda.model import TorchForward
+
+        self._torch = TorchForward.from_gguf(self.path, self.config, device)
 
     # ----------------------------------------------------------------------- loading and saving
 
@@ -216,12 +236,16 @@ class TernaryModel:
         cache_dir: str | os.PathLike[str] | None = None,
         local_files_only: bool = False,
         kv_cache: str = "f16",
+        device: str = "cpu",
     ) -> TernaryModel:
         """Load a model from a local ``.gguf`` file or directory, a zoo name, or a Hugging Face
         Hub id (``org/name``; ``revision`` a branch, tag or commit). ``local_files_only=True`` (or
         ``HF_HUB_OFFLINE=1``) reads only the hub cache (``cache_dir`` or the default). Without a
         name, loads the zoo's default model. ``kv_cache``: ``"f16"`` (default, half the memory
         traffic per generated token) or ``"f32"`` (exactly what the training model computes).
+        ``device``: ``"cpu"`` (the Rust engine) or ``"cuda"`` / ``"cuda:N"`` (a ``.gguf`` model on
+        the GPU: the CUDA ternary kernels, a float32 KV cache, torch-seeded sampling); a CUDA
+        device without a GPU raises ValueError.
 
         Raises FileNotFoundError (nothing there / not cached), ValueError (corrupt or foreign
         files, unknown architecture, mismatched tokenizer), ``zoo.ZooChecksumError`` (a zoo file
@@ -236,7 +260,7 @@ class TernaryModel:
                 )
             name_or_path = default
         found = hub.resolve(name_or_path, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
-        return cls(found.path, name=found.name, source=found.source, kv_cache=kv_cache)
+        return cls(found.path, name=found.name, source=found.source, kv_cache=kv_cache, device=device)
 
     def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
         """Copy this model's files into ``directory`` so ``from_pretrained(directory)`` loads it:
@@ -337,6 +361,11 @@ class TernaryModel:
 
     def logits(self, ids: Sequence[int]) -> npt.NDArray[np.float32]:
         """(len(ids), vocab) float32 next-token logits of one causal forward pass."""
+        if self._torch is not None:
+            import torch
+
+            fwd = self._torch
+            return fwd(torch.tensor([int(i) for i in ids], dtype=torch.int64), fwd.new_cache()).cpu().numpy()
         return self._engine.logits([int(i) for i in ids])
 
     def nll(self, ids: Sequence[int]) -> npt.NDArray[np.float64]:
@@ -407,6 +436,10 @@ class TernaryModel:
         for index, (_, params) in enumerate(batches):
             groups.setdefault(params, []).append(index)
         out: list[str] = [""] * len(batches)
+        if self._torch is not None:
+            for index, (ids, params) in enumerate(batches):
+                out[index] = self._text(list(self._token_stream(ids, params)))
+            return out[0] if single else out
         for params, indices in groups.items():
             new_ids = self._engine.generate(
                 [batches[i][0] for i in indices],
@@ -449,7 +482,7 @@ class TernaryModel:
     ) -> Iterator[str]:
         # Stop strings are matched here on the text, not in the engine, so that text
         # held back as a possible stop prefix is released exactly when it isn't one.
-        tokens = self._engine.stream(ids, params.max_new_tokens, stop_ids=self._stop_ids(), **params.engine_kwargs())
+        tokens = self._token_stream(ids, params)
         text = _TextAssembler(self._tokens)
         stop_filter = _StopFilter(stops)
         for token in tokens:
@@ -467,6 +500,13 @@ class TernaryModel:
         _emit(streamer, piece)
         if piece:
             yield piece
+
+    def _token_stream(self, ids: list[int], params: SamplingParams) -> Iterator[int]:
+        if self._torch is not None:
+            from .cuda.model import generate_tokens
+
+            return generate_tokens(self._torch, ids, params.max_new_tokens, self._stop_ids(), **params.engine_kwargs())
+        return self._engine.stream(ids, params.max_new_tokens, stop_ids=self._stop_ids(), **params.engine_kwargs())
 
     def _stop_ids(self) -> list[int]:
         return [] if self._tokens.eos_id is None else [self._tokens.eos_id]
@@ -583,6 +623,25 @@ class TernaryModel:
             if isinstance(loaded, dict):
                 values.update(loaded)
         return values
+
+
+def _check_device(device: Any) -> str:
+    """``"cpu"``, ``"cuda"`` or ``"cuda:N"``; a CUDA device needs a GPU and NVRTC (clear ValueError otherwise)."""
+    if not isinstance(device, str) or not (device == "cpu" or device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit())):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    if device == "cpu":
+        return device
+    import torch
+
+    from .cuda import driver, nvrtc
+
+    if not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but no CUDA GPU is available (torch.cuda.is_available() is False)")
+    if device != "cuda" and int(device[5:]) >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r} requested but there are {torch.cuda.device_count()} CUDA devices")
+    if not nvrtc.available() or not driver.available():
+        raise ValueError(f"device {device!r} needs NVRTC to compile the ternary kernels (the CUDA-enabled torch wheel ships it)")
+    return device
 
 
 def _stop_list(stop: str | Sequence[str] | None) -> list[str]:

@@ -78,6 +78,14 @@ class PackedTernary:
         """int8 ``(rows, cols)`` trits on this matrix's device."""
         return layout.unpack_torch(self.words, self.cols)
 
+    def reference_trits(self) -> torch.Tensor:
+        """The trits as float64 on the CPU, unpacked once (what the CPU references multiply)."""
+        cached = self.__dict__.get("_reference_trits")
+        if cached is None:
+            cached = layout.unpack_torch(self.words.cpu(), self.cols).to(torch.float64)
+            object.__setattr__(self, "_reference_trits", cached)
+        return cached
+
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """``trits * scale`` as ``dtype``."""
         s = self.scale if self.scale.numel() == 1 else self.scale[:, None]
@@ -142,7 +150,7 @@ def matmul(q: torch.Tensor, d: torch.Tensor, w: PackedTernary, gemv_rows: int | 
     if d.shape[0] != tokens or tokens == 0:
         raise ValueError(f"d must have one scale per token ({tokens}), got {d.shape[0]}")
     if w.device.type != "cuda":
-        return ref.ternary_gemm(w.words, q, d, w.scale, w.rows, w.cols)
+        return ref.ternary_gemm(w.words, q, d, w.scale, w.rows, w.cols, w.reference_trits())
     y = torch.empty(tokens, w.rows, dtype=torch.float32, device=w.device)
     per_row = int(w.scale.numel() != 1)
     n_words = w.words.shape[1]

@@ -125,11 +125,20 @@ def ternary_gemv(
 
 
 def ternary_gemm(
-    words: torch.Tensor, q: torch.Tensor, d: torch.Tensor, w_scale: torch.Tensor, rows: int, cols: int
+    words: torch.Tensor,
+    q: torch.Tensor,
+    d: torch.Tensor,
+    w_scale: torch.Tensor,
+    rows: int,
+    cols: int,
+    trits: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``y[m, n] = (float)(sum_k trit[n,k] q[m,k]) * w_scale[n or 0] * d[m]``, float32 ``(tokens, rows)``."""
-    trits = layout.unpack_torch(words.cpu(), cols).to(torch.int64)
-    acc = q.cpu()[:, :cols].to(torch.int64) @ trits.T
+    """``y[m, n] = (float)(sum_k trit[n,k] q[m,k]) * w_scale[n or 0] * d[m]``, float32 ``(tokens, rows)``.
+    ``trits``: the words already unpacked (float64 ``(rows, cols)``), to skip unpacking."""
+    # float64 products of integers below 2^53 are exact, and BLAS runs them far faster than int64.
+    if trits is None:
+        trits = layout.unpack_torch(words.cpu(), cols).to(torch.float64)
+    acc = q.cpu()[:, :cols].to(torch.float64) @ trits.T
     ws = w_scale.cpu().float().reshape(-1)
     ws = ws.expand(rows) if ws.numel() == 1 else ws
     return (acc.to(torch.float32) * ws[None, :]) * d.cpu().float().reshape(-1, 1)
