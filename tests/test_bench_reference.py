@@ -130,8 +130,15 @@ def relative_change_error(theirs: torch.Tensor, ours: torch.Tensor, before: torc
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_optimizer_steps_equal_the_rust_trainer(name):
+def test_optimizer_steps_equal_the_rust_trainer(name, monkeypatch):
     import json
+
+    # The reference is the f32 fake-quant math; the trainer's default CPU
+    # path (int8 forward, bf16 backward: rust/train/src/cpu_bitlinear.rs)
+    # equals it up to bf16 rounding of the gradients, which Lion's sign()
+    # and bf16 Newton-Schulz amplify past these tolerances. That path is
+    # checked against the f32 math in its own tests and by the quality guard.
+    monkeypatch.setenv("NCT_QAT_MATMUL", "fp32")
 
     from nanochat_ternary import _core
     from reference_model import ReferenceTrainer, TrainHyper, newton_schulz_dtype
