@@ -89,7 +89,7 @@ def test_ternarize_reference_equals_the_codec(shape: tuple[int, int]) -> None:
     w = torch.randn(*shape, generator=torch.Generator().manual_seed(shape[0] * 7 + shape[1]))
     trits, scales = codec.quantize(w.numpy())  # per tensor: s = mean|W|, clip(round(w / (s + 1e-5)))
     n = w.numel()
-    partials = max(1, min(ops.N_PARTIALS_MAX, -(-n // 2048)))
+    partials = ops.absmean_partials(n)
     p = ref.absmean_partial(w, partials)
     assert p.dtype == torch.float64 and p.shape == (partials,)
     assert abs(float(p.sum()) - float(w.abs().double().sum())) <= 1e-9 * float(w.abs().double().sum())

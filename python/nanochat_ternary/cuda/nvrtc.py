@@ -10,8 +10,9 @@ for torch 2.11+cu130); :func:`library_path` finds it there, next to torch's own 
 ``NCT_NVRTC`` (an explicit path), or on the system search path. A CPU-only torch wheel has none:
 :func:`available` is False and :func:`compile_ptx` raises :class:`NvrtcUnavailable`.
 
-Kernels are compiled with exact IEEE division/rounding (no ``--use_fast_math``), so their float
-arithmetic is the arithmetic the CPU references in :mod:`.ref` do. Results are cached per
+Kernels are compiled with exact IEEE division/rounding (no ``--use_fast_math``) and without fused
+multiply-adds (``--fmad=false``), so their float arithmetic is the arithmetic the CPU references in
+:mod:`.ref` do. Results are cached per
 (kernel, arch, defines) for the life of the process.
 """
 
@@ -151,7 +152,8 @@ def _compile(name: str, arch: str, defines: tuple[tuple[str, int], ...]) -> str:
         "nvrtcCreateProgram",
     )
     try:
-        options = [f"--gpu-architecture={arch}".encode(), b"--std=c++17", b"-default-device"]
+        # --fmad=false: no a*b+c contraction, so float results equal the CPU references bit for bit.
+        options = [f"--gpu-architecture={arch}".encode(), b"--std=c++17", b"-default-device", b"--fmad=false"]
         options += [f"-D{k}={v}".encode() for k, v in defines]
         array = (ctypes.c_char_p * len(options))(*options)
         result = lib.nvrtcCompileProgram(prog, len(options), array)

@@ -25,13 +25,50 @@ import torch
 
 from . import driver, layout, ref
 
-__all__ = ["PackedTernary", "quantize_activations", "ternarize", "matmul", "linear", "bit_linear", "N_PARTIALS_MAX"]
+__all__ = [
+    "PackedTernary",
+    "quantize_activations",
+    "ternarize",
+    "matmul",
+    "linear",
+    "bit_linear",
+    "N_PARTIALS_MAX",
+    "absmean_partials",
+    "gemv_launch",
+    "gemm_launch",
+    "pack_launch",
+]
 
 N_PARTIALS_MAX = 1024
 """At most this many float64 partial sums in the absmean reduction (a fixed count per shape, not
 per GPU, so the scale does not depend on the device)."""
 
 _MODES = {"qat": ref.MODE_QAT, "engine": ref.MODE_ENGINE}
+GEMV_WARPS = 8
+"""Warps per block of the GEMV."""
+
+Launch = tuple[tuple[int, int, int], tuple[int, int, int]]
+
+
+def absmean_partials(n: int) -> int:
+    """Blocks (= float64 partial sums) of ``absmean_partial`` for ``n`` weights: 8+ weights per
+    thread, at most :data:`N_PARTIALS_MAX` (fixed per shape, so the scale is the same on every GPU)."""
+    return max(1, min(N_PARTIALS_MAX, -(-n // (ref.ABS_THREADS * 8))))
+
+
+def gemv_launch(rows: int, rows_per_warp: int) -> Launch:
+    """(grid, block) of ``ternary_gemv``: 8 warps per block, ``rows_per_warp`` rows per warp."""
+    return (-(-rows // (rows_per_warp * GEMV_WARPS)), 1, 1), (32 * GEMV_WARPS, 1, 1)
+
+
+def gemm_launch(rows: int, tokens: int) -> Launch:
+    """(grid, block) of ``ternary_gemm``: 64 x 64 output tiles, 256 threads."""
+    return (-(-rows // 64), -(-tokens // 64), 1), (256, 1, 1)
+
+
+def pack_launch(rows: int, words: int) -> Launch:
+    """(grid, block) of ``ternarize_pack``: one thread per packed word, 256 per block."""
+    return (-(-(rows * words) // 256), 1, 1), (256, 1, 1)
 _FLOATS = (torch.float32, torch.bfloat16)
 
 
@@ -119,7 +156,7 @@ def ternarize(w: torch.Tensor) -> PackedTernary:
     if rows == 0 or cols == 0:
         raise ValueError(f"w must be non-empty, got shape {tuple(w.shape)}")
     n = rows * cols
-    partials = max(1, min(N_PARTIALS_MAX, -(-n // (ref.ABS_THREADS * 8))))
+    partials = absmean_partials(n)
     if w.device.type != "cuda":
         words, scale = ref.ternarize_pack(w, ref.absmean_partial(w, partials))
         return PackedTernary(words, scale, rows, cols)
@@ -130,8 +167,7 @@ def ternarize(w: torch.Tensor) -> PackedTernary:
     suffix = "f32" if w.dtype == torch.float32 else "bf16"
     _launch("absmean_partial", f"absmean_partial_{suffix}", (partials, 1, 1), (256, 1, 1),
             [w, driver.Long(n), sums], w.device)
-    blocks = -(-(rows * n_words) // 256)
-    _launch("ternarize_pack", f"ternarize_pack_{suffix}", (blocks, 1, 1), (256, 1, 1),
+    _launch("ternarize_pack", f"ternarize_pack_{suffix}", *pack_launch(rows, n_words),
             [w, sums, partials, words, scale, rows, cols, n_words], w.device)
     return PackedTernary(words, scale, rows, cols)
 
@@ -158,13 +194,10 @@ def matmul(q: torch.Tensor, d: torch.Tensor, w: PackedTernary, gemv_rows: int | 
         rows_per_warp = gemv_rows or int(os.environ.get("NCT_GEMV_ROWS", "2"))
         if rows_per_warp not in (1, 2, 4, 8):
             raise ValueError(f"gemv_rows must be 1, 2, 4 or 8, got {rows_per_warp}")
-        warps = 8
-        blocks = -(-w.rows // (rows_per_warp * warps))
-        _launch("ternary_gemv", "ternary_gemv", (blocks, 1, 1), (32 * warps, 1, 1),
+        _launch("ternary_gemv", "ternary_gemv", *gemv_launch(w.rows, rows_per_warp),
                 [w.words, q, d, w.scale, per_row, y, w.rows, n_words], w.device, {"GEMV_ROWS": rows_per_warp})
     else:
-        grid = (-(-w.rows // 64), -(-tokens // 64), 1)
-        _launch("ternary_gemm", "ternary_gemm", grid, (256, 1, 1),
+        _launch("ternary_gemm", "ternary_gemm", *gemm_launch(w.rows, tokens),
                 [w.words, q, d, w.scale, per_row, y, tokens, w.rows, n_words], w.device)
     return y
 
