@@ -93,6 +93,7 @@ def test_kernels_run_on_torchs_current_stream() -> None:
     x = randn(8, 1024, seed=5)
     want = ops.linear(x, ops.ternarize(w.cpu()))
     stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())  # w was made on the default stream
     with torch.cuda.stream(stream):
         xs = x.cuda(non_blocking=False) * 1.0  # produced on the side stream
         packed = ops.ternarize(w)
