@@ -223,6 +223,9 @@ def test_ops_reject_bad_tensors_with_clear_errors() -> None:
         ops.matmul(q, d[:2].contiguous(), packed)
     with pytest.raises(ValueError, match="64 columns"):
         ops.matmul(q[:, :40].contiguous(), d, packed)
+    shifted = torch.zeros(3 * 64 + 1, dtype=torch.int8)[1:].view(3, 64)
+    with pytest.raises(ValueError, match="16-byte boundary"):
+        ops.matmul(shifted, d, packed)
     with pytest.raises(TypeError, match="q must have dtype int8"):
         ops.matmul(q.to(torch.int32), d, packed)
     with pytest.raises(ValueError, match="words of a 8x200 matrix"):

@@ -185,6 +185,9 @@ def matmul(q: torch.Tensor, d: torch.Tensor, w: PackedTernary, gemv_rows: int | 
         raise ValueError(f"q must have {layout.padded_cols(w.cols)} columns (padded {w.cols}), got {q.shape[1]}")
     if d.shape[0] != tokens or tokens == 0:
         raise ValueError(f"d must have one scale per token ({tokens}), got {d.shape[0]}")
+    for name, t in (("q", q), ("words", w.words)):
+        if t.data_ptr() % 16:
+            raise ValueError(f"{name} must start on a 16-byte boundary (the kernels load 16 bytes at a time); pass a fresh tensor or .clone()")
     if w.device.type != "cuda":
         return ref.ternary_gemm(w.words, q, d, w.scale, w.rows, w.cols, w.reference_trits())
     y = torch.empty(tokens, w.rows, dtype=torch.float32, device=w.device)
