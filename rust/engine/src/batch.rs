@@ -22,7 +22,7 @@ use std::sync::Arc;
 use crate::error::{invalid_arg, EngineError, Result};
 use crate::forward::{apply_rope, attention, ffn_block, mhc_sublayer, rms_norm, KvCache};
 use crate::generate::check_request;
-use crate::linear::{forward_many, Input, Linear, Q8_BLOCK};
+use crate::linear::{forward_many, Input};
 use kernels::for_each_chunk;
 use crate::model::{Layer, Model};
 use crate::sampling::{sample, Rng, SamplingParams};
@@ -60,53 +60,14 @@ fn attention_block_batch(model: &Model, layer: &Layer, li: usize, h: &[f32], seg
     layer.wo.forward(&y, total, model.residency)
 }
 
-/// The LM head over `n` rows. A Q8_0 head (the largest matrix a decode step reads: 39 MB of the
-/// nano-125m shape's 60) runs tile by tile of 64 rows, every token per tile, so each weight is
-/// read from memory once per step instead of once per token. Same dot products, bit for bit,
-/// as [`crate::Linear::forward`]; other heads use it directly.
-fn head_product(model: &Model, h: &[f32], n: usize) -> Result<Vec<f32>> {
-    const TILE: usize = 64;
-    let Linear::Q8 { rows, cols, qs, scales } = &model.head else {
-        return model.head.forward(h, n, model.residency);
-    };
-    if n == 1 {
-        return model.head.forward(h, n, model.residency);
-    }
-    let (rows, cols) = (*rows, *cols);
-    let blocks = cols / Q8_BLOCK;
-    if h.len() != n * cols {
-        return Err(EngineError::Numerical(format!("head input has {} values, expected {n} x {cols}", h.len())));
-    }
-    let mut xq = vec![0i8; h.len()];
-    let mut xd = vec![0f32; h.len() / Q8_BLOCK];
-    crate::simd::quantize_q8(h, &mut xq, &mut xd).ok_or_else(|| EngineError::Numerical("non-finite activation before the output head".into()))?;
-    let per_task = rows.div_ceil(4 * kernels::num_threads().max(1)).max(TILE);
-    let mut by_row = vec![0f32; rows * n];
-    for_each_chunk(&mut by_row, per_task * n, |task, block| {
-        let first = task * per_task;
-        let count = block.len() / n;
-        let mut dots = [0f32; TILE];
-        for t0 in (0..count).step_by(TILE) {
-            let m = TILE.min(count - t0);
-            let (w, wd) = (&qs[(first + t0) * cols..][..m * cols], &scales[(first + t0) * blocks..][..m * blocks]);
-            for t in 0..n {
-                crate::simd::q8_dots(w, wd, &xq[t * cols..][..cols], &xd[t * blocks..][..blocks], &mut dots[..m], false);
-                for (i, &v) in dots[..m].iter().enumerate() {
-                    block[(t0 + i) * n + t] = v;
-                }
-            }
-        }
-    });
-    let mut out = vec![0f32; rows * n];
-    for r in 0..rows {
-        for t in 0..n {
-            out[t * rows + r] = by_row[r * n + t];
-        }
-    }
-    Ok(out)
-}
-
 impl Model {
+    /// Logits of `n` final hidden states (row-major `n × dim`, after the output norm): the LM
+    /// head as one product over all rows (a Q8_0 head, the largest matrix a decode step reads,
+    /// reads each row once for all of them, each row's dots bit for bit those of one token).
+    pub fn head_logits(&self, h: &[f32], n: usize) -> Result<Vec<f32>> {
+        self.head.forward(h, n, self.residency)
+    }
+
     /// Runs every segment's tokens as one batch (every block matrix one product over all of
     /// them); returns, per segment, the logits of its last token when it asked for them.
     pub fn forward_batch(&self, segments: &mut [Segment<'_>]) -> Result<Vec<Option<Vec<f32>>>> {
@@ -191,7 +152,7 @@ impl Model {
             return Ok(out);
         }
         rms_norm(&rows, &self.output_norm, eps, &mut h);
-        let logits = head_product(self, &h, rows.len() / d)?;
+        let logits = self.head_logits(&h, rows.len() / d)?;
         if !crate::simd::all_finite(&logits) {
             let i = logits.iter().position(|v| !v.is_finite()).unwrap_or(0);
             return Err(EngineError::Numerical(format!("logit {i} is not finite (overflow in the weights?)")));
@@ -435,12 +396,29 @@ impl Scheduler {
                 }
             }
             Ok(logits) => {
+                let mut pending = Vec::new();
                 for (&(i, take), logits) in members.iter().zip(logits) {
-                    let seq = &mut self.running[i];
-                    seq.fed += take;
-                    let Some(mut logits) = logits else { continue };
-                    let report = seq.logprobs.map(|k| log_probs(&logits, k));
-                    let token = sample(&mut logits, &seq.history, &seq.params, &mut seq.rng);
+                    self.running[i].fed += take;
+                    if let Some(logits) = logits {
+                        pending.push((i, logits));
+                    }
+                }
+                // Sampling (and log-probabilities) of every sequence in parallel on the kernel
+                // team: with a 50k vocabulary it is a real part of a batched step.
+                let mut pending = pending.into_iter().peekable();
+                let mut draws = Vec::new();
+                for (i, seq) in self.running.iter_mut().enumerate() {
+                    if pending.peek().is_some_and(|p| p.0 == i) {
+                        let (_, logits) = pending.next().expect("peeked");
+                        draws.push(Draw { index: i, seq, logits, token: 0, report: None });
+                    }
+                }
+                for_each_chunk(&mut draws, 1, |_, d| {
+                    let d = &mut d[0];
+                    d.report = d.seq.logprobs.map(|k| log_probs(&d.logits, k));
+                    d.token = sample(&mut d.logits, &d.seq.history, &d.seq.params, &mut d.seq.rng);
+                });
+                for Draw { index: i, seq, token, report, .. } in draws {
                     let is_eos = !seq.params.ignore_eos && model.eos_id == Some(token);
                     if is_eos || seq.params.stop_ids.contains(&token) {
                         events.push(SeqEvent { id: seq.id, tokens: Vec::new(), finish: Some(Finish::Stop) });
@@ -472,6 +450,15 @@ impl Scheduler {
         self.reserved -= freed;
         events
     }
+}
+
+/// One sequence's sampling in a step: its logits in, its token (and log-probabilities) out.
+struct Draw<'a> {
+    index: usize,
+    seq: &'a mut Seq,
+    logits: Vec<f32>,
+    token: u32,
+    report: Option<(LogSoftmax, Vec<(u32, f32)>)>,
 }
 
 /// Log-softmax of the raw logits: the whole vector (for the sampled token) and its `k` largest

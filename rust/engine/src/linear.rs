@@ -195,13 +195,8 @@ fn q8_product(qs: &[i8], scales: &[half::f16], rows: usize, cols: usize, n: usiz
         if n == 1 {
             return q8_dots(w, wd, xq, xd, by_row, streamed);
         }
-        let mut dots = vec![0f32; count];
-        for t in 0..n {
-            q8_dots(w, wd, &xq[t * cols..][..cols], &xd[t * blocks..][..blocks], &mut dots, false);
-            for (i, &d) in dots.iter().enumerate() {
-                by_row[i * n + t] = d;
-            }
-        }
+        // Every row read once for all the tokens; each token's dots equal its own GEMV's.
+        q8_dots_tokens(w, wd, xq, xd, n, by_row, streamed);
     })
 }
 
@@ -249,4 +244,4 @@ fn quantize_q8(x: &[f32]) -> Result<(Vec<i8>, Vec<f32>)> {
 }
 
 pub(crate) use crate::simd::dot as dot_f32;
-use crate::simd::q8_dots;
+use crate::simd::{q8_dots, q8_dots_tokens};
