@@ -120,7 +120,6 @@ def bench_gemv(rows: int, cols: int, hbm: float, reps: int) -> dict[str, Any]:
     out["bf16_cublas_us"] = sec * 1e6
     out["bf16_fraction_of_hbm"] = (bf_bytes + 4 * cols + 2 * rows) / sec / hbm
     out["speedup_vs_bf16"] = sec / ternary
-    del mats, wb
     return out
 
 
@@ -151,6 +150,39 @@ def bench_quant(rows: int, cols: int, reps: int, hbm: float) -> dict[str, Any]:
         "shape": f"{rows}x{cols} f32", "act_quant_us": sec_a * 1e6, "act_quant_fraction_of_hbm": a_bytes / sec_a / hbm,
         "ternarize_us": sec_w * 1e6, "ternarize_fraction_of_hbm": w_bytes / sec_w / hbm,
     }
+
+
+def bench_bitlinear(tokens: int, out_dim: int, in_dim: int, reps: int) -> dict[str, Any]:
+    """The fused BitLinear (``ops.bit_linear``: packed ternary + int8 GEMM) against the QAT fake
+    quantization in torch (``reference_model.bit_linear``, what rust/train computes) in bf16 autocast
+    and in float32, forward only and forward + backward."""
+    sys.path.insert(0, __file__.rsplit("/", 1)[0])
+    import reference_model as qat
+
+    g = torch.Generator(device="cuda").manual_seed(3)
+    x = torch.randn(tokens, in_dim, device="cuda", generator=g, requires_grad=True)
+    w = torch.randn(out_dim, in_dim, device="cuda", generator=g, requires_grad=True)
+    grad = torch.randn(tokens, out_dim, device="cuda", generator=g)
+    out: dict[str, Any] = {"shape": f"{tokens}x{in_dim} -> {out_dim}"}
+
+    def fwd_bwd(f: Callable[[], torch.Tensor]) -> None:
+        f().backward(grad)
+
+    with torch.no_grad():
+        out["fused_fwd_us"] = timed(lambda i: ops.bit_linear(x, w), 1, reps)[0] * 1e6
+        out["fake_quant_f32_fwd_us"] = timed(lambda i: qat.bit_linear(x, w), 1, reps)[0] * 1e6
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out["fake_quant_bf16_fwd_us"] = timed(lambda i: qat.bit_linear(x, w), 1, reps)[0] * 1e6
+    # Backward passes allocate and accumulate gradients: timed as plain launches, best of a few.
+    for name, f in (("fused", lambda: ops.bit_linear(x, w)), ("fake_quant_f32", lambda: qat.bit_linear(x, w))):
+        fwd_bwd(f)
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(max(3, reps // 10)):
+            fwd_bwd(f)
+        torch.cuda.synchronize()
+        out[f"{name}_fwd_bwd_us"] = (time.perf_counter() - start) / max(3, reps // 10) * 1e6
+    return out
 
 
 def bench_train(steps: int, batch: int, seq: int) -> dict[str, Any]:
@@ -226,6 +258,14 @@ def main(argv: list[str] | None = None) -> int:
     q = results["quant"][0]
     print(f"  {q['shape']}: act_quant {q['act_quant_us']:.1f}us ({q['act_quant_fraction_of_hbm']:.2f}) | "
           f"ternarize {q['ternarize_us']:.1f}us ({q['ternarize_fraction_of_hbm']:.2f})")
+    print("\nBitLinear forward (and forward + backward): fused kernels vs the QAT fake quant in torch")
+    results["bitlinear"] = []
+    for tokens, out_dim, in_dim in ((8192, 2048, 768), (8192, 768, 2048)):
+        b = bench_bitlinear(tokens, out_dim, in_dim, max(10, reps // 5))
+        results["bitlinear"].append(b)
+        print(f"  {b['shape']:>20}  fused {b['fused_fwd_us']:.0f}us | fake-quant f32 {b['fake_quant_f32_fwd_us']:.0f}us, "
+              f"bf16 {b['fake_quant_bf16_fwd_us']:.0f}us | fwd+bwd fused {b['fused_fwd_bwd_us']:.0f}us, "
+              f"fake-quant f32 {b['fake_quant_f32_fwd_bwd_us']:.0f}us")
     if not args.no_train:
         print("\nTraining nano-125m (bf16 autocast)")
         t = bench_train(args.train_steps, args.train_batch, 1024)
