@@ -213,10 +213,81 @@ def bench_train(steps: int, batch: int, seq: int) -> dict[str, Any]:
     }
 
 
+def section(results: dict[str, Any], name: str, path: str | None, fn: Callable[[], Any]) -> None:
+    """Runs one section; a failure is printed and recorded, and the next section still runs.
+    The JSON is rewritten after every section, so a timeout keeps what was measured."""
+    try:
+        results[name] = fn()
+    except Exception as e:  # noqa: BLE001 - a benchmark section must not take the others down
+        import traceback
+
+        traceback.print_exc()
+        results[name] = {"error": f"{type(e).__name__}: {e}"}
+    sys.stdout.flush()
+    if path:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=1)
+
+
+def run_gemv(shapes: list[tuple[int, int]], hbm: float, reps: int) -> list[dict[str, Any]]:
+    print("\nGEMV (1 token): ternary us / GB/s per rows-per-warp; best as a fraction of HBM; bf16 cuBLAS; speedup")
+    out = []
+    for rows, cols in shapes:
+        r = bench_gemv(rows, cols, hbm, reps)
+        out.append(r)
+        variants = "  ".join(f"r{k} {r[f'ternary_rows{k}_us']:.1f}us/{r[f'ternary_rows{k}_GBps']:.0f}" for k in (1, 2, 4, 8))
+        print(f"  {r['shape']:>11}  {variants}  | best {r['ternary_fraction_of_hbm']:.2f} HBM | bf16 "
+              f"{r['bf16_cublas_us']:.1f}us ({r['bf16_fraction_of_hbm']:.2f} HBM) | {r['speedup_vs_bf16']:.2f}x [{r['timing']}]",
+              flush=True)
+    return out
+
+
+def run_gemm(shapes: list[tuple[int, int]], tokens_list: tuple[int, ...], reps: int) -> list[dict[str, Any]]:
+    print("\nGEMM: ternary int8 vs bf16 cuBLAS")
+    out = []
+    for rows, cols in shapes:
+        for tokens in tokens_list:
+            r = bench_gemm(rows, cols, tokens, reps)
+            out.append(r)
+            print(f"  {r['shape']:>26}  ternary {r['ternary_us']:8.1f}us {r['ternary_TOPS']:6.1f} TOPS | bf16 "
+                  f"{r['bf16_cublas_us']:8.1f}us {r['bf16_TFLOPS']:6.1f} TFLOPS | {r['speedup_vs_bf16']:.2f}x", flush=True)
+    return out
+
+
+def run_quant(hbm: float, reps: int) -> dict[str, Any]:
+    print("\nQAT forward helpers (fraction of HBM)")
+    q = bench_quant(8192, 4096, reps, hbm)
+    print(f"  {q['shape']}: act_quant {q['act_quant_us']:.1f}us ({q['act_quant_fraction_of_hbm']:.2f}) | "
+          f"ternarize {q['ternarize_us']:.1f}us ({q['ternarize_fraction_of_hbm']:.2f})")
+    return q
+
+
+def run_bitlinear(reps: int) -> list[dict[str, Any]]:
+    print("\nBitLinear forward (and forward + backward): fused kernels vs the QAT fake quant in torch")
+    out = []
+    for tokens, out_dim, in_dim in ((8192, 2048, 768), (8192, 768, 2048)):
+        b = bench_bitlinear(tokens, out_dim, in_dim, reps)
+        out.append(b)
+        print(f"  {b['shape']:>20}  fused {b['fused_fwd_us']:.0f}us | fake-quant f32 {b['fake_quant_f32_fwd_us']:.0f}us, "
+              f"bf16 {b['fake_quant_bf16_fwd_us']:.0f}us | fwd+bwd fused {b['fused_fwd_bwd_us']:.0f}us, "
+              f"fake-quant f32 {b['fake_quant_f32_fwd_bwd_us']:.0f}us", flush=True)
+    return out
+
+
+def run_train(steps: int, batch: int) -> dict[str, Any]:
+    print("\nTraining nano-125m (bf16 autocast)")
+    t = bench_train(steps, batch, 1024)
+    table = f"{100 * t['mfu_vs_table_peak']:.1f}% of {t['peak_table']} dense bf16" if t["peak_table"] else "no table peak"
+    print(f"  {t['tokens_per_s']:,.0f} tok/s (batch {t['batch']} x {t['seq']}) | MFU {table} | "
+          f"{100 * t['mfu_vs_measured_matmul']:.1f}% of measured bf16 matmul ({t['measured_bf16_matmul_TFLOPS']:.0f} TFLOPS)",
+          flush=True)
+    return t
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="fewer shapes and repetitions (the GPU check script)")
-    p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--json", default=None, help="also write the results here (rewritten after every section)")
     p.add_argument("--no-train", action="store_true", help="skip the training section")
     p.add_argument("--train-steps", type=int, default=6)
     p.add_argument("--train-batch", type=int, default=16)
@@ -232,50 +303,18 @@ def main(argv: list[str] | None = None) -> int:
     hbm = hbm_bandwidth()
     results["hbm_copy_GBps"] = hbm / 1e9
     print(f"device {name} ({driver.arch_of(0)}), torch {torch.__version__}")
-    print(f"HBM device-to-device copy: {hbm / 1e9:,.0f} GB/s")
+    print(f"HBM device-to-device copy: {hbm / 1e9:,.0f} GB/s", flush=True)
     reps = 50 if args.quick else 200
     shapes = [(4096, 4096), (11008, 4096), (4096, 11008)] if args.quick else [
         (2048, 2048), (4096, 4096), (11008, 4096), (4096, 11008), (8192, 8192), (50257, 768), (768, 2048), (2048, 768)]
-    print("\nGEMV (1 token): ternary us / GB/s per rows-per-warp; best as a fraction of HBM; bf16 cuBLAS; speedup")
-    results["gemv"] = []
-    for rows, cols in shapes:
-        r = bench_gemv(rows, cols, hbm, reps)
-        results["gemv"].append(r)
-        variants = "  ".join(f"r{k} {r[f'ternary_rows{k}_us']:.1f}us/{r[f'ternary_rows{k}_GBps']:.0f}" for k in (1, 2, 4, 8))
-        print(f"  {r['shape']:>11}  {variants}  | best {r['ternary_fraction_of_hbm']:.2f} HBM | bf16 "
-              f"{r['bf16_cublas_us']:.1f}us ({r['bf16_fraction_of_hbm']:.2f} HBM) | {r['speedup_vs_bf16']:.2f}x [{r['timing']}]")
-    print("\nGEMM: ternary int8 vs bf16 cuBLAS")
-    results["gemm"] = []
     gemm_tokens = (16, 128, 512) if args.quick else (16, 64, 128, 512, 2048)
-    for rows, cols in shapes[:3]:
-        for tokens in gemm_tokens:
-            r = bench_gemm(rows, cols, tokens, max(10, reps // 5))
-            results["gemm"].append(r)
-            print(f"  {r['shape']:>26}  ternary {r['ternary_us']:8.1f}us {r['ternary_TOPS']:6.1f} TOPS | bf16 "
-                  f"{r['bf16_cublas_us']:8.1f}us {r['bf16_TFLOPS']:6.1f} TFLOPS | {r['speedup_vs_bf16']:.2f}x")
-    print("\nQAT forward helpers (fraction of HBM)")
-    results["quant"] = [bench_quant(8192, 4096, max(10, reps // 5), hbm)]
-    q = results["quant"][0]
-    print(f"  {q['shape']}: act_quant {q['act_quant_us']:.1f}us ({q['act_quant_fraction_of_hbm']:.2f}) | "
-          f"ternarize {q['ternarize_us']:.1f}us ({q['ternarize_fraction_of_hbm']:.2f})")
-    print("\nBitLinear forward (and forward + backward): fused kernels vs the QAT fake quant in torch")
-    results["bitlinear"] = []
-    for tokens, out_dim, in_dim in ((8192, 2048, 768), (8192, 768, 2048)):
-        b = bench_bitlinear(tokens, out_dim, in_dim, max(10, reps // 5))
-        results["bitlinear"].append(b)
-        print(f"  {b['shape']:>20}  fused {b['fused_fwd_us']:.0f}us | fake-quant f32 {b['fake_quant_f32_fwd_us']:.0f}us, "
-              f"bf16 {b['fake_quant_bf16_fwd_us']:.0f}us | fwd+bwd fused {b['fused_fwd_bwd_us']:.0f}us, "
-              f"fake-quant f32 {b['fake_quant_f32_fwd_bwd_us']:.0f}us")
+    few = max(10, reps // 5)
+    section(results, "gemv", args.json, lambda: run_gemv(shapes, hbm, reps))
     if not args.no_train:
-        print("\nTraining nano-125m (bf16 autocast)")
-        t = bench_train(args.train_steps, args.train_batch, 1024)
-        results["train"] = t
-        table = f"{100 * t['mfu_vs_table_peak']:.1f}% of {t['peak_table']} dense bf16" if t["peak_table"] else "no table peak"
-        print(f"  {t['tokens_per_s']:,.0f} tok/s (batch {t['batch']} x {t['seq']}) | MFU {table} | "
-              f"{100 * t['mfu_vs_measured_matmul']:.1f}% of measured bf16 matmul ({t['measured_bf16_matmul_TFLOPS']:.0f} TFLOPS)")
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=1)
+        section(results, "train", args.json, lambda: run_train(args.train_steps, args.train_batch))
+    section(results, "gemm", args.json, lambda: run_gemm(shapes[:3], gemm_tokens, few))
+    section(results, "bitlinear", args.json, lambda: run_bitlinear(few))
+    section(results, "quant", args.json, lambda: run_quant(hbm, few))
     return 0
 
 
