@@ -183,6 +183,13 @@ class TorchForward:
             m = m[1]
         return x @ m.T
 
+    def _linear_many(self, ms: list[Any], x: torch.Tensor) -> list[torch.Tensor]:
+        """Several products of one input: ternary matrices share one activation quantization."""
+        if all(isinstance(m, ops.PackedTernary) for m in ms):
+            q, d = ops.quantize_activations(x, "engine")
+            return [ops.matmul(q, d, m) for m in ms]
+        return [self._linear(m, x) for m in ms]
+
     def _rms_norm(self, x: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
         ms = (x * x).sum(-1, keepdim=True) / x.shape[-1]
         return x * (1.0 / torch.sqrt(ms + self.config.norm_eps)) * gain
@@ -198,9 +205,9 @@ class TorchForward:
     def _attention(self, layer: _Layer, li: int, h: torch.Tensor, cache: KvCache) -> torch.Tensor:
         c = self.config
         t, hd, pos0 = h.shape[0], c.head_dim, cache.length
-        q = self._rope(self._linear(layer.wq, h), c.n_heads, pos0)
-        k = self._rope(self._linear(layer.wk, h), c.n_kv_heads, pos0)
-        v = self._linear(layer.wv, h)
+        q, k, v = self._linear_many([layer.wq, layer.wk, layer.wv], h)
+        q = self._rope(q, c.n_heads, pos0)
+        k = self._rope(k, c.n_kv_heads, pos0)
         k = k.view(t, c.n_kv_heads, hd).transpose(0, 1)
         v = v.view(t, c.n_kv_heads, hd).transpose(0, 1)
         if li == len(cache.keys):
@@ -223,8 +230,8 @@ class TorchForward:
 
     def _ffn(self, layer: _Layer, h: torch.Tensor) -> torch.Tensor:
         if layer.gate is not None:
-            g = self._linear(layer.gate, h)
-            hidden = torch.nn.functional.silu(g) * self._linear(layer.up, h)
+            g, u = self._linear_many([layer.gate, layer.up], h)
+            hidden = torch.nn.functional.silu(g) * u
         else:
             u = self._linear(layer.up, h).clamp_min(0)
             hidden = u * u
