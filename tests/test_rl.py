@@ -9,7 +9,6 @@ prompt asks for.
 Run: cd tests && ../.venv/bin/python -m pytest -q test_rl.py
 """
 
-import dataclasses
 import json
 import random
 import shutil
@@ -178,3 +177,33 @@ def test_cli_trains_logs_evaluates_and_exports(base, tmp_path):
     assert rl_main(args) == 2  # the run exists: resume it or pick another --out
     assert rl_main(["--out", str(out), "--resume", "--no-progress"]) == 0
     assert rl_main(["--out", str(tmp_path / "none"), "--resume"]) == 2
+
+
+def test_start_from_a_gguf_export_and_sft_warm_start(base, tmp_path):
+    """A model shipped only as GGUF (like rust-tiny) starts RL as exactly itself; the SFT warm start
+    lowers the completion CE of the train tasks."""
+    from nanochat_ternary.export import export_gguf
+    from nanochat_ternary.rl.loop import trainer_from_gguf
+    from nanochat_ternary.rl.rollouts import _Exportable
+    from nanochat_ternary.rl.sft import run_sft
+
+    ckpt, _, tok = base
+    trainer = trainer_from_checkpoint(ckpt, _config())
+    export_gguf(_Exportable(trainer, CONFIG), tok, tmp_path / "base.gguf", bos_token_id=tok.bos_id)
+    original = TernaryModel(tmp_path / "base.gguf", kv_cache="f32")
+    policy = Policy(trainer_from_gguf(tmp_path / "base.gguf", _config()), tok, tok.bos_id)
+    ids = original.encode(TASKS[1].prompt + "    7\n}")
+    assert (policy.model.logits(ids) == original.logits(ids)).all()
+    policy.close()
+    with pytest.raises(ValueError, match="nct.config"):
+        from nanochat_ternary.gguf import GGUFWriter
+
+        w = GGUFWriter(tmp_path / "foreign.gguf", arch="llama")
+        w.add_uint32("llama.block_count", 1)
+        w.write()
+        trainer_from_gguf(tmp_path / "foreign.gguf", _config())
+    run_sft(str(tmp_path / "base.gguf"), TASKS[:4], tmp_path / "sft", steps=6, batch=8, lr_muon=0.02, lr_lion=1e-3,
+            progress=False)  # fmt: skip
+    summary = json.loads((tmp_path / "sft" / "sft.json").read_text())
+    assert summary["ce_last"] < summary["ce_first"]
+    assert (tmp_path / "sft" / "sft.safetensors").is_file() and TernaryModel(tmp_path / "sft" / "sft.gguf")

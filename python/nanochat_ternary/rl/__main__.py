@@ -4,6 +4,7 @@
     python -m nanochat_ternary.rl --out runs/rl --resume
     python -m nanochat_ternary.rl generate --out python/nanochat_ternary/rl/data/tasks.jsonl
     python -m nanochat_ternary.rl eval --model runs/rl/final.gguf --split heldout --samples 8
+    python -m nanochat_ternary.rl sft --model MODEL.gguf --out runs/sft     # warm start on train families
 
 Training logs to ``OUT/log.jsonl`` (mean reward, pass rate, compile rate, KL,
 entropy, rollouts/s, checks/s per step; held-out pass@k every --eval-every
@@ -149,16 +150,42 @@ def _eval(argv: Sequence[str]) -> int:
     p.add_argument("--workers", type=_positive, default=2)
     args = p.parse_args(argv)
     tasks = eval_subset(load_tasks(args.tasks).split(args.split), args.limit)
-    policy = Policy.__new__(Policy)
-    policy.model = TernaryModel.from_pretrained(args.model, kv_cache="f32")
+    policy = Policy.from_model(TernaryModel.from_pretrained(args.model, kv_cache="f32"))
     result = evaluate(policy, tasks, args.samples, max_new_tokens=args.max_new_tokens,
                       temperature=args.temperature, workers=args.workers)  # fmt: skip
     print(json.dumps({"model": args.model, "split": args.split, **result}))
     return 0
 
 
+def _sft(argv: Sequence[str]) -> int:
+    from .sft import run_sft
+
+    p = argparse.ArgumentParser(prog="python -m nanochat_ternary.rl sft",
+                                description="Warm start: fine-tune on the train families' references.")  # fmt: skip
+    p.add_argument("--model", required=True, help="GGUF export or trainer checkpoint / run directory")
+    p.add_argument("--tasks")
+    p.add_argument("--out", required=True)
+    p.add_argument("--steps", type=_positive, default=200)
+    p.add_argument("--batch", type=_positive, default=32)
+    p.add_argument("--lr-muon", type=float, default=5e-3)
+    p.add_argument("--lr-lion", type=float, default=2e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=_positive, default=None)
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tasks = load_tasks(args.tasks).split("train")
+    path = run_sft(args.model, tasks, args.out, args.steps, args.batch, args.lr_muon, args.lr_lion, args.seed,
+                   progress=not args.no_progress)  # fmt: skip
+    print(f"wrote {path} ({args.out}/sft.gguf, tokenizer.json, sft.json)")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "sft":
+        return _sft(argv[1:])
     if argv and argv[0] == "generate":
         return _generate(argv[1:])
     if argv and argv[0] == "eval":

@@ -73,6 +73,17 @@ class Policy:
         self.sync_seconds = 0.0
         self.sync()
 
+    @classmethod
+    def from_model(cls, model: TernaryModel, *, max_batch: int = 64) -> Policy:
+        """A fixed policy (no trainer, no sync) sampling from an already loaded model."""
+        policy = cls.__new__(cls)
+        policy.trainer = None
+        policy.model = model
+        policy.max_batch = max_batch
+        policy.path = Path(model.path)
+        policy.sync_seconds = 0.0
+        return policy
+
     def sync(self) -> None:
         """Export the trainer's current weights (in memory) and reload the engine from them."""
         from ..export import export_gguf
@@ -83,8 +94,9 @@ class Policy:
         self.sync_seconds = time.monotonic() - start
 
     def close(self) -> None:
-        self.model = None
-        self.path.unlink(missing_ok=True)
+        if self.trainer is not None:  # only the exported copy is ours to delete
+            self.model = None
+            self.path.unlink(missing_ok=True)
 
     def __del__(self) -> None:
         try:
