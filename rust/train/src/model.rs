@@ -71,6 +71,9 @@ pub struct Transformer {
     blocks: Vec<Block>,
     final_norm: RmsNorm,
     rope: Rope,
+    /// LM head as a bf16 matmul (set by [`Self::with_prequantized`] on CPU
+    /// with the int8 BitLinear path, see [`crate::cpu_bitlinear`]).
+    bf16_head: std::cell::Cell<bool>,
 }
 
 impl Transformer {
@@ -94,6 +97,7 @@ impl Transformer {
             blocks,
             final_norm: RmsNorm::new(p.sub("final_norm"), d, config.norm_eps),
             rope: Rope::new(config, p.device()),
+            bf16_head: std::cell::Cell::new(false),
         })
     }
 
@@ -138,7 +142,7 @@ impl Transformer {
     /// step and reuses the result for all micro-batches. The default path is
     /// restored afterwards, also when `f` panics.
     pub fn with_prequantized<T>(&self, quantized: &[Tensor], f: impl FnOnce() -> T) -> Result<T> {
-        crate::cpu_bitlinear::enabled()?;
+        let int8 = crate::cpu_bitlinear::enabled()?;
         let expected = self.projection_weights().len();
         if quantized.len() != expected {
             return Err(TrainError::BadInput(format!(
@@ -146,16 +150,18 @@ impl Transformer {
                 quantized.len()
             )));
         }
-        struct Restore<'a>(&'a [Block]);
+        struct Restore<'a>(&'a [Block], &'a std::cell::Cell<bool>);
         impl Drop for Restore<'_> {
             fn drop(&mut self) {
+                self.1.set(false);
                 for block in self.0 {
                     block.attn.set_prequantized(None);
                     block.mlp.set_prequantized(None);
                 }
             }
         }
-        let _restore = Restore(&self.blocks);
+        let _restore = Restore(&self.blocks, &self.bf16_head);
+        self.bf16_head.set(int8 && self.config.ternary && self.embed.device() == Device::Cpu);
         let mut rest = quantized;
         for block in &self.blocks {
             let (n_attn, n_mlp) = (block.attn.projections().len(), block.mlp.projections().len());
@@ -230,9 +236,16 @@ impl Transformer {
     /// [`Self::forward`] for tokens already validated with
     /// [`Self::check_tokens`] (e.g. on the host before the copy to a GPU,
     /// where each check would otherwise synchronize with the device).
+    /// Inside [`Self::with_prequantized`] on CPU with the int8 BitLinear path
+    /// ([`crate::cpu_bitlinear`]) the LM head is a bf16 matmul: bf16 logits,
+    /// as under autocast (losses take their log-softmax in f32).
     pub fn forward_prechecked(&self, tokens: &Tensor) -> Tensor {
         let x = self.hidden(tokens, None);
-        x.matmul(&self.head.as_ref().unwrap_or(&self.embed).tr())
+        let head = self.head.as_ref().unwrap_or(&self.embed);
+        if self.bf16_head.get() && x.kind() == Kind::Float {
+            return x.to_kind(Kind::BFloat16).matmul(&head.to_kind(Kind::BFloat16).tr());
+        }
+        x.matmul(&head.tr())
     }
 
     /// Mean next-token cross-entropy of `targets` (same shape as `tokens`).
@@ -344,10 +357,17 @@ mod tests {
         let cached = model
             .with_prequantized(&quantized, || model.forward(&tokens).unwrap())
             .unwrap();
-        assert!(plain.allclose(&cached, 1e-6, 1e-6, false));
+        // On CPU the prequantized path is the int8 BitLinear with a bf16 LM
+        // head: equal up to bf16 rounding of the logits (8 significant bits).
+        let int8 = crate::cpu_bitlinear::enabled().unwrap();
+        assert_eq!(cached.kind(), if int8 { Kind::BFloat16 } else { Kind::Float });
+        let cached = cached.to_kind(Kind::Float);
+        let tolerance = if int8 { 1e-2 * plain.abs().max().double_value(&[]) } else { 1e-6 };
+        assert!(plain.allclose(&cached, 1e-6, tolerance, false));
         // Cleared afterwards: zero "quantized" weights would change the output.
         let zeros: Vec<Tensor> = quantized.iter().map(Tensor::zeros_like).collect();
         let zeroed = model.with_prequantized(&zeros, || model.forward(&tokens).unwrap()).unwrap();
+        let zeroed = zeroed.to_kind(Kind::Float);
         assert!(!plain.allclose(&zeroed, 1e-3, 1e-3, false));
         assert!(plain.allclose(&model.forward(&tokens).unwrap(), 0.0, 0.0, false));
         assert!(model.with_prequantized(&quantized[1..], || ()).is_err());

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 mod common;
 
-use common::{batch, hyper, serial};
+use common::{batch, hyper, serial, MatmulPath};
 use tch::{Device, Kind, Tensor};
 use train::trainer::{clip_grad_norm, read_checkpoint_weights};
 use train::{ModelConfig, TrainHyper, Trainer};
@@ -32,6 +32,7 @@ fn max_diff(a: &BTreeMap<String, Tensor>, b: &BTreeMap<String, Tensor>) -> f64 {
 #[test]
 fn prequantized_gradients_equal_the_plain_ste_gradients() {
     let _serial = serial();
+    let _path = MatmulPath::set("fp32");
     for streams in [1, 2] {
         let trainer = Trainer::new(&config(streams), hyper(), Device::Cpu).unwrap();
         let (x, y) = batch(1, 3, 12);
@@ -58,8 +59,31 @@ fn prequantized_gradients_equal_the_plain_ste_gradients() {
 }
 
 #[test]
+fn int8_path_gradients_equal_the_f32_path_up_to_bf16() {
+    // The default CPU path (int8 forward, bf16 backward and LM head) against
+    // the fake-quant f32 path on the same weights and batch.
+    let _serial = serial();
+    let trainer = Trainer::new(&config(2), hyper(), Device::Cpu).unwrap();
+    let (x, y) = batch(4, 3, 12);
+    let run = |mode: &str| {
+        let _path = MatmulPath::set(mode);
+        trainer.gradients(&[(x.shallow_clone(), y.shallow_clone())]).unwrap()
+    };
+    let (int8, f32) = (run("int8"), run("fp32"));
+    assert!((int8.ce - f32.ce).abs() < 1e-2 * f32.ce, "CE {} vs {}", int8.ce, f32.ce);
+    let flat = |g: &[Tensor]| Tensor::cat(&g.iter().map(|t| t.flatten(0, -1)).collect::<Vec<_>>(), 0);
+    let (a, b) = (flat(&int8.grads), flat(&f32.grads));
+    let rel = (&a - &b).norm().double_value(&[]) / b.norm().double_value(&[]);
+    assert!(rel > 0.0 && rel < 2e-2, "relative gradient difference {rel}");
+    let _bad = MatmulPath::set("int4");
+    let err = trainer.gradients(&[(x.shallow_clone(), y.shallow_clone())]).unwrap_err().to_string();
+    assert!(err.contains("NCT_QAT_MATMUL") && err.contains("fp32"), "{err}");
+}
+
+#[test]
 fn two_half_micro_batches_equal_one_batch() {
     let _serial = serial();
+    let _path = MatmulPath::set("fp32");
     let (x, y) = batch(2, 4, 10);
     let mut whole = Trainer::new(&config(2), hyper(), Device::Cpu).unwrap();
     let mut halves = Trainer::new(&config(2), hyper(), Device::Cpu).unwrap();

@@ -46,3 +46,22 @@ pub fn batch(seed: i64, b: i64, t: i64) -> (Tensor, Tensor) {
     let seq = Tensor::randint(64, [b, t + 1], (Kind::Int64, Device::Cpu));
     (seq.narrow(1, 0, t).contiguous(), seq.narrow(1, 1, t).contiguous())
 }
+
+/// Sets `NCT_QAT_MATMUL` (the CPU BitLinear path, see `train::cpu_bitlinear`) for the caller's
+/// scope; take [`serial`] first. `fp32` pins the fake-quant f32 matmuls where a test compares
+/// against the plain STE path to float rounding (the default int8/bf16 path differs by bf16
+/// roundings of the gradients).
+pub struct MatmulPath;
+
+impl MatmulPath {
+    pub fn set(mode: &str) -> Self {
+        std::env::set_var(train::cpu_bitlinear::MATMUL_ENV, mode);
+        MatmulPath
+    }
+}
+
+impl Drop for MatmulPath {
+    fn drop(&mut self) {
+        std::env::remove_var(train::cpu_bitlinear::MATMUL_ENV);
+    }
+}
