@@ -126,6 +126,15 @@ def test_engine_activation_reference_equals_the_cpu_kernels(shape: tuple[int, in
     np.testing.assert_array_equal(d.numpy(), dk)
 
 
+def test_engine_activation_reference_rounds_like_the_cpu_kernels_on_many_tokens() -> None:
+    # bf16-valued activations hit the cases where 127 / m and m.reciprocal() * 127 round apart.
+    x = (torch.randn(300, 333, generator=torch.Generator().manual_seed(11)) * 3).to(torch.bfloat16).float()
+    q, d = ref.act_quant(x, ref.MODE_ENGINE)
+    qk, dk = kernels.quantize_activations(x.numpy())
+    np.testing.assert_array_equal(q[:, :333].numpy(), qk)
+    np.testing.assert_array_equal(d.numpy(), dk)
+
+
 @pytest.mark.parametrize("shape", [(1, 1), (3, 17), (19, 201), (4, 1000)])
 def test_qat_activation_reference_equals_the_fake_quant(shape: tuple[int, int]) -> None:
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(shape[1] + 1)) * 2

@@ -139,3 +139,64 @@ def test_gemm_kernel(shape, tokens):
     args = [aligned(words.numpy().view(np.uint32)), aligned(q.numpy()), aligned(d.numpy()), aligned(scale.numpy())]
     emu().emu_ternary_gemm(gx, gy, bx, *map(ptr, args), int(scale.numel() > 1), ptr(y), tokens, rows, words.shape[1])
     np.testing.assert_array_equal(y, ref.ternary_gemm(words, q, d, scale, rows, cols).numpy())
+
+
+# ----------------------------------------------------------------------------- ops' CUDA branch, end to end
+
+
+@pytest.fixture
+def ops_on_emulator(monkeypatch):
+    """Routes nanochat_ternary.cuda.ops' CUDA branch (buffer allocation, argument lists, launch
+    geometry) into the emulated kernels, with CPU tensors standing in for CUDA ones."""
+
+    def launch(kernel, entry, grid, block, args, device, defines=None):
+        lib = emu((defines or {}).get("GEMV_ROWS", 2))
+        conv = []
+        for a in args:
+            if isinstance(a, torch.Tensor):
+                assert a.is_contiguous() and a.data_ptr() % 16 == 0, entry
+                conv.append(ctypes.c_void_p(a.data_ptr()))
+            elif isinstance(a, ops.driver.Long):
+                conv.append(ctypes.c_long(a.value))
+            else:
+                conv.append(ctypes.c_int(a))
+        head = (grid[0], grid[1], block[0]) if entry == "ternary_gemm" else (grid[0], block[0])
+        assert grid[2] == 1 and block[1:] == (1, 1) and (entry == "ternary_gemm" or grid[1] == 1)
+        getattr(lib, f"emu_{entry}")(*head, *conv)
+
+    monkeypatch.setattr(ops, "_on_gpu", lambda t: True)
+    monkeypatch.setattr(ops, "_launch", launch)
+
+
+def test_ops_cuda_branch_on_the_emulator(ops_on_emulator):
+    g = torch.Generator().manual_seed(11)
+    for dtype in (torch.float32, torch.bfloat16):
+        w = torch.randn(70, 333, generator=g).to(dtype)
+        packed = ops.ternarize(w)
+        want_words, want_scale = ref.ternarize_pack(w, ref.absmean_partial(w, ops.absmean_partials(w.numel())))
+        assert torch.equal(packed.words, want_words) and torch.equal(packed.scale, want_scale)
+        x = torch.randn(5, 333, generator=g).to(dtype)
+        for mode, code in (("qat", ref.MODE_QAT), ("engine", ref.MODE_ENGINE)):
+            q, d = ops.quantize_activations(x, mode)
+            q_ref, d_ref = ref.act_quant(x, code)
+            assert torch.equal(q, q_ref) and torch.equal(d, d_ref)
+    q, d = ops.quantize_activations(torch.randn(9, 333, generator=g), "engine")
+    want = ref.ternary_gemm(packed.words, q, d, packed.scale, 70, 333)
+    assert torch.equal(ops.matmul(q, d, packed), want)  # GEMM
+    for rows_per_warp in (1, 2, 8):
+        assert torch.equal(ops.matmul(q[:1].clone(), d[:1].clone(), packed, rows_per_warp), want[:1])  # GEMV
+    per_row = ops.PackedTernary(packed.words, torch.rand(70, generator=g) + 0.5, 70, 333)
+    assert torch.equal(ops.matmul(q, d, per_row), ref.ternary_gemm(per_row.words, q, d, per_row.scale, 70, 333))
+
+
+def test_bit_linear_cuda_branch_on_the_emulator(ops_on_emulator, monkeypatch):
+    g = torch.Generator().manual_seed(12)
+    x = torch.randn(2, 3, 100, generator=g, requires_grad=True)
+    w = torch.randn(40, 100, generator=g, requires_grad=True)
+    y = ops.bit_linear(x, w)
+    y.backward(torch.ones_like(y))
+    monkeypatch.setattr(ops, "_on_gpu", lambda t: False)  # the reference path
+    x2, w2 = x.detach().clone().requires_grad_(True), w.detach().clone().requires_grad_(True)
+    y2 = ops.bit_linear(x2, w2)
+    y2.backward(torch.ones_like(y2))
+    assert torch.equal(y, y2) and torch.equal(x.grad, x2.grad) and torch.equal(w.grad, w2.grad)

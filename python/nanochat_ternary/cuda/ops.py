@@ -138,7 +138,7 @@ def quantize_activations(x: torch.Tensor, mode: str = "qat") -> tuple[torch.Tens
     tokens, cols = x.shape
     if tokens == 0 or cols == 0:
         raise ValueError(f"x must be non-empty, got shape {tuple(x.shape)}")
-    if x.device.type != "cuda":
+    if not _on_gpu(x):
         return ref.act_quant(x, code)
     padded = layout.padded_cols(cols)
     q = torch.empty(tokens, padded, dtype=torch.int8, device=x.device)
@@ -157,7 +157,7 @@ def ternarize(w: torch.Tensor) -> PackedTernary:
         raise ValueError(f"w must be non-empty, got shape {tuple(w.shape)}")
     n = rows * cols
     partials = absmean_partials(n)
-    if w.device.type != "cuda":
+    if not _on_gpu(w):
         words, scale = ref.ternarize_pack(w, ref.absmean_partial(w, partials))
         return PackedTernary(words, scale, rows, cols)
     n_words = layout.words_per_row(cols)
@@ -188,7 +188,7 @@ def matmul(q: torch.Tensor, d: torch.Tensor, w: PackedTernary, gemv_rows: int | 
     for name, t in (("q", q), ("words", w.words)):
         if t.data_ptr() % 16:
             raise ValueError(f"{name} must start on a 16-byte boundary (the kernels load 16 bytes at a time); pass a fresh tensor or .clone()")
-    if w.device.type != "cuda":
+    if not _on_gpu(w):
         return ref.ternary_gemm(w.words, q, d, w.scale, w.rows, w.cols, w.reference_trits())
     y = torch.empty(tokens, w.rows, dtype=torch.float32, device=w.device)
     per_row = int(w.scale.numel() != 1)
@@ -248,6 +248,11 @@ def bit_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- checks
+
+
+def _on_gpu(t: torch.Tensor) -> bool:
+    """Whether ``t`` goes to the kernels (CUDA) rather than the references (CPU)."""
+    return t.device.type == "cuda"
 
 
 def _mode(mode: str) -> int:

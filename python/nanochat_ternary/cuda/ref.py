@@ -66,7 +66,8 @@ def act_quant(x: torch.Tensor, mode: int, padded_cols: int | None = None) -> tup
         d = torch.reciprocal(mul)
         lo = -128.0
     else:
-        mul = torch.where(m > 0, 127.0 / m, torch.zeros_like(m))
+        # A true division (torch computes ``127.0 / m`` as ``m.reciprocal() * 127``, which rounds differently).
+        mul = torch.where(m > 0, torch.div(torch.full_like(m, 127.0), m), torch.zeros_like(m))
         d = m / 127.0
         lo = -127.0
     mul = torch.where(finite, mul, torch.zeros_like(mul))
