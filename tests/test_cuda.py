@@ -202,6 +202,19 @@ def test_ops_linear_on_cpu_equals_the_cpu_kernels() -> None:
     assert torch.equal(from_trits.words, packed.words)
 
 
+@pytest.mark.parametrize("shape", [(1, 1), (37, 201), (64, 1000)])
+@pytest.mark.parametrize("tokens", [1, 17, 40])
+def test_int_mm_backend_equals_the_reference(shape: tuple[int, int], tokens: int) -> None:
+    rows, cols = shape
+    packed = ops.PackedTernary.from_trits(trits_of(rows, cols, seed=5), np.float32(0.021))
+    q, d = ops.quantize_activations(torch.randn(tokens, cols, generator=torch.Generator().manual_seed(6)), "engine")
+    assert torch.equal(ops.matmul(q, d, packed, backend="int_mm"), ops.matmul(q, d, packed))
+    per_row = ops.PackedTernary(packed.words, torch.rand(rows) + 0.5, rows, cols)
+    assert torch.equal(ops.matmul(q, d, per_row, backend="int_mm"), ops.matmul(q, d, per_row))
+    with pytest.raises(ValueError, match="backend must be"):
+        ops.matmul(q, d, packed, backend="cublas")
+
+
 def test_ops_bit_linear_forward_and_straight_through_gradients() -> None:
     g = torch.Generator().manual_seed(4)
     x = (torch.randn(2, 5, 72, generator=g)).requires_grad_(True)

@@ -60,6 +60,7 @@ def test_gemv_gemm_kernels_equal_reference(shape: tuple[int, int], tokens: int) 
         w_gpu = ops.PackedTernary(w.words.cuda(), w.scale.cuda(), rows, cols)
         got = ops.matmul(q.cuda(), d.cuda(), w_gpu)
         assert torch.equal(got.cpu(), want)
+        assert torch.equal(ops.matmul(q.cuda(), d.cuda(), w_gpu, backend="int_mm").cpu(), want)  # cuBLASLt int8
 
 
 @pytest.mark.parametrize("rows_per_warp", [1, 2, 4, 8])

@@ -123,6 +123,17 @@ class PackedTernary:
             object.__setattr__(self, "_reference_trits", cached)
         return cached
 
+    def int8_weights(self) -> torch.Tensor:
+        """The trits as int8 ``(rows rounded up to 8, padded_cols)`` on this matrix's device (zeros
+        in the padding), unpacked once: the operand of the ``int_mm`` GEMM backend."""
+        cached = self.__dict__.get("_int8_weights")
+        if cached is None:
+            rows8 = -(-self.rows // 8) * 8
+            cached = torch.zeros(rows8, layout.padded_cols(self.cols), dtype=torch.int8, device=self.device)
+            cached[: self.rows, : self.cols] = self.trits()
+            object.__setattr__(self, "_int8_weights", cached)
+        return cached
+
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """``trits * scale`` as ``dtype``."""
         s = self.scale if self.scale.numel() == 1 else self.scale[:, None]
@@ -172,10 +183,15 @@ def ternarize(w: torch.Tensor) -> PackedTernary:
     return PackedTernary(words, scale, rows, cols)
 
 
-def matmul(q: torch.Tensor, d: torch.Tensor, w: PackedTernary, gemv_rows: int | None = None) -> torch.Tensor:
+def matmul(
+    q: torch.Tensor, d: torch.Tensor, w: PackedTernary, gemv_rows: int | None = None, backend: str = "kernel"
+) -> torch.Tensor:
     """``(q * d) @ (trits * scale).T`` as float32 ``(tokens, rows)`` from int8 activations ``q``
     ``(tokens, padded_cols)`` and scales ``d`` (as :func:`quantize_activations` returns them): the
-    integer GEMV for one token, the GEMM otherwise. ``gemv_rows`` (rows per warp, 1/2/4) tunes the GEMV."""
+    integer GEMV for one token, the GEMM otherwise. ``gemv_rows`` (rows per warp, 1/2/4/8) tunes the
+    GEMV. ``backend="int_mm"`` runs the product as ``torch._int_mm`` (cuBLASLt int8 tensor cores on a
+    GPU) over the trits unpacked once to int8 (:meth:`PackedTernary.int8_weights`, 4x the memory of
+    the packed words): the same integers, the same float steps, so the same result bit for bit."""
     if not isinstance(w, PackedTernary):
         raise TypeError(f"w must be a PackedTernary, got {type(w).__name__}")
     _tensor(q, "q", (torch.int8,), ndim=2, device=w.device)
@@ -188,6 +204,10 @@ def matmul(q: torch.Tensor, d: torch.Tensor, w: PackedTernary, gemv_rows: int | 
     for name, t in (("q", q), ("words", w.words)):
         if t.data_ptr() % 16:
             raise ValueError(f"{name} must start on a 16-byte boundary (the kernels load 16 bytes at a time); pass a fresh tensor or .clone()")
+    if backend == "int_mm":
+        return _int_mm(q, d, w)
+    if backend != "kernel":
+        raise ValueError(f"backend must be 'kernel' or 'int_mm', got {backend!r}")
     if not _on_gpu(w):
         return ref.ternary_gemm(w.words, q, d, w.scale, w.rows, w.cols, w.reference_trits())
     y = torch.empty(tokens, w.rows, dtype=torch.float32, device=w.device)
@@ -203,6 +223,14 @@ def matmul(q: torch.Tensor, d: torch.Tensor, w: PackedTernary, gemv_rows: int | 
         _launch("ternary_gemm", "ternary_gemm", *gemm_launch(w.rows, tokens),
                 [w.words, q, d, w.scale, per_row, y, tokens, w.rows, n_words], w.device)
     return y
+
+
+def _int_mm(q: torch.Tensor, d: torch.Tensor, w: PackedTernary) -> torch.Tensor:
+    tokens = q.shape[0]
+    a = q if tokens > 16 else torch.cat((q, q.new_zeros(32 - tokens, q.shape[1])))  # cuBLASLt needs M > 16
+    acc = torch._int_mm(a, w.int8_weights().t())[:tokens, : w.rows]
+    ws = w.scale if w.scale.numel() == w.rows else w.scale.expand(w.rows)
+    return (acc.to(torch.float32) * ws[None, :]) * d[:, None]
 
 
 def linear(x: torch.Tensor, w: PackedTernary, mode: str = "engine") -> torch.Tensor:
