@@ -175,11 +175,13 @@ def bench_bitlinear(tokens: int, out_dim: int, in_dim: int, reps: int) -> dict[s
 
     with torch.no_grad():
         out["fused_fwd_us"] = timed(lambda i: ops.bit_linear(x, w), 1, reps)[0] * 1e6
+        out["fused_int_mm_fwd_us"] = timed(lambda i: ops.bit_linear(x, w, "int_mm"), 1, reps)[0] * 1e6
         out["fake_quant_f32_fwd_us"] = timed(lambda i: qat.bit_linear(x, w), 1, reps)[0] * 1e6
         with torch.autocast("cuda", dtype=torch.bfloat16):
             out["fake_quant_bf16_fwd_us"] = timed(lambda i: qat.bit_linear(x, w), 1, reps)[0] * 1e6
     # Backward passes allocate and accumulate gradients: timed as plain launches, best of a few.
-    for name, f in (("fused", lambda: ops.bit_linear(x, w)), ("fake_quant_f32", lambda: qat.bit_linear(x, w))):
+    for name, f in (("fused", lambda: ops.bit_linear(x, w)), ("fused_int_mm", lambda: ops.bit_linear(x, w, "int_mm")),
+                    ("fake_quant_f32", lambda: qat.bit_linear(x, w))):
         fwd_bwd(f)
         torch.cuda.synchronize()
         start = time.perf_counter()
@@ -275,8 +277,9 @@ def run_bitlinear(reps: int) -> list[dict[str, Any]]:
     for tokens, out_dim, in_dim in ((8192, 2048, 768), (8192, 768, 2048)):
         b = bench_bitlinear(tokens, out_dim, in_dim, reps)
         out.append(b)
-        print(f"  {b['shape']:>20}  fused {b['fused_fwd_us']:.0f}us | fake-quant f32 {b['fake_quant_f32_fwd_us']:.0f}us, "
-              f"bf16 {b['fake_quant_bf16_fwd_us']:.0f}us | fwd+bwd fused {b['fused_fwd_bwd_us']:.0f}us, "
+        print(f"  {b['shape']:>20}  fwd: fused {b['fused_fwd_us']:.0f}us, fused int_mm {b['fused_int_mm_fwd_us']:.0f}us, "
+              f"fake-quant f32 {b['fake_quant_f32_fwd_us']:.0f}us, bf16 {b['fake_quant_bf16_fwd_us']:.0f}us | fwd+bwd: "
+              f"fused {b['fused_fwd_bwd_us']:.0f}us, fused int_mm {b['fused_int_mm_fwd_bwd_us']:.0f}us, "
               f"fake-quant f32 {b['fake_quant_f32_fwd_bwd_us']:.0f}us", flush=True)
     return out
 

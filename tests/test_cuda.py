@@ -223,6 +223,7 @@ def test_ops_bit_linear_forward_and_straight_through_gradients() -> None:
     expected = qat.bit_linear(x.detach(), w.detach())
     torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
     grad = torch.randn(y.shape, generator=g)
+    assert torch.equal(ops.bit_linear(x.detach(), w.detach(), "int_mm"), y.detach())
     y.backward(grad)
     w_hat = qat.ternarize(w.detach())
     x_hat = qat.quantize_activations(x.detach())

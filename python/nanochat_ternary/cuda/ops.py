@@ -233,46 +233,48 @@ def _int_mm(q: torch.Tensor, d: torch.Tensor, w: PackedTernary) -> torch.Tensor:
     return (acc.to(torch.float32) * ws[None, :]) * d[:, None]
 
 
-def linear(x: torch.Tensor, w: PackedTernary, mode: str = "engine") -> torch.Tensor:
-    """``x @ W.T`` with int8 per-token activations: float32/bfloat16 ``(..., cols)`` -> float32 ``(..., rows)``."""
+def linear(x: torch.Tensor, w: PackedTernary, mode: str = "engine", backend: str = "kernel") -> torch.Tensor:
+    """``x @ W.T`` with int8 per-token activations: float32/bfloat16 ``(..., cols)`` -> float32 ``(..., rows)``
+    (``backend`` as in :func:`matmul`)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if x.ndim == 0 or x.shape[-1] != w.cols:
         raise ValueError(f"x must end in {w.cols} columns, got shape {tuple(x.shape)}")
     q, d = quantize_activations(x.reshape(-1, w.cols), mode)
-    return matmul(q, d, w).reshape(*x.shape[:-1], w.rows)
+    return matmul(q, d, w, backend=backend).reshape(*x.shape[:-1], w.rows)
 
 
 class _BitLinear(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, backend: str) -> torch.Tensor:  # type: ignore[override]
         cols = weight.shape[1]
         packed = ternarize(weight.detach())
         q, d = quantize_activations(x.detach().reshape(-1, cols), "qat")
-        y = matmul(q, d, packed)
+        y = matmul(q, d, packed, backend=backend)
         ctx.save_for_backward(q, d, packed.words, packed.scale)
         ctx.shapes = (tuple(x.shape), x.dtype, tuple(weight.shape), weight.dtype)
         return y.reshape(*x.shape[:-1], weight.shape[0]).to(x.dtype)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:  # type: ignore[override]
         # Straight-through: the gradients of x @ W.T evaluated at the quantized operands.
         q, d, words, scale = ctx.saved_tensors
         x_shape, x_dtype, (rows, cols), w_dtype = ctx.shapes
         g = grad.reshape(-1, rows).float()
         w_hat = PackedTernary(words, scale, rows, cols).dequantize()
         x_hat = q[:, :cols].float() * d[:, None]
-        return (g @ w_hat).reshape(x_shape).to(x_dtype), (g.T @ x_hat).to(w_dtype)
+        return (g @ w_hat).reshape(x_shape).to(x_dtype), (g.T @ x_hat).to(w_dtype), None
 
 
-def bit_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def bit_linear(x: torch.Tensor, weight: torch.Tensor, backend: str = "kernel") -> torch.Tensor:
     """BitLinear forward ``q_int8(x) @ ternary(W).T`` (QAT quantizers) with straight-through
-    gradients to ``x`` and ``weight``; ``x`` (..., in), ``weight`` (out, in), same device."""
+    gradients to ``x`` and ``weight``; ``x`` (..., in), ``weight`` (out, in), same device;
+    ``backend`` of the integer product as in :func:`matmul`."""
     _tensor(weight, "weight", _FLOATS, ndim=2)
     _tensor(x, "x", _FLOATS, device=weight.device)
     if x.ndim == 0 or x.shape[-1] != weight.shape[1]:
         raise ValueError(f"x must end in {weight.shape[1]} columns, got shape {tuple(x.shape)}")
-    return _BitLinear.apply(x, weight)
+    return _BitLinear.apply(x, weight, backend)
 
 
 # ----------------------------------------------------------------------------- checks
