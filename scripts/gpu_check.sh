@@ -88,6 +88,8 @@ cmd = [sys.executable, "-m", "nanochat_ternary.train", "--config", "nano-125m", 
 print("$", " ".join(cmd), flush=True)
 rc = subprocess.run(cmd).returncode
 print("train --device cuda exit", rc, flush=True)
+if rc != 0:
+    sys.exit(f"train --device cuda failed (exit {rc}); nothing to resume")
 ckpt = sorted(out.glob("ckpt-*.safetensors"))
 print("checkpoints", [p.name for p in ckpt], flush=True)
 print("log", (out / "log.jsonl").read_text()[-1500:])
