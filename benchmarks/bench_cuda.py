@@ -177,7 +177,7 @@ def bench_bitlinear(tokens: int, out_dim: int, in_dim: int, reps: int) -> dict[s
         out["fused_fwd_us"] = timed(lambda i: ops.bit_linear(x, w), 1, reps)[0] * 1e6
         out["fused_int_mm_fwd_us"] = timed(lambda i: ops.bit_linear(x, w, "int_mm"), 1, reps)[0] * 1e6
         out["fake_quant_f32_fwd_us"] = timed(lambda i: qat.bit_linear(x, w), 1, reps)[0] * 1e6
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):  # no cast cache in graph capture
             out["fake_quant_bf16_fwd_us"] = timed(lambda i: qat.bit_linear(x, w), 1, reps)[0] * 1e6
     # Backward passes allocate and accumulate gradients: timed as plain launches, best of a few.
     for name, f in (("fused", lambda: ops.bit_linear(x, w)), ("fused_int_mm", lambda: ops.bit_linear(x, w, "int_mm")),
