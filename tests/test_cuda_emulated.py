@@ -66,7 +66,7 @@ def run_ternarize(w: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return sums, words, scale
 
 
-@pytest.mark.parametrize("shape", [(1, 1), (3, 17), (37, 201), (16, 1000), (300, 77), (64, 4097)])
+@pytest.mark.parametrize("shape", [(1, 1), (3, 17), (37, 201), (300, 77), (16, 4097)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_ternarize_kernels(shape, dtype):
     w = (torch.randn(*shape, generator=torch.Generator().manual_seed(shape[1])) * 0.3).to(dtype)
