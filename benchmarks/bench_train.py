@@ -1,15 +1,21 @@
 """Training throughput and peak memory: ours (the Rust QAT trainer) against a
 plain PyTorch eager reference of the same model and math
-(`benchmarks/reference_model.py`).
+(`benchmarks/reference_model.py`), the same reference under CPU bf16
+autocast, and the same reference through torch.compile (inductor).
 
 Run (from the repository root, after `maturin develop --release`):
 
     .venv/bin/python benchmarks/bench_train.py [--configs tiny,d20] [--steps 8]
         [--warmup 2] [--batch 8] [--seq 256] [--accum 1] [--threads 2]
-        [--repeats 1] [--profile]
+        [--repeats 1] [--impls reference,bf16-autocast,compile,ours] [--profile]
 
 "Ours" is `_core.QatTrainer`, the Rust trainer that
-`nanochat_ternary.train.Trainer` drives, fed the micro-batches directly. For
+`nanochat_ternary.train.Trainer` drives, fed the micro-batches directly (on
+CPU its BitLinear runs an int8 forward and a bf16 backward, its LM head in
+bf16: `rust/train/src/cpu_bitlinear.rs`). "reference" is the f32 eager
+reference, "bf16-autocast" the same under `torch.autocast("cpu",
+torch.bfloat16)`, "compile" the same with the model through `torch.compile`
+(inductor; compilation happens in the warmup steps, which are not timed). For
 each config, each implementation runs in its own subprocess (so its peak RSS
 is its own) with the same config, random init of the same distributions, the
 same batches (seeded uniform random tokens), `--accum` micro-batches of
@@ -47,7 +53,9 @@ from dataclasses import asdict, dataclass
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULT_PREFIX = "BENCH_RESULT "
-IMPLEMENTATIONS = ("reference", "ours")
+IMPLEMENTATIONS = ("reference", "bf16-autocast", "compile", "ours")
+# What print_table calls each reference on its "vs" line.
+VERSUS = {"bf16-autocast": "bf16-autocast", "compile": "torch.compile"}
 
 
 @dataclass(frozen=True)
@@ -118,7 +126,9 @@ def default_hyper(seed: int) -> dict:
     return {**json.loads(_core.train_default_hyper()), "seed": seed}
 
 
-def reference_stepper(config_name: str, seed: int) -> tuple[int, Callable[[list], float]]:
+def reference_stepper(
+    config_name: str, seed: int, autocast: bool = False, compile: bool = False
+) -> tuple[int, Callable[[list], float]]:
     import torch
 
     sys.path.insert(0, HERE)
@@ -128,7 +138,7 @@ def reference_stepper(config_name: str, seed: int) -> tuple[int, Callable[[list]
 
     torch.manual_seed(seed)
     model = ReferenceModel(ModelConfig.preset(config_name))
-    trainer = ReferenceTrainer(model, TrainHyper(**default_hyper(seed)))
+    trainer = ReferenceTrainer(model, TrainHyper(**default_hyper(seed)), autocast=autocast, compile=compile)
     params = sum(p.numel() for p in model.parameters())
     return params, trainer.step
 
@@ -159,8 +169,11 @@ def run_worker(implementation: str, w: Workload) -> Result:
 
     batches = make_batches(ModelConfig.preset(w.config).vocab_size, w)
     baseline = _status_mb("VmRSS")
-    make = reference_stepper if implementation == "reference" else ours_stepper
-    params, step = make(w.config, w.seed)
+    if implementation == "ours":
+        params, step = ours_stepper(w.config, w.seed)
+    else:
+        variant = {"bf16-autocast": {"autocast": True}, "compile": {"compile": True}}.get(implementation, {})
+        params, step = reference_stepper(w.config, w.seed, **variant)
     losses, times = [], []
     for micro in batches[: w.warmup]:
         losses.append(step(micro))
@@ -211,25 +224,35 @@ def best_of(results: Sequence[Result]) -> Result:
     return Result(**{**asdict(best), "peak_rss_mb": peak})
 
 
-def print_table(rows: list[tuple[Workload, Result, Result]]) -> None:
+def print_table(rows: list[tuple[Workload, dict[str, Result]]]) -> None:
     head = (
-        f"{'config':<6} {'params':>7} {'tokens/step':>14} {'impl':<9} {'tokens/s':>9} "
+        f"{'config':<6} {'params':>7} {'tokens/step':>14} {'impl':<13} {'tokens/s':>9} "
         f"{'step ms':>8} {'peak RSS MB':>11} {'train MB':>9} {'loss first->last':>17}"
     )
     print(head)
     print("-" * len(head))
-    for w, ref, ours in rows:
+    for w, results in rows:
         shape = f"{w.accum}x{w.batch}x{w.seq}"
-        for r in (ref, ours):
+        for r in results.values():
             print(
-                f"{w.config:<6} {r.params / 1e6:6.2f}M {shape:>14} {r.implementation:<9} {r.tokens_per_s:9.0f} "
+                f"{w.config:<6} {r.params / 1e6:6.2f}M {shape:>14} {r.implementation:<13} {r.tokens_per_s:9.0f} "
                 f"{r.median_step_ms:8.1f} {r.peak_rss_mb:11.0f} {r.train_mb:9.0f} "
                 f"{r.first_loss:8.3f}->{r.last_loss:<7.3f}"
             )
-        print(
-            f"{'':<6} ratio ours/reference: speed {ours.tokens_per_s / ref.tokens_per_s:.2f}x, "
-            f"peak RSS {ours.peak_rss_mb / ref.peak_rss_mb:.2f}x, train MB {ours.train_mb / ref.train_mb:.2f}x"
-        )
+        ours, ref = results.get("ours"), results.get("reference")
+        if ours is not None and ref is not None:
+            print(
+                f"{'':<6} ratio ours/reference: speed {ours.tokens_per_s / ref.tokens_per_s:.2f}x, "
+                f"peak RSS {ours.peak_rss_mb / ref.peak_rss_mb:.2f}x, train MB {ours.train_mb / ref.train_mb:.2f}x"
+            )
+        for impl, label in VERSUS.items():
+            other = results.get(impl)
+            if ours is not None and other is not None:
+                print(
+                    f"{'':<6} vs {label}: {ours.tokens_per_s / other.tokens_per_s:.2f}x "
+                    f"(peak RSS {ours.peak_rss_mb / other.peak_rss_mb:.2f}x, "
+                    f"train MB {ours.train_mb / other.train_mb:.2f}x)"
+                )
 
 
 def main() -> None:
@@ -242,6 +265,9 @@ def main() -> None:
     parser.add_argument("--accum", type=int, default=1, help="micro-batches per optimizer step")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (both implementations)")
     parser.add_argument("--repeats", type=int, default=1, help="alternating runs per implementation; best counts")
+    parser.add_argument(
+        "--impls", default=",".join(IMPLEMENTATIONS), help=f"comma-separated subset of {', '.join(IMPLEMENTATIONS)}"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--profile", action="store_true", help="print a torch.profiler table per worker")
     parser.add_argument("--worker", choices=IMPLEMENTATIONS, help=argparse.SUPPRESS)
@@ -258,6 +284,11 @@ def main() -> None:
             parser.error(f"--{name} must be at least 1, got {value}")
     if args.warmup < 0 or args.threads < 1 or args.repeats < 1:
         parser.error("--warmup must be >= 0, --threads and --repeats >= 1")
+    impls = [i.strip() for i in args.impls.split(",") if i.strip()]
+    unknown = [i for i in impls if i not in IMPLEMENTATIONS]
+    if unknown or not impls:
+        parser.error(f"--impls: unknown {unknown or 'empty'}; choose from {', '.join(IMPLEMENTATIONS)}")
+    impls = [i for i in IMPLEMENTATIONS if i in impls]
     from nanochat_ternary.model_config import PRESETS, ModelConfig
 
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
@@ -281,11 +312,11 @@ def main() -> None:
             seed=args.seed,
             profile=args.profile,
         )
-        runs: dict[str, list[Result]] = {impl: [] for impl in IMPLEMENTATIONS}
+        runs: dict[str, list[Result]] = {impl: [] for impl in impls}
         for _ in range(args.repeats):
-            for impl in IMPLEMENTATIONS:
+            for impl in impls:
                 runs[impl].append(spawn(impl, w))
-        rows.append((w, best_of(runs["reference"]), best_of(runs["ours"])))
+        rows.append((w, {impl: best_of(results) for impl, results in runs.items()}))
     print(f"load average after:  {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print_table(rows)
 

@@ -198,21 +198,28 @@ def test_optimizer_steps_equal_the_rust_trainer(name, monkeypatch):
 
 
 def test_bench_train_runs_both_implementations_end_to_end():
-    """The benchmark CLI on a minimal workload: both workers run in their own
-    subprocess, train on the same data from the same init distribution, and
-    the table reports both and their ratio."""
+    """The benchmark CLI on a minimal workload: each worker (ours, the eager
+    reference and its bf16-autocast variant) runs in its own subprocess,
+    trains on the same data from the same init distribution, and the table
+    reports each and ours against each."""
     script = os.path.join(BENCH_DIR, "bench_train.py")
     args = ["--configs", "tiny", "--steps", "2", "--warmup", "1", "--batch", "1", "--seq", "8", "--threads", "1"]
-    proc = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, timeout=300)
+    impls = ["reference", "bf16-autocast", "ours"]  # torch.compile: minutes of compiling, run by hand
+    proc = subprocess.run(
+        [sys.executable, script, *args, "--impls", ",".join(impls)], capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rows = [line.split() for line in proc.stdout.splitlines() if line.startswith("tiny ")]
-    assert [r[3] for r in rows] == ["reference", "ours"], proc.stdout
+    assert [r[3] for r in rows] == impls, proc.stdout
     for r in rows:
         tokens_per_s, peak_mb, train_mb = float(r[4]), float(r[6]), float(r[7])
         assert tokens_per_s > 0 and peak_mb > train_mb > 0, r
     # Same init distribution and data: the first losses agree to sampling noise.
     first = [float(r[8].split("->")[0]) for r in rows]
     assert abs(first[0] - first[1]) < 0.2, first
-    assert "ratio ours/reference: speed" in proc.stdout
+    assert "ratio ours/reference: speed" in proc.stdout and "vs bf16-autocast: " in proc.stdout
+    assert "vs torch.compile" not in proc.stdout
     bad = subprocess.run([sys.executable, script, "--configs", "huge"], capture_output=True, text=True)
     assert bad.returncode != 0 and "unknown config 'huge'" in bad.stderr
+    bad = subprocess.run([sys.executable, script, "--impls", "ours,eager"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "--impls: unknown ['eager']" in bad.stderr
