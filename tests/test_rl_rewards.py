@@ -137,3 +137,39 @@ def test_generator_tests_come_from_running_the_reference():
             a, b = line.split("(", 2)[2].split(")")[0], line.rsplit(", ", 1)[1].rstrip(");")
             assert int(b) == int(a) + k
     assert all(c.outcome == "pass" for c in score([(t, t.reference) for t in tasks]))
+
+
+def test_mined_tasks_are_tested_differentially(tmp_path):
+    """A tiny synthetic corpus: a qualifying function becomes a task whose asserts hold the original's
+    outputs; a constant one, a method-like signature, an unverified one and a generic one are not mined."""
+    from nanochat_ternary.rl.mined import mine
+
+    def fn(name, signature, body, doc="", ok=True):
+        return {"kind": "function", "name": name, "signature": signature, "body": body, "doc": doc, "std_uses": "",
+                "crate": "democrate", "path": "democrate-1.0.0/src/lib.rs", "start_line": 1, "end_line": 3,
+                "sha256": name * 4, "text": "", "standalone": True, "nontrivial": True, "impl_header": None, "group": "crate:democrate"}, ok
+    rows = [
+        fn("double", "pub fn double(x: i64) -> i64", "\n    x * 2\n", "Twice x."),
+        fn("shout", "fn shout(s: &str) -> String", "\n    s.to_uppercase()\n"),
+        fn("always", "fn always(x: u8) -> bool", "\n    true\n"),
+        fn("generic", "fn generic<T>(x: T) -> T", "\n    x\n"),
+        fn("unverified", "fn unverified(x: i32) -> i32", "\n    x\n", ok=False),
+        fn("halve", "fn halve(x: u32) -> u32", "\n    100 / x\n"),  # panics on 0: that input is dropped
+    ]
+    (tmp_path / "functions.jsonl").write_text("".join(json.dumps(r) + "\n" for r, _ in rows))
+    (tmp_path / "verify.jsonl").write_text("".join(json.dumps({"sha256": r["sha256"], "ok": ok}) + "\n" for r, ok in rows))
+    crates = tmp_path / "crates"
+    crates.mkdir()
+    (crates / "crates.json").write_text(json.dumps({"crates": [{"name": "democrate", "version": "1.0.0", "license": "MIT"}]}))
+    tasks, counts = mine(tmp_path, crates, inputs_per_task=8, heldout_fraction=0.0)
+    assert counts["candidates"] == 4 and counts["constant"] == 1
+    by = {t.entry_point: t for t in tasks}
+    assert set(by) == {"double", "shout", "halve"}
+    assert by["double"].prompt == "/// Twice x.\npub fn double(x: i64) -> i64 {\n"
+    for line in by["double"].test.splitlines():
+        if "assert_eq!" in line:
+            arg, want = line.split("double(")[1].split("), ")
+            assert int(want.rstrip(");")) == 2 * int(arg.removesuffix("i64"))
+    assert "double(0u32" not in by["halve"].test and "halve(0u32)" not in by["halve"].test
+    assert by["shout"].provenance["licence"] == "MIT" and by["shout"].provenance["crate"] == "democrate"
+    assert all(c.outcome == "pass" for c in score([(t, t.reference) for t in tasks]))

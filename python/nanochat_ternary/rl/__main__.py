@@ -2,7 +2,8 @@
 
     python -m nanochat_ternary.rl --model RUN|CKPT --out runs/rl --algo maxrl --rollouts 16 --steps 100
     python -m nanochat_ternary.rl --out runs/rl --resume
-    python -m nanochat_ternary.rl generate --out python/nanochat_ternary/rl/data/tasks.jsonl
+    python -m nanochat_ternary.rl generate --out python/nanochat_ternary/rl/data/tasks.jsonl \
+        --functions /work/data/rust-fn --crates /work/data/crates     # + tasks mined from the verified corpus
     python -m nanochat_ternary.rl eval --model runs/rl/final.gguf --split heldout --samples 8
     python -m nanochat_ternary.rl sft --model MODEL.gguf --out runs/sft     # warm start on train families
 
@@ -123,8 +124,16 @@ def _generate(argv: Sequence[str]) -> int:
     p.add_argument("--per-family", type=_positive, default=60)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=_positive, default=2)
+    p.add_argument("--functions", help="also mine tasks from this verified function corpus (data functions/verify)")
+    p.add_argument("--crates", help="the fetch-crates directory (licences of mined functions)")
     args = p.parse_args(argv)
     tasks = generate_tasks(per_family=args.per_family, seed=args.seed)
+    if args.functions:
+        from .mined import mine
+
+        mined, counts = mine(args.functions, args.crates, seed=args.seed)
+        print(json.dumps({"mined": counts}), file=sys.stderr)
+        tasks += mined
     checked = verify_tasks(TaskSet(tasks, "generated", ""), workers=args.workers)
     n = write_tasks(checked.tasks, args.out)
     counts = split_counts(checked.tasks)
