@@ -5,7 +5,7 @@ of 16, 64-byte aligned). Activations are quantized to int8 per token (absmax, ``
 round half to even, values in [-127, 127]); the kernels accumulate ``sum(trit * x)`` exactly in
 int32 and then apply the weight and activation scales in float32.
 
-``variant`` forces an implementation (``"scalar"``, ``"avx2"``, ``"avx512"``); by default the
+``variant`` forces an implementation (``"scalar"``, ``"avx2"``, ``"avx512"``, ``"amx"``); by default the
 ``NCT_KERNEL`` environment variable, else the fastest one this CPU supports, is used. All calls
 release the GIL and share one thread pool (:func:`set_num_threads`), so calling from several
 Python threads never runs more kernel threads than configured.

@@ -205,7 +205,7 @@ fn options() -> Options {
         Some(name) => match Variant::parse(name) {
             Ok(Some(v)) if v.is_supported() => vec![v],
             _ => {
-                eprintln!("--variant {name}: not a variant this CPU supports (scalar, avx2, avx512)");
+                eprintln!("--variant {name}: not a variant this CPU supports (scalar, avx2, avx512, amx)");
                 std::process::exit(2);
             }
         },

@@ -3,7 +3,8 @@
 //! - [`QuantizedActivations`]: per-token int8 absmax quantization.
 //! - [`gemv_i32`], [`gemm_i32`]: integer results (`Σ trit·x`), identical across variants.
 //! - [`gemv`], [`gemm`] (f32 in, f32 out) and the `*_quantized` forms: integer result × scales.
-//! - [`Variant`]: `scalar` (the reference), `avx2`, `avx512` (VNNI); picked at run time by CPU
+//! - [`Variant`]: `scalar` (the reference), `avx2`, `avx512` (VNNI), `amx` (VNNI GEMV, AMX-INT8
+//!   GEMM); picked at run time by CPU
 //!   detection, forced by the `variant` argument or the `NCT_KERNEL` environment variable.
 //! - [`set_num_threads`]: the crate's own thread team (default `NCT_NUM_THREADS` or all cores;
 //!   its idle workers spin briefly between calls, see `team.rs`).
@@ -22,6 +23,8 @@ mod team;
 mod tile;
 mod variant;
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]

@@ -417,6 +417,10 @@ fn gemm_driver<T: Send + Copy + Default>(
     finish: impl Fn(usize, T) -> T + Sync,
 ) -> Result<Vec<T>, KernelError> {
     let (n, rows) = (x.n_tokens(), w.rows());
+    #[cfg(target_arch = "x86_64")]
+    if kernel.variant() == Variant::Amx {
+        return gemm_driver_amx(kernel, w, x, groups, fold, finish);
+    }
     let blocks = column_blocks(groups);
     let ranges: Vec<Range<usize>> = blocks.iter().map(|(_, r)| r.clone()).collect();
     let x_sums = column_sums(x, &ranges);
@@ -450,6 +454,56 @@ fn gemm_driver<T: Send + Copy + Default>(
                         gemm_tiles(kernel, tiles, stride, m, panel, width, width, local.clone(), s, out, n);
                     }
                 }
+                for i in 0..m {
+                    fold(first_tile + i, g, &dots[i * n..(i + 1) * n], &mut acc[i * n..(i + 1) * n]);
+                }
+            }
+            for i in 0..m {
+                let row0 = (first_tile + i) * TILE_ROWS;
+                let valid = (rows - row0).min(TILE_ROWS);
+                for (t, a) in acc[i * n..(i + 1) * n].iter().enumerate() {
+                    let values = a.map(|v| finish(t, v));
+                    // SAFETY: row blocks are disjoint across tasks, so only this task touches these rows.
+                    unsafe { shared.write(t, row0, &values[..valid]) };
+                }
+            }
+        }
+    })?;
+    Ok(out)
+}
+
+/// [`gemm_driver`] with AMX tile products for the integer dots (see `amx.rs`): per block of row
+/// tiles and scale group, every token at once; the same `fold` and `finish`, so the same results.
+#[cfg(target_arch = "x86_64")]
+fn gemm_driver_amx<T: Send + Copy + Default>(
+    kernel: Kernel,
+    w: &PlanarMatrix,
+    x: &QuantizedActivations,
+    groups: &[Range<usize>],
+    fold: impl Fn(usize, usize, &[[i32; TILE_ROWS]], &mut [[T; TILE_ROWS]]) + Sync,
+    finish: impl Fn(usize, T) -> T + Sync,
+) -> Result<Vec<T>, KernelError> {
+    let (n, rows) = (x.n_tokens(), w.rows());
+    let x_sums = column_sums(x, groups);
+    // Group-major: the n sums of group g are contiguous.
+    let n_groups = groups.len();
+    let group_sums: Vec<i32> = (0..n_groups * n).map(|i| x_sums[(i % n) * n_groups + i / n]).collect();
+    let tiles_x = crate::amx::TileActivations::new(x);
+    let (bytes, stride, row_tiles) = (w.as_bytes(), w.chunks_per_tile() * CHUNK_BYTES, w.row_tiles());
+    let per_call = gemm_tiles_per_call(kernel);
+    let mut out = vec![T::default(); n * rows];
+    let shared = RowMajorOut::new(&mut out, n, rows);
+    for_each_range(row_tiles.div_ceil(per_call), GEMM_TASKS_PER_THREAD, |task_blocks| {
+        let mut dots = vec![[0i32; TILE_ROWS]; per_call * n];
+        let mut acc = vec![[T::default(); TILE_ROWS]; per_call * n];
+        for b in task_blocks {
+            let first_tile = b * per_call;
+            let m = per_call.min(row_tiles - first_tile);
+            let (dots, acc) = (&mut dots[..m * n], &mut acc[..m * n]);
+            acc.fill([T::default(); TILE_ROWS]);
+            for (g, chunks) in groups.iter().enumerate() {
+                let tiles = &bytes[first_tile * stride..];
+                crate::tile::amx_group_dots(kernel, tiles, stride, m, chunks.clone(), &tiles_x, &group_sums[g * n..][..n], dots);
                 for i in 0..m {
                     fold(first_tile + i, g, &dots[i * n..(i + 1) * n], &mut acc[i * n..(i + 1) * n]);
                 }

@@ -19,7 +19,7 @@ const _: () = assert!(crate::avx512::GEMV_TILES <= MAX_GEMV_TILES);
 pub(crate) fn gemv_tiles_per_call(kernel: Kernel) -> usize {
     match kernel.variant() {
         #[cfg(target_arch = "x86_64")]
-        Variant::Avx512 => crate::avx512::GEMV_TILES,
+        Variant::Avx512 | Variant::Amx => crate::avx512::GEMV_TILES,
         _ => 1,
     }
 }
@@ -50,7 +50,7 @@ pub(crate) fn gemv_tiles(
         // SAFETY: `Kernel` guarantees CPU support; the asserts above keep every read inside `tiles`
         // and `x`, and `n ≤ GEMV_TILES` outputs are written.
         #[cfg(target_arch = "x86_64")]
-        Variant::Avx512 => unsafe {
+        Variant::Avx512 | Variant::Amx => unsafe {
             let (t, xp, o) = (tiles.as_ptr(), x.as_ptr(), out.as_mut_ptr());
             crate::avx512::gemv_tiles(t, tile_stride, n, xp, chunks.start, chunks.end, x_sum, o, residency == Residency::Streamed)
         },
@@ -91,7 +91,7 @@ pub(crate) fn panel_tokens(kernel: Kernel) -> usize {
         #[cfg(target_arch = "x86_64")]
         Variant::Avx2 => crate::avx2::PANEL_TOKENS,
         #[cfg(target_arch = "x86_64")]
-        Variant::Avx512 => crate::avx512::PANEL_TOKENS,
+        Variant::Avx512 | Variant::Amx => crate::avx512::PANEL_TOKENS,
         // The scalar reference has no register budget; it uses the widest panel.
         _ => MAX_PANEL_TOKENS,
     }
@@ -101,7 +101,7 @@ pub(crate) fn panel_tokens(kernel: Kernel) -> usize {
 pub(crate) fn gemm_tiles_per_call(kernel: Kernel) -> usize {
     match kernel.variant() {
         #[cfg(target_arch = "x86_64")]
-        Variant::Avx512 => crate::avx512::GEMM_TILES,
+        Variant::Avx512 | Variant::Amx => crate::avx512::GEMM_TILES,
         _ => 1,
     }
 }
@@ -136,7 +136,7 @@ pub(crate) fn gemm_tiles(
         // SAFETY: `Kernel` guarantees CPU support; the asserts above bound the tile reads, the panel
         // reads (the highest address read is below `chunks.end * 16 * panel_tokens`) and the outputs.
         #[cfg(target_arch = "x86_64")]
-        Variant::Avx512 => unsafe {
+        Variant::Avx512 | Variant::Amx => unsafe {
             let (t, x, s, o) = (tiles.as_ptr(), panel.as_ptr(), x_sums.as_ptr(), out.as_mut_ptr());
             crate::avx512::gemm_tiles(t, tile_stride, m, x, panel_tokens, n, chunks.start, chunks.end, s, o, out_stride)
         },
@@ -178,4 +178,27 @@ fn gemm_tile(
         },
         _ => crate::scalar::gemm_tile(tile, panel, panel_tokens, chunks, out),
     }
+}
+
+/// The AMX GEMM's integer dots (see `amx.rs`): `dots[i·n + t] = Σ trit·x` over `chunks` for the
+/// `m` row tiles at `tiles` (`tile_stride` bytes apart) and every token of `x`.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn amx_group_dots(
+    kernel: Kernel,
+    tiles: &[u8],
+    tile_stride: usize,
+    m: usize,
+    chunks: Range<usize>,
+    x: &crate::amx::TileActivations,
+    x_sums: &[i32],
+    dots: &mut [[i32; TILE_ROWS]],
+) {
+    assert_eq!(kernel.variant(), Variant::Amx);
+    assert!(m >= 1 && chunks.start <= chunks.end && chunks.end * CHUNK_BYTES <= tile_stride);
+    assert!((m - 1) * tile_stride + chunks.end * CHUNK_BYTES <= tiles.len());
+    assert!(chunks.end * CHUNK_COLS <= x.stride() && x_sums.len() >= x.n_tokens() && dots.len() >= m * x.n_tokens());
+    // SAFETY: `Kernel` guarantees AMX (and AVX-512) support; the asserts above are the function's
+    // bounds contract.
+    unsafe { crate::amx::group_dots(tiles.as_ptr(), tile_stride, m, chunks, x, x_sums, dots) }
 }

@@ -19,26 +19,31 @@ pub enum Variant {
     Avx2,
     /// AVX-512 F/BW + VNNI (`vpdpbusd`), 512-bit.
     Avx512,
+    /// AVX-512 VNNI for one token, AMX-INT8 tile products (`tdpbsud`) for many: Intel Sapphire
+    /// Rapids and later, where the OS grants the tile state.
+    Amx,
 }
 
 impl Variant {
-    pub const ALL: [Variant; 3] = [Variant::Scalar, Variant::Avx2, Variant::Avx512];
+    pub const ALL: [Variant; 4] = [Variant::Scalar, Variant::Avx2, Variant::Avx512, Variant::Amx];
 
     pub fn name(self) -> &'static str {
         match self {
             Variant::Scalar => "scalar",
             Variant::Avx2 => "avx2",
             Variant::Avx512 => "avx512",
+            Variant::Amx => "amx",
         }
     }
 
-    /// Parses `scalar | avx2 | avx512`; `auto` (or empty) means "detect" and gives `None`.
+    /// Parses `scalar | avx2 | avx512 | amx`; `auto` (or empty) means "detect" and gives `None`.
     pub fn parse(name: &str) -> Result<Option<Variant>, KernelError> {
         match name.trim().to_ascii_lowercase().as_str() {
             "" | "auto" => Ok(None),
             "scalar" => Ok(Some(Variant::Scalar)),
             "avx2" => Ok(Some(Variant::Avx2)),
             "avx512" | "avx512vnni" => Ok(Some(Variant::Avx512)),
+            "amx" => Ok(Some(Variant::Amx)),
             _ => Err(KernelError::UnknownVariant(name.to_string())),
         }
     }
@@ -55,6 +60,8 @@ impl Variant {
                     && is_x86_feature_detected!("avx512bw")
                     && is_x86_feature_detected!("avx512vnni")
             }
+            #[cfg(target_arch = "x86_64")]
+            Variant::Amx => Variant::Avx512.is_supported() && crate::amx::available(),
             #[cfg(not(target_arch = "x86_64"))]
             _ => false,
         }
@@ -62,7 +69,7 @@ impl Variant {
 
     /// The fastest variant this CPU supports.
     pub fn best() -> Variant {
-        [Variant::Avx512, Variant::Avx2].into_iter().find(|v| v.is_supported()).unwrap_or(Variant::Scalar)
+        [Variant::Amx, Variant::Avx512, Variant::Avx2].into_iter().find(|v| v.is_supported()).unwrap_or(Variant::Scalar)
     }
 
     /// Variants this CPU supports, slowest first.

@@ -259,3 +259,28 @@ proptest! {
         check_all_variants(&rng.trits(rows * cols), rows, cols, &rng.int8(n * cols), n);
     }
 }
+
+#[test]
+fn amx_runs_where_the_cpu_has_it() {
+    // The AMX variant must be exercised by these tests on a CPU that has it (it is Linux-only:
+    // the kernel grants the tile state per process).
+    let cpu_has = std::fs::read_to_string("/proc/cpuinfo").map(|s| s.contains(" amx_int8")).unwrap_or(false);
+    assert_eq!(Variant::Amx.is_supported(), cpu_has && cfg!(target_arch = "x86_64"));
+    if cpu_has {
+        assert_eq!(Variant::best(), Variant::Amx);
+    }
+}
+
+#[test]
+fn many_token_groups_and_scale_groups_match_the_reference() {
+    // More than one pass of four 16-token tile groups (65, 130 tokens), K not a multiple of 64
+    // columns (the zero-padded last step), and the float path with group scales.
+    let mut rng = Lcg(11);
+    for (rows, cols, n_tokens) in [(33, 80, 65), (64, 200, 130), (17, 48, 64)] {
+        let trits = rng.trits(rows * cols);
+        let xs = rng.int8(n_tokens * cols);
+        check_all_variants(&trits, rows, cols, &xs, n_tokens);
+    }
+    check_group_scales(48, 320, 64, 70, 5);
+    check_group_scales(20, 200, 48, 33, 6);
+}
