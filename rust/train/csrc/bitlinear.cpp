@@ -38,8 +38,8 @@ constexpr float kLevels = 127.0f;        // quant.rs ACTIVATION_LEVELS
 
 char* copy_error(const std::string& msg) { return strdup(msg.c_str()); }
 
-// One token: returns its scale, writes q.
-inline float quantize_row_generic(const float* x, int8_t* q, int64_t cols) {
+// One token: returns its scale, writes q as int8 and as bf16 (exact).
+inline float quantize_row_generic(const float* x, int8_t* q, c10::BFloat16* qb, int64_t cols) {
   float m = 0.0f;
   for (int64_t i = 0; i < cols; ++i) m = std::fmax(m, std::fabs(x[i]));
   const float scale = (1.0f / std::fmax(m, kActivationEps)) * kLevels;
@@ -47,21 +47,48 @@ inline float quantize_row_generic(const float* x, int8_t* q, int64_t cols) {
     float v = std::nearbyint(x[i] * scale);
     v = std::fmin(std::fmax(v, -kLevels - 1.0f), kLevels);
     q[i] = static_cast<int8_t>(v);
+    qb[i] = c10::BFloat16(v);
   }
   return scale;
+}
+
+// One row of the backward's inputs: a[i] = bf16(g[i] * fa), b[i] = bf16(g[i] * fb).
+inline void scale_row_generic(const float* g, float fa, float fb, c10::BFloat16* a, c10::BFloat16* b, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    a[i] = c10::BFloat16(g[i] * fa);
+    b[i] = c10::BFloat16(g[i] * fb);
+  }
 }
 
 #if defined(__x86_64__)
 #define NCT_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
 
-// clamp(round(v * scale), -128, 127) of 16 values, as int8.
-NCT_AVX512 inline __m128i quantize16(__m512 v, __m512 scale) {
-  v = _mm512_roundscale_ps(_mm512_mul_ps(v, scale), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  v = _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(-kLevels - 1.0f)), _mm512_set1_ps(kLevels));
-  return _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(v));
+// Round-to-nearest-even f32 -> bf16 of 16 values (c10::BFloat16's rule; inputs are finite).
+NCT_AVX512 inline __m256i to_bf16(__m512 v) {
+  const __m512i bits = _mm512_castps_si512(v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  const __m512i rounded = _mm512_add_epi32(_mm512_add_epi32(bits, _mm512_set1_epi32(0x7fff)), lsb);
+  return _mm512_cvtepi32_epi16(_mm512_srli_epi32(rounded, 16));
 }
 
-NCT_AVX512 float quantize_row_avx512(const float* x, int8_t* q, int64_t cols) {
+// clamp(round(v * scale), -128, 127) of 16 values, as f32 integers.
+NCT_AVX512 inline __m512 quantize16(__m512 v, __m512 scale) {
+  v = _mm512_roundscale_ps(_mm512_mul_ps(v, scale), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  return _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(-kLevels - 1.0f)), _mm512_set1_ps(kLevels));
+}
+
+NCT_AVX512 void scale_row_avx512(const float* g, float fa, float fb, c10::BFloat16* a, c10::BFloat16* b, int64_t n) {
+  const __m512 va = _mm512_set1_ps(fa), vb = _mm512_set1_ps(fb);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 v = _mm512_loadu_ps(g + i);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(a + i), to_bf16(_mm512_mul_ps(v, va)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(b + i), to_bf16(_mm512_mul_ps(v, vb)));
+  }
+  if (i < n) scale_row_generic(g + i, fa, fb, a + i, b + i, n - i);
+}
+
+NCT_AVX512 float quantize_row_avx512(const float* x, int8_t* q, c10::BFloat16* qb, int64_t cols) {
   __m512 vmax = _mm512_setzero_ps();
   int64_t i = 0;
   for (; i + 16 <= cols; i += 16) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_loadu_ps(x + i)));
@@ -73,11 +100,15 @@ NCT_AVX512 float quantize_row_avx512(const float* x, int8_t* q, int64_t cols) {
   const float scale = (1.0f / std::fmax(m, kActivationEps)) * kLevels;
   const __m512 vs = _mm512_set1_ps(scale);
   for (i = 0; i + 16 <= cols; i += 16) {
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + i), quantize16(_mm512_loadu_ps(x + i), vs));
+    const __m512 v = quantize16(_mm512_loadu_ps(x + i), vs);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + i), _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(v)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(qb + i), to_bf16(v));
   }
   if (i < cols) {
     const __mmask16 k = static_cast<__mmask16>((1u << (cols - i)) - 1);
-    _mm_mask_storeu_epi8(q + i, k, quantize16(_mm512_maskz_loadu_ps(k, x + i), vs));
+    const __m512 v = quantize16(_mm512_maskz_loadu_ps(k, x + i), vs);
+    _mm_mask_storeu_epi8(q + i, k, _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(v)));
+    _mm256_mask_storeu_epi16(qb + i, k, to_bf16(v));
   }
   return scale;
 }
@@ -89,13 +120,15 @@ bool has_avx512() {
 }
 #endif
 
-// x: (rows, cols) contiguous f32 -> (q int8 (rows, cols), scale f32 (rows, 1)).
-std::pair<Tensor, Tensor> quantize_rows(const Tensor& x) {
+// x: (rows, cols) contiguous f32 -> q as int8 and bf16 (rows, cols), scale f32 (rows, 1).
+std::tuple<Tensor, Tensor, Tensor> quantize_rows(const Tensor& x) {
   const int64_t rows = x.size(0), cols = x.size(1);
   Tensor q = at::empty({rows, cols}, x.options().dtype(at::kChar));
+  Tensor qb = at::empty({rows, cols}, x.options().dtype(at::kBFloat16));
   Tensor scale = at::empty({rows, 1}, x.options());
   const float* xp = x.data_ptr<float>();
   int8_t* qp = q.data_ptr<int8_t>();
+  c10::BFloat16* qbp = qb.data_ptr<c10::BFloat16>();
   float* sp = scale.data_ptr<float>();
 #if defined(__x86_64__)
   const bool wide = has_avx512();
@@ -104,14 +137,42 @@ std::pair<Tensor, Tensor> quantize_rows(const Tensor& x) {
     for (int64_t r = begin; r < end; ++r) {
 #if defined(__x86_64__)
       if (wide) {
-        sp[r] = quantize_row_avx512(xp + r * cols, qp + r * cols, cols);
+        sp[r] = quantize_row_avx512(xp + r * cols, qp + r * cols, qbp + r * cols, cols);
         continue;
       }
 #endif
-      sp[r] = quantize_row_generic(xp + r * cols, qp + r * cols, cols);
+      sp[r] = quantize_row_generic(xp + r * cols, qp + r * cols, qbp + r * cols, cols);
     }
   });
-  return {q, scale};
+  return {q, qb, scale};
+}
+
+// g: (rows, n) contiguous f32 -> (bf16(g · fa), bf16(g / scale_row)).
+std::pair<Tensor, Tensor> backward_inputs(const Tensor& g, double fa, const Tensor& scale) {
+  const int64_t rows = g.size(0), n = g.size(1);
+  Tensor a = at::empty({rows, n}, g.options().dtype(at::kBFloat16));
+  Tensor b = at::empty({rows, n}, g.options().dtype(at::kBFloat16));
+  const float* gp = g.data_ptr<float>();
+  const float* sp = scale.data_ptr<float>();
+  c10::BFloat16* ap = a.data_ptr<c10::BFloat16>();
+  c10::BFloat16* bp = b.data_ptr<c10::BFloat16>();
+  const float fa32 = static_cast<float>(fa);
+#if defined(__x86_64__)
+  const bool wide = has_avx512();
+#endif
+  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const float fb = 1.0f / sp[r];
+#if defined(__x86_64__)
+      if (wide) {
+        scale_row_avx512(gp + r * n, fa32, fb, ap + r * n, bp + r * n, n);
+        continue;
+      }
+#endif
+      scale_row_generic(gp + r * n, fa32, fb, ap + r * n, bp + r * n, n);
+    }
+  });
+  return {a, b};
 }
 
 const c10::OperatorHandle& qlinear_op() {
@@ -152,10 +213,10 @@ struct BitLinearFn : public torch::autograd::Function<BitLinearFn> {
     auto out_shape = x.sizes().vec();
     out_shape.back() = out;
     Tensor x2 = x.reshape({-1, cols}).contiguous();
-    auto [q, scale] = quantize_rows(x2);
+    auto [q, qb, scale] = quantize_rows(x2);
     Tensor y = int8_gemm(q, packed, ones, zeros);
     y.mul_(at::reciprocal(scale).mul_(w_scale));
-    ctx->save_for_backward({q, scale, trits});
+    ctx->save_for_backward({qb, scale, trits});
     ctx->saved_data["w_scale"] = w_scale;
     ctx->saved_data["x_shape"] = x.sizes().vec();
     return y.view(out_shape);
@@ -163,18 +224,15 @@ struct BitLinearFn : public torch::autograd::Function<BitLinearFn> {
 
   static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
     auto saved = ctx->get_saved_variables();
-    const Tensor &q = saved[0], &scale = saved[1], &trits = saved[2];
+    const Tensor &qb = saved[0], &scale = saved[1], &trits = saved[2];
     const double w_scale = ctx->saved_data["w_scale"].toDouble();
     const auto x_shape = ctx->saved_data["x_shape"].toIntVector();
-    Tensor g = grads[0].reshape({-1, trits.size(0)});
+    Tensor g = grads[0].reshape({-1, trits.size(0)}).to(at::kFloat).contiguous();
+    // One pass over g: g · s_w for dx, g / scale (per token) for dW.
+    auto [gx, gw] = backward_inputs(g, w_scale, scale);
     Tensor dx, dw;
-    if (ctx->needs_input_grad(0)) {
-      dx = at::mm(g.mul(w_scale).to(at::kBFloat16), trits).to(at::kFloat).view(x_shape);
-    }
-    if (ctx->needs_input_grad(1)) {
-      Tensor gs = g.div(scale).to(at::kBFloat16);
-      dw = at::mm(gs.t(), q.to(at::kBFloat16)).to(at::kFloat);
-    }
+    if (ctx->needs_input_grad(0)) dx = at::mm(gx, trits).to(at::kFloat).view(x_shape);
+    if (ctx->needs_input_grad(1)) dw = at::mm(gw.t(), qb).to(at::kFloat);
     return {dx, dw, Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
   }
 };

@@ -186,6 +186,12 @@ mod tests {
         // bf16 rounds g (8 significant bits): relative error well under 1 %.
         assert!(max_rel(&x.grad(), &gx) < 1e-2, "dx {}", max_rel(&x.grad(), &gx));
         assert!(max_rel(&wq.grad(), &gw) < 1e-2, "dW {}", max_rel(&wq.grad(), &gw));
+        // Exactly the bf16 matmul of bf16(g·s_w) with the trits (the fused
+        // f32 -> bf16 rounding matches libtorch's, round to nearest even).
+        let trits = (wq.detach() / packed.scale()).to_kind(Kind::BFloat16);
+        let g_bf16 = (&g * packed.scale()).to_kind(Kind::BFloat16).reshape([-1, 48]);
+        let exact = g_bf16.matmul(&trits).to_kind(Kind::Float).reshape([2, 24, 64]);
+        assert!(x.grad().equal(&exact), "dx differs from the bf16 matmul by {}", max_rel(&x.grad(), &exact));
         // Not trivially close: the unquantized x gives a different dW.
         let plain = g.reshape([-1, 48]).tr().matmul(&x.detach().reshape([-1, 64]));
         assert!(max_rel(&plain, &gw) > 1e-3);
