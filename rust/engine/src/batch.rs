@@ -19,8 +19,8 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use crate::error::{invalid_arg, EngineError, Result};
-use crate::forward::{apply_rope, attention, ffn_block, mhc_sublayer, rms_norm, KvCache};
+use crate::error::{invalid_arg, Result};
+use crate::forward::{apply_rope, attention, KvCache};
 use crate::generate::check_request;
 use crate::linear::{forward_many, Input};
 use kernels::for_each_chunk;
@@ -71,97 +71,33 @@ impl Model {
     /// Runs every segment's tokens as one batch (every block matrix one product over all of
     /// them); returns, per segment, the logits of its last token when it asked for them.
     pub fn forward_batch(&self, segments: &mut [Segment<'_>]) -> Result<Vec<Option<Vec<f32>>>> {
-        let c = &self.config;
         if segments.is_empty() {
             return Err(invalid_arg("no sequences to run"));
         }
         for (i, seg) in segments.iter().enumerate() {
-            if seg.ids.is_empty() {
-                return Err(invalid_arg(format!("sequence {i} has no tokens to run")));
-            }
-            if seg.cache.len + seg.ids.len() > c.max_seq_len {
-                return Err(invalid_arg(format!(
-                    "sequence {i}: {} positions exceed the context length {}",
-                    seg.cache.len + seg.ids.len(),
-                    c.max_seq_len
-                )));
-            }
-            if let Some(&bad) = seg.ids.iter().find(|&&id| id as usize >= c.vocab_size) {
-                return Err(invalid_arg(format!("token id {bad} is outside the vocabulary (size {})", c.vocab_size)));
-            }
+            self.check_tokens(seg.cache.len, seg.ids).map_err(|e| invalid_arg(format!("sequence {i}: {e}")))?;
         }
+        let max_len = self.config.max_seq_len;
         for seg in segments.iter_mut() {
-            seg.cache.capacity = seg.cache.capacity.max(seg.cache.len + seg.ids.len()).min(c.max_seq_len);
+            seg.cache.capacity = seg.cache.capacity.max(seg.cache.len + seg.ids.len()).min(max_len);
         }
-        let d = c.dim;
-        let eps = c.norm_eps as f32;
         let n_tok: usize = segments.iter().map(|s| s.ids.len()).sum();
-        let mut x = Vec::with_capacity(n_tok * d);
-        for seg in segments.iter() {
-            for &id in seg.ids {
-                self.embedding.row_into(id as usize, d, &mut x)?;
-            }
-        }
-        let n = c.mhc_streams;
-        let mut h = Vec::with_capacity(n_tok * d);
-        if n > 1 {
-            x = x.chunks_exact(d).flat_map(|row| (0..n).flat_map(move |_| row.iter().copied())).collect();
-        }
-        for (li, layer) in self.layers.iter().enumerate() {
-            match &layer.mhc {
-                None => {
-                    rms_norm(&x, &layer.attn_norm, eps, &mut h);
-                    let a = attention_block_batch(self, layer, li, &h, segments)?;
-                    x.iter_mut().zip(&a).for_each(|(x, a)| *x += a);
-                    rms_norm(&x, &layer.ffn_norm, eps, &mut h);
-                    let m = ffn_block(self, layer, &h, n_tok)?;
-                    x.iter_mut().zip(&m).for_each(|(x, m)| *x += m);
-                }
-                Some((c_attn, c_mlp)) => {
-                    x = mhc_sublayer(c_attn, &x, n_tok, |inp| {
-                        let mut hn = Vec::new();
-                        rms_norm(inp, &layer.attn_norm, eps, &mut hn);
-                        attention_block_batch(self, layer, li, &hn, segments)
-                    })?;
-                    x = mhc_sublayer(c_mlp, &x, n_tok, |inp| {
-                        let mut hn = Vec::new();
-                        rms_norm(inp, &layer.ffn_norm, eps, &mut hn);
-                        ffn_block(self, layer, &hn, n_tok)
-                    })?;
-                }
-            }
-        }
-        for seg in segments.iter_mut() {
-            seg.cache.len += seg.ids.len();
-        }
-        if n > 1 {
-            x = x.chunks_exact(n * d).flat_map(|s| (0..d).map(move |j| (0..n).map(|i| s[i * d + j]).sum::<f32>())).collect();
-        }
         // The last row of every segment that wants logits, through the head as one product.
-        let mut rows = Vec::new();
+        let mut logit_rows = Vec::new();
         let mut end = 0;
         for seg in segments.iter() {
             end += seg.ids.len();
             if seg.logits {
-                rows.extend_from_slice(&x[(end - 1) * d..end * d]);
+                logit_rows.push(end - 1);
             }
         }
-        let mut out = Vec::with_capacity(segments.len());
-        if rows.is_empty() {
-            out.resize_with(segments.len(), || None);
-            return Ok(out);
+        let ids: Vec<u32> = segments.iter().flat_map(|s| s.ids.iter().copied()).collect();
+        let logits = self.run(ids.into_iter(), n_tok, &logit_rows, |layer, li, h| attention_block_batch(self, layer, li, h, segments))?;
+        for seg in segments.iter_mut() {
+            seg.cache.len += seg.ids.len();
         }
-        rms_norm(&rows, &self.output_norm, eps, &mut h);
-        let logits = self.head_logits(&h, rows.len() / d)?;
-        if !crate::simd::all_finite(&logits) {
-            let i = logits.iter().position(|v| !v.is_finite()).unwrap_or(0);
-            return Err(EngineError::Numerical(format!("logit {i} is not finite (overflow in the weights?)")));
-        }
-        let mut chunks = logits.chunks_exact(c.vocab_size);
-        for seg in segments.iter() {
-            out.push(if seg.logits { chunks.next().map(|l| l.to_vec()) } else { None });
-        }
-        Ok(out)
+        let mut chunks = logits.chunks_exact(self.config.vocab_size);
+        Ok(segments.iter().map(|seg| if seg.logits { chunks.next().map(|l| l.to_vec()) } else { None }).collect())
     }
 }
 

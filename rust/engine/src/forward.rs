@@ -272,29 +272,39 @@ pub(crate) fn mhc_sublayer(
 }
 
 impl Model {
-    /// Runs `ids` at positions `cache.len()..`; returns logits for every token (`all_logits`) or
-    /// only the last one (`vocab` values).
-    pub fn forward(&self, cache: &mut KvCache, ids: &[u32], all_logits: bool) -> Result<Vec<f32>> {
+    /// Checks one sequence's new tokens: some, within the context after `past` positions, and
+    /// inside the vocabulary.
+    pub(crate) fn check_tokens(&self, past: usize, ids: &[u32]) -> Result<()> {
         let c = &self.config;
-        let n_tok = ids.len();
-        if n_tok == 0 {
+        if ids.is_empty() {
             return Err(invalid_arg("no tokens to run"));
         }
-        if cache.len + n_tok > c.max_seq_len {
-            return Err(invalid_arg(format!(
-                "{} positions exceed the context length {}",
-                cache.len + n_tok,
-                c.max_seq_len
-            )));
+        if past + ids.len() > c.max_seq_len {
+            return Err(invalid_arg(format!("{} positions exceed the context length {}", past + ids.len(), c.max_seq_len)));
         }
         if let Some(&bad) = ids.iter().find(|&&id| id as usize >= c.vocab_size) {
             return Err(invalid_arg(format!("token id {bad} is outside the vocabulary (size {})", c.vocab_size)));
         }
-        cache.capacity = cache.capacity.max(cache.len + n_tok).min(c.max_seq_len);
+        Ok(())
+    }
+
+    /// The embeddings of `ids`, every block, and the final norm of the rows `logit_rows` picks
+    /// (indices of tokens; none: no head at all), through the LM head: the forward pass both [`Model::forward`] (one
+    /// sequence) and [`Model::forward_batch`] (many, one product per matrix) run. `attention(layer,
+    /// layer index, normed input)` is the attention sub-layer, the only part that depends on
+    /// which sequence a token belongs to.
+    pub(crate) fn run(
+        &self,
+        ids: impl Iterator<Item = u32>,
+        n_tok: usize,
+        logit_rows: &[usize],
+        mut attention: impl FnMut(&Layer, usize, &[f32]) -> Result<Vec<f32>>,
+    ) -> Result<Vec<f32>> {
+        let c = &self.config;
         let d = c.dim;
         let eps = c.norm_eps as f32;
         let mut x = Vec::with_capacity(n_tok * d);
-        for &id in ids {
+        for id in ids {
             self.embedding.row_into(id as usize, d, &mut x)?;
         }
         let n = c.mhc_streams;
@@ -307,7 +317,7 @@ impl Model {
             match &layer.mhc {
                 None => {
                     rms_norm(&x, &layer.attn_norm, eps, &mut h);
-                    let a = attention_block(self, layer, li, &h, n_tok, cache)?;
+                    let a = attention(layer, li, &h)?;
                     x.iter_mut().zip(&a).for_each(|(x, a)| *x += a);
                     rms_norm(&x, &layer.ffn_norm, eps, &mut h);
                     let m = ffn_block(self, layer, &h, n_tok)?;
@@ -317,7 +327,7 @@ impl Model {
                     x = mhc_sublayer(c_attn, &x, n_tok, |inp| {
                         let mut hn = Vec::new();
                         rms_norm(inp, &layer.attn_norm, eps, &mut hn);
-                        attention_block(self, layer, li, &hn, n_tok, cache)
+                        attention(layer, li, &hn)
                     })?;
                     x = mhc_sublayer(c_mlp, &x, n_tok, |inp| {
                         let mut hn = Vec::new();
@@ -327,19 +337,42 @@ impl Model {
                 }
             }
         }
-        cache.len += n_tok;
-        if n > 1 {
-            // Collapse: the sum of the streams (the final RMSNorm removes the scale).
-            x = x.chunks_exact(n * d).flat_map(|s| (0..d).map(move |j| (0..n).map(|i| s[i * d + j]).sum::<f32>())).collect();
+        if logit_rows.is_empty() {
+            return Ok(Vec::new());
         }
-        let rows = if all_logits { &x[..] } else { &x[(n_tok - 1) * d..] };
-        rms_norm(rows, &self.output_norm, eps, &mut h);
-        let logits = self.head.forward(&h, rows.len() / d, self.residency)?;
+        // The rows asked for; with streams, collapsed to their sum (the final RMSNorm removes the scale).
+        let width = n * d;
+        let mut rows = Vec::with_capacity(logit_rows.len() * d);
+        for &t in logit_rows {
+            let s = &x[t * width..(t + 1) * width];
+            if n == 1 {
+                rows.extend_from_slice(s);
+            } else {
+                rows.extend((0..d).map(|j| (0..n).map(|i| s[i * d + j]).sum::<f32>()));
+            }
+        }
+        rms_norm(&rows, &self.output_norm, eps, &mut h);
+        let logits = self.head_logits(&h, logit_rows.len())?;
         if !crate::simd::all_finite(&logits) {
             let i = logits.iter().position(|v| !v.is_finite()).unwrap_or(0);
             return Err(EngineError::Numerical(format!("logit {i} is not finite (overflow in the weights?)")));
         }
         Ok(logits)
+    }
+
+    /// Runs `ids` at positions `cache.len()..`; returns logits for every token (`all_logits`) or
+    /// only the last one (`vocab` values).
+    pub fn forward(&self, cache: &mut KvCache, ids: &[u32], all_logits: bool) -> Result<Vec<f32>> {
+        self.check_tokens(cache.len, ids)?;
+        let n_tok = ids.len();
+        cache.capacity = cache.capacity.max(cache.len + n_tok).min(self.config.max_seq_len);
+        let logit_rows: Vec<usize> = if all_logits { (0..n_tok).collect() } else { vec![n_tok - 1] };
+        let logits = self.run(ids.iter().copied(), n_tok, &logit_rows, |layer, li, h| attention_block(self, layer, li, h, n_tok, cache));
+        // The cache holds the new positions only once every layer has written them.
+        if logits.is_ok() {
+            cache.len += n_tok;
+        }
+        logits
     }
 
     /// Logits `T × vocab` of one causal forward from an empty cache.
