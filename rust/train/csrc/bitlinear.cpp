@@ -88,6 +88,48 @@ NCT_AVX512 void scale_row_avx512(const float* g, float fa, float fb, c10::BFloat
   if (i < n) scale_row_generic(g + i, fa, fb, a + i, b + i, n - i);
 }
 
+// expf on 16 lanes (Cephes polynomial, ~1 ulp); inputs below -87.3 give ~1e-38.
+NCT_AVX512 inline __m512 exp16(__m512 x) {
+  x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.37626f)), _mm512_set1_ps(-87.33654f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  x = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  x = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), x);
+  __m512 y = _mm512_set1_ps(1.9875691500e-4f);
+  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.3981999507e-3f));
+  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(8.3334519073e-3f));
+  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(4.1665795894e-2f));
+  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.6666665459e-1f));
+  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(5.0000001201e-1f));
+  y = _mm512_fmadd_ps(y, _mm512_mul_ps(x, x), _mm512_add_ps(x, _mm512_set1_ps(1.0f)));
+  return _mm512_scalef_ps(y, n);
+}
+
+NCT_AVX512 inline __m512 load_bf16(const c10::BFloat16* p) {
+  const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+}
+
+// log-sum-exp of one bf16 row (n a multiple of 16).
+NCT_AVX512 float logsumexp_row_avx512(const c10::BFloat16* x, int64_t n) {
+  __m512 vmax = _mm512_set1_ps(-INFINITY);
+  for (int64_t i = 0; i < n; i += 16) vmax = _mm512_max_ps(vmax, load_bf16(x + i));
+  const float m = _mm512_reduce_max_ps(vmax);
+  const __m512 vm = _mm512_set1_ps(m);
+  __m512 sum = _mm512_setzero_ps();
+  for (int64_t i = 0; i < n; i += 16) sum = _mm512_add_ps(sum, exp16(_mm512_sub_ps(load_bf16(x + i), vm)));
+  return m + std::log(_mm512_reduce_add_ps(sum));
+}
+
+// grad[i] = bf16((exp(x[i] - lse) - [i == target]) * g) of one bf16 row (n a multiple of 16).
+NCT_AVX512 void softmax_grad_row_avx512(const c10::BFloat16* x, float lse, float g, c10::BFloat16* grad, int64_t n) {
+  const __m512 vl = _mm512_set1_ps(lse), vg = _mm512_set1_ps(g);
+  for (int64_t i = 0; i < n; i += 16) {
+    const __m512 p = exp16(_mm512_sub_ps(load_bf16(x + i), vl));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(grad + i), to_bf16(_mm512_mul_ps(p, vg)));
+  }
+}
+
 NCT_AVX512 float quantize_row_avx512(const float* x, int8_t* q, c10::BFloat16* qb, int64_t cols) {
   __m512 vmax = _mm512_setzero_ps();
   int64_t i = 0;
@@ -174,6 +216,67 @@ std::pair<Tensor, Tensor> backward_inputs(const Tensor& g, double fa, const Tens
   });
   return {a, b};
 }
+
+float logsumexp_row(const c10::BFloat16* x, int64_t n) {
+#if defined(__x86_64__)
+  if (has_avx512() && n % 16 == 0) return logsumexp_row_avx512(x, n);
+#endif
+  float m = -INFINITY;
+  for (int64_t i = 0; i < n; ++i) m = std::fmax(m, static_cast<float>(x[i]));
+  double sum = 0.0;
+  for (int64_t i = 0; i < n; ++i) sum += std::exp(static_cast<float>(x[i]) - m);
+  return m + static_cast<float>(std::log(sum));
+}
+
+void softmax_grad_row(const c10::BFloat16* x, float lse, float g, c10::BFloat16* grad, int64_t n) {
+#if defined(__x86_64__)
+  if (has_avx512() && n % 16 == 0) return softmax_grad_row_avx512(x, lse, g, grad, n);
+#endif
+  for (int64_t i = 0; i < n; ++i) grad[i] = c10::BFloat16(std::exp(static_cast<float>(x[i]) - lse) * g);
+}
+
+// Mean cross-entropy of bf16 logits (rows, vocab) against int64 targets, the
+// log-softmax taken in f32; the backward writes (softmax − onehot)·g/rows in
+// bf16 in one pass (no f32 copy of the logits, no log-prob tensor).
+struct CrossEntropyFn : public torch::autograd::Function<CrossEntropyFn> {
+  static Tensor forward(AutogradContext* ctx, Tensor logits, Tensor targets) {
+    const int64_t rows = logits.size(0), vocab = logits.size(1);
+    Tensor lse = at::empty({rows}, logits.options().dtype(at::kFloat));
+    Tensor losses = at::empty({rows}, logits.options().dtype(at::kDouble));
+    const c10::BFloat16* xp = logits.data_ptr<c10::BFloat16>();
+    const int64_t* tp = targets.data_ptr<int64_t>();
+    float* lp = lse.data_ptr<float>();
+    double* op = losses.data_ptr<double>();
+    at::parallel_for(0, rows, 8, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        lp[r] = logsumexp_row(xp + r * vocab, vocab);
+        op[r] = static_cast<double>(lp[r]) - static_cast<double>(static_cast<float>(xp[r * vocab + tp[r]]));
+      }
+    });
+    ctx->save_for_backward({logits, targets, lse});
+    return (losses.sum() / static_cast<double>(rows)).to(at::kFloat);
+  }
+
+  static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const Tensor &logits = saved[0], &targets = saved[1], &lse = saved[2];
+    const int64_t rows = logits.size(0), vocab = logits.size(1);
+    const float g = grads[0].item<float>() / static_cast<float>(rows);
+    Tensor grad = at::empty_like(logits);
+    const c10::BFloat16* xp = logits.data_ptr<c10::BFloat16>();
+    const int64_t* tp = targets.data_ptr<int64_t>();
+    const float* lp = lse.data_ptr<float>();
+    c10::BFloat16* gp = grad.data_ptr<c10::BFloat16>();
+    at::parallel_for(0, rows, 8, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        softmax_grad_row(xp + r * vocab, lp[r], g, gp + r * vocab, vocab);
+        const int64_t t = r * vocab + tp[r];
+        gp[t] = c10::BFloat16(static_cast<float>(gp[t]) - g);
+      }
+    });
+    return {grad, Tensor()};
+  }
+};
 
 const c10::OperatorHandle& qlinear_op() {
   static const c10::OperatorHandle op =
@@ -280,6 +383,30 @@ char* nct_bit_linear(const Tensor* x, const Tensor* wq, const Tensor* packed, co
                         c10::str(x->sizes()) + " on " + x->device().str());
     }
     *out = new Tensor(BitLinearFn::apply(*x, *wq, *packed, *trits, *ones, *zeros, scale));
+    return nullptr;
+  } catch (const std::exception& e) {
+    return copy_error(e.what());
+  }
+}
+
+// Mean cross-entropy of bf16 CPU logits (rows, vocab) and int64 targets in [0, vocab).
+char* nct_cross_entropy(const Tensor* logits, const Tensor* targets, Tensor** out) {
+  try {
+    const Tensor& x = *logits;
+    const Tensor& t = *targets;
+    if (x.dim() != 2 || x.scalar_type() != at::kBFloat16 || !x.device().is_cpu() || t.dim() != 1 ||
+        t.scalar_type() != at::kLong || t.size(0) != x.size(0) || x.size(0) == 0 || x.size(1) == 0) {
+      return copy_error("cross_entropy: expected bf16 CPU logits (rows, vocab) and int64 targets (rows), got " +
+                        std::string(c10::toString(x.scalar_type())) + " " + c10::str(x.sizes()) + " and " +
+                        std::string(c10::toString(t.scalar_type())) + " " + c10::str(t.sizes()));
+    }
+    const Tensor tc = t.contiguous();
+    const int64_t lo = tc.min().item<int64_t>(), hi = tc.max().item<int64_t>();
+    if (lo < 0 || hi >= x.size(1)) {
+      return copy_error("cross_entropy: targets must lie in [0, " + std::to_string(x.size(1)) + "), got [" +
+                        std::to_string(lo) + ", " + std::to_string(hi) + "]");
+    }
+    *out = new Tensor(CrossEntropyFn::apply(x.contiguous(), tc));
     return nullptr;
   } catch (const std::exception& e) {
     return copy_error(e.what());

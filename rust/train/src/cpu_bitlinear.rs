@@ -52,6 +52,7 @@ extern "C" {
         scale: f64,
         out: *mut *mut C_tensor,
     ) -> *mut c_char;
+    fn nct_cross_entropy(logits: *const C_tensor, targets: *const C_tensor, out: *mut *mut C_tensor) -> *mut c_char;
 }
 
 /// Turns a C++ error string (owned by us) into a `TrainError`.
@@ -139,6 +140,18 @@ impl PackedTernary {
     }
 }
 
+/// Mean cross-entropy of bf16 CPU logits (rows, vocab) against int64
+/// targets (rows), with autograd: the log-softmax in f32 without an f32 copy
+/// of the logits, the backward writing (softmax − onehot)·g/rows in bf16 in
+/// one pass. What `log_softmax(-1, f32)` + `nll_loss` compute, fused.
+pub fn cross_entropy(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let mut out: *mut C_tensor = ptr::null_mut();
+    // SAFETY: both tensors are live; on success `out` is a fresh tensor we own.
+    let error = unsafe { nct_cross_entropy(logits.as_ptr(), targets.as_ptr(), &mut out) };
+    check(error, "fused cross-entropy")?;
+    Ok(unsafe { Tensor::from_ptr(out) })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,6 +220,35 @@ mod tests {
         let packed = PackedTernary::pack(&zero).unwrap().expect("all-zero weights are ternary");
         let y = packed.linear(&randn(7, &[3, 16]), &zero).unwrap();
         assert_eq!(y.abs().sum(Kind::Float).double_value(&[]), 0.0);
+    }
+
+    #[test]
+    fn fused_cross_entropy_equals_log_softmax_and_nll() {
+        // 4096 columns take the AVX-512 path, 100 the scalar one.
+        for vocab in [4096i64, 100] {
+            let logits = (randn(10, &[37, vocab]) * 4.0).to_kind(Kind::BFloat16).set_requires_grad(true);
+            tch::manual_seed(11);
+            let targets = Tensor::randint(vocab, [37], (Kind::Int64, Device::Cpu));
+            let ours = cross_entropy(&logits, &targets).unwrap();
+            let reference = logits.detach().log_softmax(-1, Kind::Float).nll_loss(&targets);
+            let (a, b) = (ours.double_value(&[]), reference.double_value(&[]));
+            assert!((a - b).abs() < 1e-5 * b.abs(), "vocab {vocab}: {a} vs {b}");
+            (ours * 3.0).backward();
+            let probs = logits.detach().to_kind(Kind::Float).softmax(-1, Kind::Float);
+            let onehot = targets.one_hot(vocab).to_kind(Kind::Float);
+            let want = (probs - onehot) * (3.0 / 37.0);
+            let got = logits.grad().to_kind(Kind::Float);
+            assert_eq!(logits.grad().kind(), Kind::BFloat16);
+            // bf16 output: 8 significant bits.
+            let err = (&got - &want).abs().max().double_value(&[]);
+            assert!(err < 1e-2 * want.abs().max().double_value(&[]), "vocab {vocab}: gradient error {err}");
+        }
+        let logits = randn(12, &[3, 16]).to_kind(Kind::BFloat16);
+        let bad = |t: &Tensor| cross_entropy(&logits, t).unwrap_err().to_string();
+        assert!(bad(&Tensor::from_slice(&[0i64, 1, 16])).contains("[0, 16)"));
+        assert!(bad(&Tensor::from_slice(&[0i64, 1])).contains("int64 targets"));
+        let f32_logits = cross_entropy(&logits.to_kind(Kind::Float), &Tensor::from_slice(&[0i64, 1, 2]));
+        assert!(f32_logits.unwrap_err().to_string().contains("bf16"));
     }
 
     #[test]

@@ -283,6 +283,17 @@ fn objective(
 ) -> Result<Objective> {
     let logits = model.forward_prechecked(tokens);
     let vocab = model.config().vocab_size as i64;
+    // bf16 CPU logits (the int8 BitLinear path's head): CE fused in one pass,
+    // the entropy (only reported) from the rows it samples anyway.
+    if logits.kind() == Kind::BFloat16 && logits.device() == Device::Cpu && distill.is_none() && entropy_weight == 0.0
+    {
+        let flat = logits.reshape([-1, vocab]);
+        let ce = crate::cpu_bitlinear::cross_entropy(&flat, &targets.reshape([-1]))?;
+        let (rows, stride) = (flat.size()[0], entropy_sample_stride(flat.size()[0]));
+        let sampled = tch::no_grad(|| flat.slice(0, 0, rows, stride).log_softmax(-1, Kind::Float));
+        let entropy = mean_entropy_for_metrics(&sampled);
+        return Ok(Objective { value: ce.shallow_clone(), ce, entropy, kl: None });
+    }
     // Log-softmax in f32 at least: bf16 logits lose too much.
     let log_probs = logits.reshape([-1, vocab]).log_softmax(-1, Kind::Float);
     let ce = log_probs.g_nll_loss::<Tensor>(&targets.reshape([-1]), None, Reduction::Mean, -100);
@@ -315,6 +326,11 @@ fn objective(
 /// part of the objective.
 pub const ENTROPY_SAMPLE_ROWS: i64 = 512;
 
+/// Every how many rows [`mean_entropy_for_metrics`] samples one.
+fn entropy_sample_stride(rows: i64) -> i64 {
+    (rows + ENTROPY_SAMPLE_ROWS - 1) / ENTROPY_SAMPLE_ROWS
+}
+
 /// Mean entropy of (rows, vocab) log-probabilities when it is only reported:
 /// no autograd, over at most [`ENTROPY_SAMPLE_ROWS`] evenly spaced positions
 /// (all of them for small batches), in row chunks so the p·log p temporary
@@ -323,7 +339,7 @@ pub const ENTROPY_SAMPLE_ROWS: i64 = 512;
 fn mean_entropy_for_metrics(log_probs: &Tensor) -> Tensor {
     tch::no_grad(|| {
         let all_rows = log_probs.size()[0];
-        let stride = (all_rows + ENTROPY_SAMPLE_ROWS - 1) / ENTROPY_SAMPLE_ROWS;
+        let stride = entropy_sample_stride(all_rows);
         let log_probs = if stride > 1 {
             log_probs.slice(0, 0, all_rows, stride)
         } else {

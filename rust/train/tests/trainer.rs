@@ -145,7 +145,9 @@ fn entropy_regularization() {
     let h = h.double_value(&[]);
     assert!((g.entropy - h).abs() < 1e-5 && (g0.entropy - h).abs() < 1e-5, "{} {h}", g.entropy);
     assert!((g.loss - (g.ce - 0.5 * g.entropy)).abs() < 1e-5, "f32 objective");
-    assert_eq!(g.ce, g0.ce);
+    // The same CE: bit for bit on the f32 path; on the int8 path the plain
+    // objective takes the fused CE kernel, equal to float rounding.
+    assert!((g.ce - g0.ce).abs() <= 1e-6 * g0.ce, "{} vs {}", g.ce, g0.ce);
     assert!(h > 3.5 && h < 64f64.ln() + 1e-6, "near-uniform at init: {h}");
     // Large batches report the entropy of every k-th position (k = 2 here).
     let (bx, by) = batch(7, 40, 16);
