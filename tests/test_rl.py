@@ -131,12 +131,14 @@ def test_tiny_policy_learns_an_easy_family(base, tmp_path):
     assert 0.1 < first < 0.7, rates
     assert last > first + 0.25, rates
     assert all(r["updated"] and r["groups_with_signal"] >= 1 for r in records[:3])
-    # Step 1 samples from the reference itself: KL 0 (up to rounding); then the policy moves away.
-    assert abs(records[0]["kl"]) < 1e-6 and all(-1e-6 < r["kl"] < 1 for r in records) and records[-1]["kl"] > 0
+    # Step 1 samples from the reference itself: KL 0 up to rounding (the policy's prequantized CPU
+    # BitLinear and the reference's per-call path round int8 activations apart, ~1e-5); then it grows.
+    assert abs(records[0]["kl"]) < 1e-4 and all(-1e-4 < r["kl"] < 1 for r in records) and records[-1]["kl"] > 1e-3
     for key in ("reward_mean", "compile_rate", "entropy", "rollouts_per_s", "checks_per_s"):
         assert key in records[-1]
     held = run.evaluate()  # the two held-out prompts ask for numbers seen in training
-    assert held["samples"] == run.config.eval_samples and "pass@1" in held and "pass@8" in held
+    assert held["samples_per_task"] == run.config.eval_samples and held["samples"] == 8 * 64
+    assert "pass@1" in held and "pass@8" in held
 
 
 def _comparable(record):

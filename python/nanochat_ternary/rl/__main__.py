@@ -105,8 +105,8 @@ def _train(argv: Sequence[str]) -> int:
             if config.eval_every:
                 run.evaluate()
         run.fit(progress=not args.no_progress)
-        if run.config.eval_every:
-            run.evaluate()
+        if run.config.eval_every and run.config.steps % run.config.eval_every:
+            run.evaluate()  # the last step's eval, unless the loop just ran it
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

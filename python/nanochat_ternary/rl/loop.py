@@ -135,7 +135,7 @@ def evaluate(policy: Policy, tasks: Sequence[Task], n: int, *, max_new_tokens: i
     stats = ScoreStats()
     checks = score([(t, r.text) for t, r in flat], finished=[r.finished for _, r in flat], workers=workers, stats=stats)
     counts = [(n, sum(int(c.reward) for c in checks[i * n : (i + 1) * n])) for i in range(len(tasks))]
-    return {"tasks": len(tasks), "samples": n, **pass_at_k_table(counts, n),
+    return {"tasks": len(tasks), "samples_per_task": n, **pass_at_k_table(counts, n),
             "compile_rate": sum(c.compiled for c in checks) / len(checks),
             "checks_per_s": stats.checks_per_second}  # fmt: skip
 

@@ -93,7 +93,8 @@ fn kl_to_an_identical_reference_is_zero_and_a_step_updates() {
     let plain = policy_gradients(&t, &[rl_batch(&x, &y, ones.shallow_clone(), &[1.0, -1.0])], None, 0.0).unwrap().0;
     let (with_kl, kl, _, _, _) =
         policy_gradients(&t, &[rl_batch(&x, &y, ones.shallow_clone(), &[1.0, -1.0])], Some(&reference), 0.5).unwrap();
-    assert!(kl.abs() < 1e-6, "kl {kl}");
+    // 0 up to the rounding between the policy's prequantized and the reference's per-call BitLinear.
+    assert!(kl.abs() < 1e-4, "kl {kl}");
     let diff = max_rel_diff(&with_kl.grads, &plain.grads);
     // Analytically zero (d k3 / d log π = 1 − exp(d) = 0 at d = 0); bf16 backward roundings remain.
     assert!(diff < 2e-2, "KL at the reference moved the gradient by {diff}");
