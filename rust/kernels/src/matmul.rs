@@ -418,7 +418,8 @@ fn gemm_driver<T: Send + Copy + Default>(
 ) -> Result<Vec<T>, KernelError> {
     let (n, rows) = (x.n_tokens(), w.rows());
     #[cfg(target_arch = "x86_64")]
-    if kernel.variant() == Variant::Amx {
+    if kernel.variant() == Variant::Amx && n > 1 {
+        // One token: the decode of the B tiles costs more than the VNNI micro-kernel saves.
         return gemm_driver_amx(kernel, w, x, groups, fold, finish);
     }
     let blocks = column_blocks(groups);
