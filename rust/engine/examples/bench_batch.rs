@@ -13,8 +13,8 @@
 
 use std::time::Instant;
 
-use engine::synthetic::{write_random_gguf, SyntheticOptions};
-use engine::{FfnActivation, KvCache, ModelConfig, Rng, SamplingParams, Segment};
+use engine::synthetic::{nano_125m_config, write_random_gguf, SyntheticOptions};
+use engine::{KvCache, Rng, SamplingParams, Segment};
 use gguf::GgmlType;
 
 /// Nanoseconds this thread has run on a CPU, if the clock is there.
@@ -44,21 +44,7 @@ fn main() {
     let threads: usize = std::env::args().nth(1).map_or(2, |a| a.parse().expect("threads"));
     kernels::set_num_threads(threads).expect("threads");
     let on_cpu = threads == 1 && cpu_ns().is_some();
-    let config = ModelConfig {
-        name: "nano-125m-llama".into(),
-        vocab_size: 50257,
-        dim: 768,
-        n_layers: 12,
-        n_heads: 12,
-        n_kv_heads: 12,
-        ffn_hidden: 2048,
-        ffn_activation: FfnActivation::Swiglu,
-        max_seq_len: 1024,
-        rope_theta: 10_000.0,
-        norm_eps: 1e-5,
-        tie_embeddings: false,
-        mhc_streams: 1,
-    };
+    let config = nano_125m_config();
     let dir = std::env::temp_dir().join(format!("nct-bench-batch-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let path = dir.join("nano.gguf");

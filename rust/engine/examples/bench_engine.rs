@@ -22,31 +22,13 @@ use std::hint::black_box;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use engine::synthetic::{write_random_gguf, write_random_hf_dir, SyntheticOptions};
-use engine::{FfnActivation, KvCache, Model, ModelConfig};
+use engine::synthetic::{nano_125m_config, write_random_gguf, write_random_hf_dir, SyntheticOptions};
+use engine::{KvCache, Model, ModelConfig};
 use gguf::GgmlType;
 
 const PROMPT: usize = 128;
 const DECODE: usize = 64;
 const DECODE_ROUNDS: usize = 5;
-
-fn nano_125m() -> ModelConfig {
-    ModelConfig {
-        name: "nano-125m-llama".into(),
-        vocab_size: 50257,
-        dim: 768,
-        n_layers: 12,
-        n_heads: 12,
-        n_kv_heads: 12,
-        ffn_hidden: 2048,
-        ffn_activation: FfnActivation::Swiglu,
-        max_seq_len: 1024,
-        rope_theta: 10_000.0,
-        norm_eps: 1e-5,
-        tie_embeddings: false,
-        mhc_streams: 1,
-    }
-}
 
 fn d20() -> ModelConfig {
     let json = include_str!("../../../python/nanochat_ternary/configs/d20.json");
@@ -248,7 +230,7 @@ fn write_model(which: &str, tmp: &Path) -> std::path::PathBuf {
             tokenizer: true,
             ..Default::default()
         };
-        write_random_gguf(&path, &nano_125m(), &opts).expect("write gguf");
+        write_random_gguf(&path, &nano_125m_config(), &opts).expect("write gguf");
         path
     } else {
         let path = tmp.join("d20");

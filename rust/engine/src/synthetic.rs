@@ -122,6 +122,26 @@ pub fn dense_bytes(ty: GgmlType, v: &[f32]) -> Result<Vec<u8>> {
     })
 }
 
+/// The `nano-125m` llama shape the engine benchmarks use (dim 768, 12 layers, 12 heads, FFN 2048,
+/// vocab 50257, context 1024).
+pub fn nano_125m_config() -> ModelConfig {
+    ModelConfig {
+        name: "nano-125m-llama".into(),
+        vocab_size: 50257,
+        dim: 768,
+        n_layers: 12,
+        n_heads: 12,
+        n_kv_heads: 12,
+        ffn_hidden: 2048,
+        ffn_activation: FfnActivation::Swiglu,
+        max_seq_len: 1024,
+        rope_theta: 10_000.0,
+        norm_eps: 1e-5,
+        tie_embeddings: false,
+        mhc_streams: 1,
+    }
+}
+
 /// Writes a random model with `config`'s shape to `path` (atomically).
 pub fn write_random_gguf(path: &Path, config: &ModelConfig, opts: &SyntheticOptions) -> Result<()> {
     config.validate()?;

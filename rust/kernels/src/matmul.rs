@@ -405,7 +405,8 @@ impl<'a, T: Copy> RowMajorOut<'a, T> {
 }
 
 /// GEMM core, writing the row-major `n_tokens × rows` result. Work unit: a block of row tiles (the
-/// variant's micro-kernel height); for each scale group, its column blocks, every token panel.
+/// variant's micro-kernel height); for each scale group, the integer dots of every token, from the
+/// variant's micro-kernels over the column blocks and token panels, or from AMX tile products.
 /// `fold(tile, group, dots, acc)` folds the integer dots of one tile and group (one `[i32; 16]` per
 /// token) into the tile's accumulators; `finish(token, value)` maps an accumulator to the output.
 fn gemm_driver<T: Send + Copy + Default>(
@@ -416,17 +417,59 @@ fn gemm_driver<T: Send + Copy + Default>(
     fold: impl Fn(usize, usize, &[[i32; TILE_ROWS]], &mut [[T; TILE_ROWS]]) + Sync,
     finish: impl Fn(usize, T) -> T + Sync,
 ) -> Result<Vec<T>, KernelError> {
-    let (n, rows) = (x.n_tokens(), w.rows());
+    let n = x.n_tokens();
+    let (bytes, stride) = (w.as_bytes(), w.chunks_per_tile() * CHUNK_BYTES);
     #[cfg(target_arch = "x86_64")]
     if kernel.variant() == Variant::Amx && n > 1 {
-        // One token: the decode of the B tiles costs more than the VNNI micro-kernel saves.
-        return gemm_driver_amx(kernel, w, x, groups, fold, finish);
+        // One token keeps the VNNI micro-kernel: the decode of the B tiles costs more than it saves.
+        let x_sums = column_sums(x, groups);
+        // Group-major: the n sums of group g are contiguous.
+        let n_groups = groups.len();
+        let group_sums: Vec<i32> = (0..n_groups * n).map(|i| x_sums[(i % n) * n_groups + i / n]).collect();
+        let tiles_x = crate::amx::TileActivations::new(x);
+        let group_dots = |first_tile: usize, m: usize, g: usize, dots: &mut [[i32; TILE_ROWS]]| {
+            let (tiles, sums) = (&bytes[first_tile * stride..], &group_sums[g * n..][..n]);
+            crate::tile::amx_group_dots(kernel, tiles, stride, m, groups[g].clone(), &tiles_x, sums, dots);
+        };
+        return run_blocks(kernel, w, n, groups.len(), group_dots, fold, finish);
     }
     let blocks = column_blocks(groups);
     let ranges: Vec<Range<usize>> = blocks.iter().map(|(_, r)| r.clone()).collect();
     let x_sums = column_sums(x, &ranges);
     let panels = Panels::new(x, panel_tokens(kernel), &ranges);
-    let (bytes, stride, row_tiles) = (w.as_bytes(), w.chunks_per_tile() * CHUNK_BYTES, w.row_tiles());
+    let group_dots = |first_tile: usize, m: usize, g: usize, dots: &mut [[i32; TILE_ROWS]]| {
+        dots.fill([0; TILE_ROWS]);
+        let mut sums = vec![0i32; n];
+        for (k, (_, chunks)) in blocks.iter().enumerate().filter(|(_, (bg, _))| *bg == g) {
+            for (t, s) in sums.iter_mut().enumerate() {
+                *s = x_sums[t * ranges.len() + k];
+            }
+            // Panels index chunks from the block start; so do these tile bytes.
+            let tiles = &bytes[first_tile * stride + chunks.start * CHUNK_BYTES..];
+            let local = 0..chunks.len();
+            for p in 0..panels.count() {
+                let (panel, width, first) = panels.panel(k, p);
+                let (s, out) = (&sums[first..], &mut dots[first..]);
+                gemm_tiles(kernel, tiles, stride, m, panel, width, width, local.clone(), s, out, n);
+            }
+        }
+    };
+    run_blocks(kernel, w, n, groups.len(), group_dots, fold, finish)
+}
+
+/// The parallel loop of [`gemm_driver`]: blocks of row tiles over the team; per block and scale
+/// group, `group_dots(first_tile, m, group, dots)` gives `dots[i·n + t]` for its `m` tiles, which
+/// `fold` accumulates; `finish` maps the accumulators into the row-major output.
+fn run_blocks<T: Send + Copy + Default>(
+    kernel: Kernel,
+    w: &PlanarMatrix,
+    n: usize,
+    n_groups: usize,
+    group_dots: impl Fn(usize, usize, usize, &mut [[i32; TILE_ROWS]]) + Sync,
+    fold: impl Fn(usize, usize, &[[i32; TILE_ROWS]], &mut [[T; TILE_ROWS]]) + Sync,
+    finish: impl Fn(usize, T) -> T + Sync,
+) -> Result<Vec<T>, KernelError> {
+    let (rows, row_tiles) = (w.rows(), w.row_tiles());
     let per_call = gemm_tiles_per_call(kernel);
     let mut out = vec![T::default(); n * rows];
     let shared = RowMajorOut::new(&mut out, n, rows);
@@ -434,77 +477,13 @@ fn gemm_driver<T: Send + Copy + Default>(
         // [i * n + t]: tile i of the block, token t.
         let mut dots = vec![[0i32; TILE_ROWS]; per_call * n];
         let mut acc = vec![[T::default(); TILE_ROWS]; per_call * n];
-        let mut sums = vec![0i32; n];
         for b in task_blocks {
             let first_tile = b * per_call;
             let m = per_call.min(row_tiles - first_tile);
             let (dots, acc) = (&mut dots[..m * n], &mut acc[..m * n]);
             acc.fill([T::default(); TILE_ROWS]);
-            for (g, _) in groups.iter().enumerate() {
-                dots.fill([0; TILE_ROWS]);
-                for (k, (_, chunks)) in blocks.iter().enumerate().filter(|(_, (bg, _))| *bg == g) {
-                    for (t, s) in sums.iter_mut().enumerate() {
-                        *s = x_sums[t * ranges.len() + k];
-                    }
-                    // Panels index chunks from the block start; so do these tile bytes.
-                    let tiles = &bytes[first_tile * stride + chunks.start * CHUNK_BYTES..];
-                    let local = 0..chunks.len();
-                    for p in 0..panels.count() {
-                        let (panel, width, first) = panels.panel(k, p);
-                        let (s, out) = (&sums[first..], &mut dots[first..]);
-                        gemm_tiles(kernel, tiles, stride, m, panel, width, width, local.clone(), s, out, n);
-                    }
-                }
-                for i in 0..m {
-                    fold(first_tile + i, g, &dots[i * n..(i + 1) * n], &mut acc[i * n..(i + 1) * n]);
-                }
-            }
-            for i in 0..m {
-                let row0 = (first_tile + i) * TILE_ROWS;
-                let valid = (rows - row0).min(TILE_ROWS);
-                for (t, a) in acc[i * n..(i + 1) * n].iter().enumerate() {
-                    let values = a.map(|v| finish(t, v));
-                    // SAFETY: row blocks are disjoint across tasks, so only this task touches these rows.
-                    unsafe { shared.write(t, row0, &values[..valid]) };
-                }
-            }
-        }
-    })?;
-    Ok(out)
-}
-
-/// [`gemm_driver`] with AMX tile products for the integer dots (see `amx.rs`): per block of row
-/// tiles and scale group, every token at once; the same `fold` and `finish`, so the same results.
-#[cfg(target_arch = "x86_64")]
-fn gemm_driver_amx<T: Send + Copy + Default>(
-    kernel: Kernel,
-    w: &PlanarMatrix,
-    x: &QuantizedActivations,
-    groups: &[Range<usize>],
-    fold: impl Fn(usize, usize, &[[i32; TILE_ROWS]], &mut [[T; TILE_ROWS]]) + Sync,
-    finish: impl Fn(usize, T) -> T + Sync,
-) -> Result<Vec<T>, KernelError> {
-    let (n, rows) = (x.n_tokens(), w.rows());
-    let x_sums = column_sums(x, groups);
-    // Group-major: the n sums of group g are contiguous.
-    let n_groups = groups.len();
-    let group_sums: Vec<i32> = (0..n_groups * n).map(|i| x_sums[(i % n) * n_groups + i / n]).collect();
-    let tiles_x = crate::amx::TileActivations::new(x);
-    let (bytes, stride, row_tiles) = (w.as_bytes(), w.chunks_per_tile() * CHUNK_BYTES, w.row_tiles());
-    let per_call = gemm_tiles_per_call(kernel);
-    let mut out = vec![T::default(); n * rows];
-    let shared = RowMajorOut::new(&mut out, n, rows);
-    for_each_range(row_tiles.div_ceil(per_call), GEMM_TASKS_PER_THREAD, |task_blocks| {
-        let mut dots = vec![[0i32; TILE_ROWS]; per_call * n];
-        let mut acc = vec![[T::default(); TILE_ROWS]; per_call * n];
-        for b in task_blocks {
-            let first_tile = b * per_call;
-            let m = per_call.min(row_tiles - first_tile);
-            let (dots, acc) = (&mut dots[..m * n], &mut acc[..m * n]);
-            acc.fill([T::default(); TILE_ROWS]);
-            for (g, chunks) in groups.iter().enumerate() {
-                let tiles = &bytes[first_tile * stride..];
-                crate::tile::amx_group_dots(kernel, tiles, stride, m, chunks.clone(), &tiles_x, &group_sums[g * n..][..n], dots);
+            for g in 0..n_groups {
+                group_dots(first_tile, m, g, dots);
                 for i in 0..m {
                     fold(first_tile + i, g, &dots[i * n..(i + 1) * n], &mut acc[i * n..(i + 1) * n]);
                 }
