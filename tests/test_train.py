@@ -77,7 +77,11 @@ def test_interrupted_and_resumed_run_reproduces_the_losses_exactly(tmp_path, dat
     assert len(losses) == 8 and losses[-1] < losses[0]
 
 
-def test_two_half_micro_batches_equal_one_batch():
+def test_two_half_micro_batches_equal_one_batch(monkeypatch):
+    # Accumulation bookkeeping, compared to float rounding: on the f32 path.
+    # The default CPU path (int8 forward, bf16 backward and head) rounds each
+    # micro-batch's gradient sums to bf16 (rust/train/src/cpu_bitlinear.rs).
+    monkeypatch.setenv("NCT_QAT_MATMUL", "fp32")
     torch.manual_seed(0)
     seq = torch.randint(VOCAB, (4, 9))
     x, y = seq[:, :-1], seq[:, 1:]
@@ -110,7 +114,9 @@ def test_step_metrics_entropy_and_clipping():
     reg = Trainer(small_config(), **FAST, entropy_weight=0.3, clip=1e-3)
     m0, m1 = plain.step(x, y), reg.step(x, y)
     assert set(m0) == {"step", "loss", "ce", "entropy", "lr_muon", "lr_lion", "grad_norm", "tokens"}
-    assert m0["loss"] == m0["ce"] == m1["ce"]
+    # The same CE (bit for bit on the f32 path; the int8 path's plain objective
+    # takes the fused CE kernel, equal to float rounding).
+    assert m0["loss"] == m0["ce"] and math.isclose(m0["ce"], m1["ce"], rel_tol=1e-6)
     assert math.isclose(m1["loss"], m1["ce"] - 0.3 * m1["entropy"], rel_tol=1e-6)  # f32 objective
     # Entropy by hand: near-uniform at init, at most ln(V).
     logits = QatModel(small_config()).forward(x)

@@ -285,14 +285,20 @@ fn objective(
     let vocab = model.config().vocab_size as i64;
     // bf16 CPU logits (the int8 BitLinear path's head): CE fused in one pass,
     // the entropy (only reported) from the rows it samples anyway.
-    if logits.kind() == Kind::BFloat16 && logits.device() == Device::Cpu && distill.is_none() && entropy_weight == 0.0
-    {
+    if logits.kind() == Kind::BFloat16 && logits.device() == Device::Cpu && entropy_weight == 0.0 {
         let flat = logits.reshape([-1, vocab]);
         let ce = crate::cpu_bitlinear::cross_entropy(&flat, &targets.reshape([-1]))?;
         let (rows, stride) = (flat.size()[0], entropy_sample_stride(flat.size()[0]));
         let sampled = tch::no_grad(|| flat.slice(0, 0, rows, stride).log_softmax(-1, Kind::Float));
         let entropy = mean_entropy_for_metrics(&sampled);
-        return Ok(Objective { value: ce.shallow_clone(), ce, entropy, kl: None });
+        return Ok(match distill {
+            None => Objective { value: ce.shallow_clone(), ce, entropy, kl: None },
+            Some(d) => {
+                let kl = distill::soft_kl(&logits, &d.teacher.logits(tokens), d.temperature)?;
+                let value = distill::combine(&ce, &kl, d.alpha, d.temperature);
+                Objective { value, ce: ce.detach(), entropy, kl: Some(kl.detach()) }
+            }
+        });
     }
     // Log-softmax in f32 at least: bf16 logits lose too much.
     let log_probs = logits.reshape([-1, vocab]).log_softmax(-1, Kind::Float);
