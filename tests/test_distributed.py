@@ -129,7 +129,10 @@ def single_process(data, config, **options):
     return [m["loss"] for m in trainer.fit()]
 
 
-def test_two_ranks_reproduce_one_process_and_resume(setup, tmp_path):
+def test_two_ranks_reproduce_one_process_and_resume(setup, tmp_path, monkeypatch):
+    # Compared to float summation order across batch shapes: the f32 path (the
+    # default CPU path rounds gradient sums to bf16, ~3e-3 apart after 6 steps).
+    monkeypatch.setenv("NCT_QAT_MATMUL", "fp32")
     root, data, config = setup
     out = tmp_path / "run"
     printed = torchrun(flags(data, config, out))
