@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..eval.rustc import compile_rust
-from ..eval.sandbox import run_untrusted, sandbox_dir
+from ..eval.sandbox import Limits, run_untrusted, sandbox_dir
 from .rewards import RUN_LIMITS
 from .tasks import Task
 
@@ -480,18 +480,26 @@ def _expected_values(specs: list[Spec]) -> list[list[str]] | None:
         )
         parts.append(f"mod t{i} {{\n    use super::Lit;\n{_prompt(spec)}{spec['body']}}}\n    pub fn run() {{\n{calls}    }}\n}}\n")
     parts.append("fn main() {\n" + "".join(f"    t{i}::run();\n" for i in range(len(specs))) + "}\n")
-    with sandbox_dir() as workdir:
-        built = compile_rust("".join(parts), workdir, binary=True)
-        if not built.ok:
-            return None
-        run = run_untrusted(["./prog"], workdir, RUN_LIMITS)
-    if run.returncode != 0 or run.timed_out:
+    stdout = run_program("".join(parts), RUN_LIMITS)
+    if stdout is None:
         return None
     out: list[list[str]] = [[] for _ in specs]
-    for line in run.stdout.splitlines():
+    for line in stdout.splitlines():
         index, _, value = line.partition("\t")
         out[int(index)].append(value)
     return out
+
+
+def run_program(source: str, limits: Limits) -> str | None:
+    """Compiles `source` as a binary and runs it in the sandbox; its stdout, or None when it does not
+    build, fails or times out (the probes that compute expected values from reference bodies)."""
+    with sandbox_dir() as workdir:
+        if not compile_rust(source, workdir, binary=True).ok:
+            return None
+        run = run_untrusted(["./prog"], workdir, limits)
+    if run.returncode != 0 or run.timed_out:
+        return None
+    return run.stdout
 
 
 def _task(family: str, index: int, seed: int, spec: Spec, expected: list[str]) -> Task:

@@ -26,9 +26,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..eval.rustc import compile_rust
-from ..eval.sandbox import Limits, run_untrusted, sandbox_dir
-from .generator import _LITERALS, rust_char, rust_str
+from ..eval.sandbox import Limits
+from .generator import _LITERALS, run_program, rust_char, rust_str
 from .tasks import Task
 
 _INT = r"i8|i16|i32|i64|isize|u8|u16|u32|u64|usize"
@@ -118,15 +117,11 @@ def _run_batch(rows: list[dict[str, Any]], inputs: list[list[list[str]]]) -> lis
         parts.append(f"#[allow(warnings)]\nmod m{i} {{\n    use super::Lit;\n{_prompt(row)}{row['body'].strip(chr(10))}\n}}\n"
                      f"    pub fn run() {{\n{body}    }}\n}}\n")  # fmt: skip
     parts.append("fn main() {\n    quiet();\n" + "".join(f"    m{i}::run();\n" for i in range(len(rows))) + "}\n")
-    with sandbox_dir() as workdir:
-        built = compile_rust("".join(parts), workdir, binary=True)
-        if not built.ok:
-            return None
-        run = run_untrusted(["./prog"], workdir, _RUN_LIMITS)
-    if run.timed_out or run.returncode != 0:
+    stdout = run_program("".join(parts), _RUN_LIMITS)
+    if stdout is None:
         return None
     out: list[list[str | None]] = [[None] * len(calls) for calls in inputs]
-    for line in run.stdout.splitlines():
+    for line in stdout.splitlines():
         fields = line.split("\t", 2)
         if len(fields) == 3 and fields[0].isdigit() and fields[1].isdigit():
             i, k = int(fields[0]), int(fields[1])
