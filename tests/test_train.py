@@ -77,6 +77,36 @@ def test_interrupted_and_resumed_run_reproduces_the_losses_exactly(tmp_path, dat
     assert len(losses) == 8 and losses[-1] < losses[0]
 
 
+def test_wsd_branch_equals_a_run_planned_with_the_earlier_decay(tmp_path, data):
+    # A 20-step run (decay over its last 4) branched at step 8 with a 4-step decay is exactly
+    # the 12-step run whose decay starts at step 8: same rates before, same data, same tail.
+    options = dict(FAST, warmup=2, decay_frac=0.2)
+    source = Trainer(small_config(), data, tmp_path / "long", **{**options, "steps": 20})
+    head = source.fit(8)
+    source.save()
+    planned = Trainer(small_config(), data, tmp_path / "planned", **{**options, "steps": 12, "decay_frac": 4 / 12})
+    expected = planned.fit()
+    branch = Trainer.branch(tmp_path / "long", tmp_path / "short", 4, progress=False)
+    assert branch.step_count == 8 and branch.hyper["total_steps"] == 12
+    tail = branch.fit()
+    assert [m["loss"] for m in head + tail] == [m["loss"] for m in expected]  # bit-equal
+    assert [m["lr_muon"] for m in tail] == [m["lr_muon"] for m in expected[8:]]
+    assert tail[-1]["lr_muon"] == 0.0 and tail[0]["lr_muon"] < source.hyper["lr_muon"]
+    # The source run is untouched and still resumes to its own 20-step schedule.
+    assert latest_checkpoint(tmp_path / "long").name == "ckpt-00000008.safetensors"
+    assert Trainer.resume(tmp_path / "long", progress=False).hyper["total_steps"] == 20
+    # The branch resumes with its own schedule.
+    again = Trainer.resume(tmp_path / "short", progress=False)
+    assert again.step_count == 12 and again.hyper["total_steps"] == 12
+    with pytest.raises(ValueError, match="already holds a run"):
+        Trainer.branch(tmp_path / "long", tmp_path / "short", 4, progress=False)
+    # Only from the stable phase: the branch itself is decaying now.
+    with pytest.raises(ValueError, match="stable phase"):
+        Trainer.branch(tmp_path / "short", tmp_path / "again", 2, progress=False)
+    with pytest.raises(ValueError, match="at least 1"):
+        Trainer.branch(tmp_path / "long", tmp_path / "zero", 0, progress=False)
+
+
 def test_two_half_micro_batches_equal_one_batch(monkeypatch):
     # Accumulation bookkeeping, compared to float rounding: on the f32 path.
     # The default CPU path (int8 forward, bf16 backward and head) rounds each
@@ -251,6 +281,10 @@ def test_cli_end_to_end_and_resume(tmp_path, data, capsys):
         (["--config", "huge"], "neither a preset"),
         (["--seq-len", "4096"], "max_seq_len"),
         (["--warmup", "900"], "exceed total_steps"),
+        (["--branch-from", "runs/x"], "--branch-from and --decay-steps go together"),
+        (["--decay-steps", "5"], "--branch-from and --decay-steps go together"),
+        (["--branch-from", "nowhere", "--decay-steps", "5"], "no checkpoint to resume from"),
+        (["--branch-from", "nowhere", "--decay-steps", "5", "--resume"], "takes neither --resume"),
     ],
 )
 def test_cli_bad_flags_exit_2_with_one_message(tmp_path, data, capsys, flags, message):

@@ -3,6 +3,7 @@
 Run:
     python -m nanochat_ternary.train --config tiny --data DATA_DIR --out runs/tiny --steps 300
     python -m nanochat_ternary.train --out runs/tiny --resume        # continue that run
+    python -m nanochat_ternary.train --out runs/tiny-d --branch-from runs/tiny --decay-steps 50  # decay it now
 
 Python:
     from nanochat_ternary.train import Trainer
@@ -352,6 +353,29 @@ class Trainer:
             self.train_batches.load_state(state["loader"])
         return self
 
+    @classmethod
+    def branch(cls, source: str | os.PathLike[str], out_dir: str | os.PathLike[str], decay_steps: int, *,
+               data_dir: str | os.PathLike[str] | None = None, device: str = "cpu",
+               peak_flops: float | None = None, progress: bool = True) -> Trainer:
+        """Warmup-stable-decay branch: the run in `source` (its newest checkpoint, which must lie in
+        the stable phase) continued in the new run directory `out_dir`, its schedule ending
+        `decay_steps` steps later with the learning rate decaying from the next step on. The
+        steps taken so far keep their rates and the data continues where it was, so the branch is
+        the source run with its decay moved earlier; `source` itself is untouched and can go on
+        (or branch again) later. `out_dir` then resumes like any run."""
+        if latest_checkpoint(out_dir) is not None:
+            raise ValueError(f"{out_dir} already holds a run; branch into a new directory")
+        if Path(out_dir).resolve() == Path(source).resolve():
+            raise ValueError("the branch needs its own directory, not the source run's")
+        self = cls.resume(source, data_dir=data_dir, device=device, peak_flops=peak_flops, progress=progress)
+        self._core.decay_now(decay_steps)
+        self.hyper = json.loads(self._core.hyper_json())
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._log({"step": self.step_count, "branched_from": os.fspath(Path(source).resolve()),
+                   "decay_steps": decay_steps, "total_steps": self.hyper["total_steps"]})
+        return self
+
     # ---- one step -------------------------------------------------------------
 
     def _autocast(self) -> AbstractContextManager[Any]:
@@ -612,6 +636,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its latest checkpoint with its saved settings "
                         "(only --data, --device, --threads, --peak-flops, --no-progress apply)")
+    p.add_argument("--branch-from", metavar="RUN", default=None,
+                   help="WSD branch: continue RUN's latest (stable-phase) checkpoint in --out with the decay "
+                        "starting now and lasting --decay-steps (RUN itself is untouched)")
+    p.add_argument("--decay-steps", type=_positive_int, default=None, help="length of the branch's decay (with --branch-from)")
     p.add_argument("--steps", type=_positive_int, default=h["total_steps"], help="total optimizer steps (schedule length)")
     p.add_argument("--batch-size", type=_positive_int, default=lp["batch_size"], help="sequences per micro-batch")
     p.add_argument("--seq-len", type=_positive_int, default=None, help="tokens per sequence (default min(256, max_seq_len))")
@@ -657,6 +685,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--distill-alpha and --distill-temperature need --teacher")
     if args.resume and args.teacher is not None:
         parser.error("--teacher applies to a new run; a resumed run keeps its own teacher")
+    if (args.branch_from is None) != (args.decay_steps is None):
+        parser.error("--branch-from and --decay-steps go together")
+    if args.branch_from is not None and (args.resume or args.teacher is not None):
+        parser.error("--branch-from starts a branch of an existing run; it takes neither --resume nor --teacher")
     device = args.device
     if ddp.launched_by_torchrun():
         try:
@@ -678,6 +710,8 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, device: str)
     try:
         if args.resume:
             trainer = Trainer.resume(args.out, data_dir=args.data, **common)
+        elif args.branch_from is not None:
+            trainer = Trainer.branch(args.branch_from, args.out, args.decay_steps, data_dir=args.data, **common)
         else:
             if args.data is None:
                 parser.error("--data is required (unless --resume)")

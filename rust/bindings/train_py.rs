@@ -363,6 +363,11 @@ impl QatTrainer {
         Ok(self.lock()?.hyper().to_json())
     }
 
+    /// WSD branch: the schedule ends `decay_steps` from now, decaying from the next step.
+    fn decay_now(&self, decay_steps: u64) -> PyResult<()> {
+        self.lock()?.decay_now(decay_steps).map_err(to_py_err)
+    }
+
     /// (Muon, Lion) learning rates of the next step.
     fn learning_rates(&self) -> PyResult<(f64, f64)> {
         Ok(self.lock()?.learning_rates())

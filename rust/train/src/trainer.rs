@@ -481,6 +481,39 @@ impl Trainer {
         (self.hyper.lr_muon * factor, self.hyper.lr_lion * factor)
     }
 
+    /// Warmup-stable-decay branching: from a step in the stable phase, ends the
+    /// schedule `decay_steps` steps from now with a decay to the floor starting
+    /// at the next step. The rate of every step already taken is unchanged, so a
+    /// branch continues the run exactly and only its tail differs. Errors while
+    /// still warming up or already decaying, and for `decay_steps` = 0.
+    pub fn decay_now(&mut self, decay_steps: u64) -> Result<()> {
+        if decay_steps == 0 {
+            return Err(invalid("decay_steps", 0, "must be at least 1"));
+        }
+        let stable_end = self.schedule.total - self.schedule.decay;
+        if self.step < self.schedule.warmup || self.step >= stable_end {
+            return Err(TrainError::BadInput(format!(
+                "can only branch a decay from the stable phase (steps {}..{}); this run is at step {}",
+                self.schedule.warmup, stable_end, self.step
+            )));
+        }
+        let total = self.step + decay_steps;
+        let mut hyper = self.hyper.clone();
+        hyper.total_steps = total;
+        hyper.decay_frac = decay_steps as f64 / total as f64;
+        hyper.validate()?;
+        let schedule = hyper.schedule()?;
+        if schedule.total - schedule.decay != self.step {
+            return Err(TrainError::BadInput(format!(
+                "decay of {decay_steps} steps from step {} does not round to an exact schedule",
+                self.step
+            )));
+        }
+        self.hyper = hyper;
+        self.schedule = schedule;
+        Ok(())
+    }
+
     /// One optimizer step over `micro_batches` of (tokens, targets), each
     /// (B, T) int64. Gradients of the micro-batches are weighted by their
     /// token counts, so 2 micro-batches of B/2 rows equal one batch of B.
