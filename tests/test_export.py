@@ -325,3 +325,38 @@ def test_export_checkpoint_and_cli(tmp_path, tok):
     assert export.main([str(tmp_path / "nothing"), "--tokenizer", str(tmp_path / "tokenizer.json"), "--out", str(tmp_path / "b.gguf")]) == 1
     with pytest.raises(ValueError, match="format"):
         export.export_checkpoint(ckpt, tok, tmp_path / "c", format="onnx")
+
+
+def test_generation_config_flag_reaches_generate_and_bad_configs_are_refused(tmp_path, tok, capsys):
+    from _export_fixtures import small_config
+    from nanochat_ternary.model import TernaryModel
+    from nanochat_ternary.train import Trainer
+
+    trainer = Trainer(small_config(), None, tmp_path / "run", steps=1, progress=False, batch_size=2, seq_len=16, warmup=0)
+    x = torch.randint(0, 300, (2, 16))
+    trainer.step(x, x)
+    ckpt = trainer.save()
+    (tmp_path / "tokenizer.json").write_text(tok, encoding="utf-8")
+    common = [str(ckpt), "--tokenizer", str(tmp_path / "tokenizer.json")]
+    gen = tmp_path / "gen.json"
+    gen.write_text(json.dumps({"temperature": 0.3, "top_p": 0.9, "repetition_penalty": 1.1, "max_new_tokens": 7}))
+    assert export.main([*common, "--out", str(tmp_path / "g.gguf"), "--generation-config", str(gen)]) == 0
+    assert export.main([*common, "--out", str(tmp_path / "hf"), "--format", "hf", "--generation-config", str(gen)]) == 0
+    for path in (tmp_path / "g.gguf", tmp_path / "hf"):
+        model = TernaryModel.from_pretrained(path)
+        assert model.generation_config["temperature"] == 0.3 and model.generation_config["repetition_penalty"] == 1.1
+        # max_new_tokens from the file when the caller sets nothing; the caller's value wins otherwise.
+        assert len(model.encode(model.generate("fn main() {", stop=[]), add_bos=False)) <= 7
+        text = model.generate("fn main() {", max_new_tokens=3, do_sample=False)
+        assert len(model.encode(text, add_bos=False)) <= 3
+    capsys.readouterr()
+    for bad, message in (({"temprature": 0.3}, "unknown key 'temprature'"), ({"top_p": 0}, "top_p must be in (0, 1]"),
+                         ({"max_new_tokens": 2.5}, "max_new_tokens must be >= 1"), ({"do_sample": 1}, "do_sample"),
+                         ({"do_sample": True, "temperature": 0}, "needs temperature > 0"), ([1], "JSON object")):
+        gen.write_text(json.dumps(bad))
+        assert export.main([*common, "--out", str(tmp_path / "b.gguf"), "--generation-config", str(gen)]) == 1
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "b.gguf").exists()
+    gen.write_text("{nope")
+    assert export.main([*common, "--out", str(tmp_path / "b.gguf"), "--generation-config", str(gen)]) == 1
+    assert "not valid JSON" in capsys.readouterr().err

@@ -42,6 +42,7 @@ input dimension (``dim`` and ``ffn_hidden``) must be a multiple of 256
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -93,6 +94,34 @@ DEFAULT_GENERATION_CONFIG: dict[str, Any] = {
     "repetition_penalty": 1.0,
 }
 """Sampling defaults written to ``generation_config.json`` (greedy)."""
+
+
+def check_generation_config(config: Any) -> dict[str, Any]:
+    """The sampling defaults a model may carry (``max_new_tokens``, ``do_sample``, ``temperature``,
+    ``top_k``, ``top_p``, ``min_p``, ``repetition_penalty``), checked like ``generate`` checks its
+    arguments; anything else is a ValueError naming the key."""
+    if not isinstance(config, Mapping):
+        raise ValueError(f"generation config must be a JSON object, got {type(config).__name__}")
+    checks: dict[str, tuple[type | tuple[type, ...], Any, str]] = {
+        "max_new_tokens": (int, lambda v: v >= 1, ">= 1"),
+        "do_sample": (bool, lambda v: True, "true or false"),
+        "temperature": ((int, float), lambda v: math.isfinite(v) and v >= 0, "finite and >= 0"),
+        "top_k": (int, lambda v: v >= 0, ">= 0 (0 = off)"),
+        "top_p": ((int, float), lambda v: 0 < v <= 1, "in (0, 1]"),
+        "min_p": ((int, float), lambda v: 0 <= v < 1, "in [0, 1)"),
+        "repetition_penalty": ((int, float), lambda v: math.isfinite(v) and v > 0, "finite and > 0"),
+    }
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if key not in checks:
+            raise ValueError(f"generation config: unknown key {key!r} (known: {', '.join(checks)})")
+        kind, ok, what = checks[key]
+        if isinstance(value, bool) != (kind is bool) or not isinstance(value, kind) or not ok(value):
+            raise ValueError(f"generation config: {key} must be {what}, got {value!r}")
+        out[key] = value
+    if out.get("do_sample") and out.get("temperature", 1.0) == 0:
+        raise ValueError("generation config: do_sample needs temperature > 0")
+    return out
 
 WeightType = Literal["TQ2_0", "TQ1_0"]
 HeadType = Literal["Q8_0", "F16", "F32"]
@@ -430,7 +459,7 @@ def export_gguf(
     w.add_uint32("general.file_type", _FILE_TYPE[weight_type])
     w.add_uint32("general.quantization_version", 2)
     w.add_string("nct.config", config.to_json())
-    gen = {**DEFAULT_GENERATION_CONFIG, **(generation_config or {})}
+    gen = {**DEFAULT_GENERATION_CONFIG, **check_generation_config(generation_config or {})}
     w.add_string("nct.generation_config", json.dumps(gen))
     w.add_uint32(f"{arch}.context_length", config.max_seq_len)
     w.add_uint32(f"{arch}.embedding_length", config.dim)
@@ -538,7 +567,8 @@ def export_hf(
             tensors[name] = checkpoint.TernaryTensor(trits, np.array([scale], np.float32), None)
         else:
             tensors[name] = value
-    generation = {"bos_token_id": eos, "eos_token_id": eos, **DEFAULT_GENERATION_CONFIG, **(generation_config or {})}
+    generation = {"bos_token_id": eos, "eos_token_id": eos, **DEFAULT_GENERATION_CONFIG,
+                  **check_generation_config(generation_config or {})}
     token = _token_text(text, eos)
     tokenizer_config = {"add_bos_token": True, "add_eos_token": False, "bos_token": token, "eos_token": token}
 
@@ -650,9 +680,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--format", choices=["gguf", "hf"], default="gguf")
     p.add_argument("--weight-type", choices=["TQ2_0", "TQ1_0"], default="TQ2_0")
     p.add_argument("--head-type", choices=["Q8_0", "F16", "F32"], default="Q8_0")
+    p.add_argument("--generation-config", metavar="JSON",
+                   help="file with the sampling defaults generate() uses when the caller sets none "
+                        "(keys max_new_tokens, do_sample, temperature, top_k, top_p, min_p, repetition_penalty)")
     args = p.parse_args(argv)
-    options = {"weight_type": args.weight_type, "head_type": args.head_type} if args.format == "gguf" else {}
+    options: dict[str, Any] = {"weight_type": args.weight_type, "head_type": args.head_type} if args.format == "gguf" else {}
     try:
+        if args.generation_config is not None:
+            try:
+                loaded = json.loads(Path(args.generation_config).read_text(encoding="utf-8"))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{args.generation_config} is not valid JSON: {e}") from None
+            options["generation_config"] = check_generation_config(loaded)
         path = _checkpoint_path(args.checkpoint)
         if args.format == "gguf":
             from .model_config import ModelConfig
