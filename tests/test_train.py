@@ -271,6 +271,30 @@ def test_cli_end_to_end_and_resume(tmp_path, data, capsys):
     assert main(["--out", str(out), "--resume", "--no-progress", "--threads", "1"]) == 0
 
 
+
+def test_cli_stop_at_splits_a_run_and_branch_decays_it(tmp_path, data, capsys):
+    config = tmp_path / "model.json"
+    config.write_text(small_config().to_json())
+    out, straight = tmp_path / "run", tmp_path / "straight"
+    argv = ["--config", str(config), "--data", str(data), "--steps", "10", "--batch-size", "2", "--seq-len", "8",
+            "--warmup", "1", "--decay-frac", "0.2", "--log-every", "1", "--eval-every", "0", "--save-every", "4",
+            "--threads", "1", "--no-progress"]
+    assert main([*argv, "--out", str(out), "--stop-at", "5"]) == 0
+    assert "stopped at step 5/10" in capsys.readouterr().out
+    assert latest_checkpoint(out).name == "ckpt-00000005.safetensors"  # saved at the stop, off the save grid
+    assert main(["--out", str(out), "--resume", "--stop-at", "7", "--no-progress", "--threads", "1"]) == 0
+    assert main(["--out", str(out), "--resume", "--no-progress", "--threads", "1"]) == 0
+    assert main([*argv, "--out", str(straight)]) == 0
+    losses = lambda run: [r["loss"] for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if "loss" in r]
+    assert losses(out) == losses(straight) and len(losses(out)) == 10  # three invocations = one run, bit for bit
+    # A branch from a stopped stable-phase checkpoint, through the CLI.
+    assert main([*argv, "--out", str(tmp_path / "long"), "--stop-at", "4"]) == 0
+    assert main(["--branch-from", str(tmp_path / "long"), "--decay-steps", "2", "--out", str(tmp_path / "b"),
+                 "--no-progress", "--threads", "1"]) == 0
+    assert "step 4/6" in capsys.readouterr().out
+    assert latest_checkpoint(tmp_path / "b").name == "ckpt-00000006.safetensors"
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [

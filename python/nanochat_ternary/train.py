@@ -640,6 +640,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="WSD branch: continue RUN's latest (stable-phase) checkpoint in --out with the decay "
                         "starting now and lasting --decay-steps (RUN itself is untouched)")
     p.add_argument("--decay-steps", type=_positive_int, default=None, help="length of the branch's decay (with --branch-from)")
+    p.add_argument("--stop-at", type=_positive_int, default=None, metavar="STEP",
+                   help="stop with a checkpoint once STEP steps are done (the schedule is unchanged; --resume "
+                        "continues), e.g. to split a long run over sessions")
     p.add_argument("--steps", type=_positive_int, default=h["total_steps"], help="total optimizer steps (schedule length)")
     p.add_argument("--batch-size", type=_positive_int, default=lp["batch_size"], help="sequences per micro-batch")
     p.add_argument("--seq-len", type=_positive_int, default=None, help="tokens per sequence (default min(256, max_seq_len))")
@@ -733,8 +736,10 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, device: str)
             )
     except (ValueError, FileNotFoundError) as e:
         parser.error(str(e))
+    stop = args.stop_at is not None and args.stop_at < trainer.hyper["total_steps"]
+    stop_steps = max(0, args.stop_at - trainer.step_count) if stop else None
     if trainer.rank != 0:
-        trainer.fit()
+        trainer.fit(stop_steps)
         return 0
     distill = ""
     if trainer.teacher_path is not None:
@@ -751,6 +756,15 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, device: str)
     if problems and trainer.config.ternary:
         print(f"note: this model can't be exported to GGUF ({'; '.join(problems)}); "
               "python -m nanochat_ternary.export --format hf writes an HF directory")
+    if stop:
+        if stop_steps:
+            trainer.fit(stop_steps)
+            if trainer.out_dir is not None and latest_checkpoint(trainer.out_dir) != trainer.out_dir / (
+                    f"{CHECKPOINT_PREFIX}{trainer.step_count:08d}{CHECKPOINT_SUFFIX}"):
+                trainer.save()
+        print(f"stopped at step {trainer.step_count}/{trainer.hyper['total_steps']}; continue with: "
+              f"python -m nanochat_ternary.train --out {trainer.out_dir} --resume")
+        return 0
     trainer.fit()
     if trainer.val is not None:
         result = trainer.evaluate()
