@@ -48,4 +48,5 @@ echo '{"n": 10, "temperature": 0.2, "top_p": 0.95, "max_new_tokens": 256}' > "$R
 # 5. Model card from those files, then pin both files in the zoo as the default.
 python "$HERE/make_card.py" --model "$MODEL" --run "$RUNS/rust-tiny" --run-fp "$RUNS/rust-tiny-fp" \
   --data "$DATA" --reports "$RUNS/eval" --started "$STARTED" --out "$MODEL_DIR/README.md"
-python "$HERE/register.py" "$MODEL_DIR"
+python examples/register.py "$MODEL_DIR" --default \
+  --description "4.5M-parameter ternary Rust-code model trained with this package (see its README.md)"

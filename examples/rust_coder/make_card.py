@@ -1,0 +1,207 @@
+"""Write the model card of `rust-coder` from measured artifacts only.
+
+    python examples/rust_coder/make_card.py --model python/nanochat_ternary/models/rust-coder/model.gguf \
+        --runs runs/rust-coder --final runs/rust-coder/branch-2000-d400 --data data/rust-mix-full \
+        --out python/nanochat_ternary/models/rust-coder/README.md
+
+Every number comes from a file pipeline.sh wrote (trainer logs, the data's meta.json, the
+harness's JSON reports in RUNS/eval) or is measured here (decode speed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from cards import cpu_name, decode_speed, read_log  # noqa: E402
+
+SWEEP = ("s", "m", "l")
+
+
+def load(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def run_hours(run: Path) -> float:
+    """Training wall time of a run from its log (gaps over 10 minutes, i.e. between sessions, left out)."""
+    times = [r["time"] for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if "time" in r]
+    return sum(b - a for a, b in zip(times, times[1:]) if b - a < 600) / 3600
+
+
+def rate(summary: dict[str, Any], key: str) -> str:
+    value = summary.get(key)
+    return "n/a" if value is None else f"{value:.1%}"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--runs", type=Path, required=True)
+    p.add_argument("--final", type=Path, required=True, help="the run directory the shipped file came from")
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--name", default="rust-coder")
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args()
+    runs, reports = args.runs, args.runs / "eval"
+
+    from nanochat_ternary.model import TernaryModel
+    from nanochat_ternary.model_config import ModelConfig
+
+    meta = load(args.data / "meta.json")
+    mix = meta["source"]["mix"]
+    model = TernaryModel.from_pretrained(args.model)
+    cfg = model.config
+    size_mb = args.model.stat().st_size / 1e6
+
+    # Data.
+    views = []
+    for view, stats in mix["tokens_per_view"]["train"].items():
+        val = mix["tokens_per_view"]["val"].get(view, {})
+        weight = mix["views"][view].get("weight", 1.0)
+        views.append(f"| {view} (weight {weight}) | {stats['documents']:,} | {stats['tokens']:,} | "
+                     f"{val.get('documents', 0):,} | {val.get('tokens', 0):,} |")
+    decontam = mix["decontamination"]
+
+    # Sweep.
+    sweep_rows = []
+    for k in SWEEP:
+        run = runs / f"sweep-{k}"
+        steps, evals = read_log(run)
+        c = ModelConfig.from_json((Path(__file__).parent / f"sweep-{k}.json").read_text())
+        dev = load(reports / f"dev-{k}.json")["summary"]
+        tokens = steps[-1]["step"] * steps[-1]["tokens"]
+        shape, params = f"dim {c.dim}, {c.n_layers} layers, FFN {c.ffn_hidden}", f"{c.param_count / 1e6:.1f}M"
+        sweep_rows.append(f"| {shape} | {params} | {steps[-1]['step']} | {tokens / 1e6:.2f}M | {run_hours(run) * 60:.1f} | "
+                          f"{evals[-1]['val_loss']:.4f} | {rate(dev, 'parse_rate')} | {rate(dev, 'compile_rate')} | "
+                          f"{rate(dev, 'nontrivial_compile_rate')} |")
+    _, twin_t = read_log(runs / "sweep-s")
+    _, twin_f = read_log(runs / "sweep-s-fp")
+
+    # The long run and the shipped branch.
+    long_steps, long_evals = read_log(runs / "long")
+    final_steps, final_evals = read_log(args.final)
+    branch = [r for r in map(json.loads, (args.final / "log.jsonl").read_text().splitlines()) if "branched_from" in r]
+    hyper_total = branch[0]["total_steps"] if branch else final_steps[-1]["step"]
+    tokens_step = final_steps[-1]["tokens"]
+    trained = final_steps[-1]["step"] * tokens_step
+    long_hours = run_hours(runs / "long") + (run_hours(args.final) if branch else 0.0)
+    how = (f"the long run (schedule 12,288 steps = 100.7M tokens) stopped at step {branch[0]['step']:,} and branched "
+           f"into a {branch[0]['decay_steps']}-step linear decay (warmup-stable-decay), ending at step {hyper_total:,}"
+           if branch else f"the full schedule of {hyper_total:,} steps")
+
+    # Quality.
+    loss = load(reports / "loss.json")["loss"]
+    greedy = load(reports / "compile.json")["summary"]
+    dev = load(reports / "dev.json")["summary"]
+    he = load(reports / "humaneval.json")
+    sampling = load(reports / "sampling.json")
+    gen = model.generation_config
+    sampling_rows = "\n".join(
+        f"| {r['label']} | {r['samples']} | {r['parse_rate']:.1%} | {r['compile_rate']:.1%} | {r['nontrivial_compile_rate']:.1%} |"
+        for r in sampling["rows"]
+    )
+    speed1, speed2 = decode_speed(args.model, 1), decode_speed(args.model, 2)
+
+    card = f"""# {args.name}
+
+The default model of `nanochat-ternary`: a {model.param_count / 1e6:.2f}M-parameter ternary (BitNet b1.58) Rust-code
+model trained from scratch with this package on its function-level, compiler-verified Rust corpus, shipped as a
+{size_mb:.1f} MB GGUF file (`general.architecture = {model.architecture}`; block projections TQ2_0, tied
+embedding/head Q8_0). It is still small and young: read the quality rows before trusting its code.
+
+```python
+from nanochat_ternary import TernaryModel
+model = TernaryModel.from_pretrained()          # this model, from package data, sha256-verified
+print(model.generate("/// n-th Fibonacci number.\\npub fn fibonacci(n: u32) -> u64 {{\\n"))
+```
+
+## Data
+
+The mix `python/nanochat_ternary/data/mix_rust.json` over ~330 of the most-used crates.io crates and their dependencies
+(vendored by cargo; permissive licences only, recorded per crate) and the std sources: whole files, free functions
+and impl blocks as standalone documents (a quarter of the free functions in completion-prompt shape), and
+standalone std-only functions that type-check alone with rustc (weight 2). MinHash near-duplicate removal
+(threshold {mix['dedup']['threshold']}), {meta['source']['groups']['val']} whole crates held out for validation, byte-level BPE with
+vocabulary {meta['vocab_size']} trained on the mix. Decontamination against the vendored HumanEval-Rust prompts and
+tests (13-token windows with two or more content words; benchmark-like paths): dropped {sum(decontam['dropped'].values()) if decontam['dropped'] else 0}.
+
+| view | train documents | train tokens | val documents | val tokens |
+|---|---|---|---|---|
+{chr(10).join(views)}
+
+## Size sweep (equal compute)
+
+Three ternary shapes, each given about the same 2-thread CPU time (steps set from their measured tokens/s), batch
+8 × 1024, warmup 10 %, decay 30 %, same data order. Held-out loss from the trainer (32 validation batches); dev
+compile rates on the harness's built-in prompts (30 completion prompts, not HumanEval), greedy, 256 new tokens.
+
+| shape | parameters | steps | tokens | minutes | val loss | dev parse | dev compile | dev nontrivial compile |
+|---|---|---|---|---|---|---|---|---|
+{chr(10).join(sweep_rows)}
+
+Ternary vs full precision, the smallest shape at the sweep's budget (same data, order and steps): val loss
+{twin_t[-1]['val_loss']:.4f} vs {twin_f[-1]['val_loss']:.4f} (gap {twin_t[-1]['val_loss'] - twin_f[-1]['val_loss']:+.4f}); bpb
+{twin_t[-1]['val_bpb']:.4f} vs {twin_f[-1]['val_bpb']:.4f}.
+
+## Training
+
+| | |
+|---|---|
+| config | dim {cfg.dim}, {cfg.n_layers} layers, {cfg.n_heads} heads ({cfg.n_kv_heads} KV), SwiGLU {cfg.ffn_hidden}, context {cfg.max_seq_len}, tied embeddings, plain residual |
+| parameters | {model.param_count:,} |
+| schedule | {how} |
+| tokens | {final_steps[-1]['step']:,} steps × {tokens_step:,} = {trained:,} |
+| optimizer | Muon (block projections) + Lion (embedding, norms), int8 forward / bf16 backward QAT path |
+| hardware | {cpu_name()}, CPU only, 2 threads; {long_hours:.2f} h of training |
+| validation loss | {long_evals[0]['val_loss']:.3f} at step {long_evals[0]['step']} → {final_evals[-1]['val_loss']:.4f} at step {final_evals[-1]['step']} (bpb {final_evals[-1]['val_bpb']:.4f}) |
+
+## Quality (all from `python -m nanochat_ternary.eval`)
+
+| metric | value |
+|---|---|
+| held-out loss (engine, {loss['tokens']:,} validation tokens, windows of {cfg.max_seq_len}) | {loss['mean_loss']:.4f} nats/token, perplexity {loss['perplexity']:.2f}, {loss['bits_per_byte']:.4f} bits per byte |
+| HumanEval-Rust, greedy, 256 new tokens ({greedy['samples']} problems): syn parse | {rate(greedy, 'parse_rate')} |
+| rustc compile (`--emit=metadata`, edition 2021), same samples | {rate(greedy, 'compile_rate')} |
+| **nontrivial** compile (no empty / `todo!` / `unimplemented!` / `unreachable!` / `panic!` body) | {rate(greedy, 'nontrivial_compile_rate')} |
+| HumanEval-Rust pass@k ({he['problems']} problems, n = 10, temperature 0.8, top-p 0.95) | {', '.join(f'{k} = {v:.3f}' for k, v in he['pass_at_k'].items())} |
+| HumanEval-Rust outcomes of those samples | {', '.join(f'{k} {v}' for k, v in he['outcomes'].items())} |
+| dev prompts (built-in, greedy): parse / compile / nontrivial compile | {rate(dev, 'parse_rate')} / {rate(dev, 'compile_rate')} / {rate(dev, 'nontrivial_compile_rate')} |
+
+The harness cuts each completion at the problem's stop sequences (`\\n}}` …) and closes the function.
+
+## Sampling defaults (measured)
+
+`generate` uses the model's generation_config when the caller sets nothing: **{sampling['best']}**, at most
+{gen.get('max_new_tokens')} new tokens. Chosen on the dev-visible prompts ({sampling['prompts']} built-in prompts, {sampling['n']} samples per
+prompt for sampled settings), by nontrivial compile rate, then compile rate, then parse rate:
+
+| setting | samples | parse | compile | nontrivial compile |
+|---|---|---|---|---|
+{sampling_rows}
+
+## Speed
+
+Greedy decode with the torch-free engine ({cpu_name()}): {speed1:,.0f} tokens/s on 1 thread, {speed2:,.0f} tokens/s on
+2 threads (best of 3, 256 tokens).
+
+## Reproduce
+
+`bash examples/rust_coder/pipeline.sh` (data, sweep, long run, branch, export, sampling, evaluation, this card,
+zoo entry; `STOP_AT=N` splits the long run over sessions). Card generated by `examples/rust_coder/make_card.py` on
+{datetime.now(timezone.utc).strftime('%Y-%m-%d')} ({platform.system()}, Python {platform.python_version()}).
+"""
+    tmp = args.out.with_name(f".{args.out.name}.tmp-{os.getpid()}")
+    tmp.write_text(card)
+    os.replace(tmp, args.out)
+    print(card)
+
+
+if __name__ == "__main__":
+    main()
