@@ -46,3 +46,13 @@ def decode_speed(model_path: Path, threads: int, tokens: int = 256) -> float:
             n += 1
         best = max(best, n / (time.perf_counter() - start))
     return best
+
+
+def write_card(out: Path, card: str) -> None:
+    """Writes the card atomically and prints it."""
+    import os
+
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    tmp.write_text(card)
+    os.replace(tmp, out)
+    print(card)

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from cards import cpu_name, decode_speed, newest_checkpoint, read_log  # noqa: E402
+from cards import cpu_name, decode_speed, newest_checkpoint, read_log, write_card  # noqa: E402
 
 
 def main() -> None:
@@ -127,10 +126,7 @@ Greedy decode with the torch-free engine on this machine ({cpu_name()}): {speed1
 `examples/rust_tiny/make_card.py` on {datetime.now(timezone.utc).strftime('%Y-%m-%d')} ({platform.system()}, Python
 {platform.python_version()}).
 """
-    tmp = args.out.with_name(f".{args.out.name}.tmp-{os.getpid()}")
-    tmp.write_text(card)
-    os.replace(tmp, args.out)
-    print(card)
+    write_card(args.out, card)
 
 
 if __name__ == "__main__":
