@@ -1,6 +1,6 @@
-"""The shipped default model (`rust-tiny`, package data): loads offline with
-no argument, is sha256-pinned, is a trained model (not noise), and the README's main command
-generates from it."""
+"""The shipped default model (`rust-coder`, package data): loads offline with
+no argument, is sha256-pinned, is a trained model (not noise), carries measured sampling defaults,
+and the README's main command generates from it. `rust-tiny` stays in the zoo as the small one."""
 
 from __future__ import annotations
 
@@ -48,12 +48,28 @@ def model():
 
 def test_the_default_is_the_shipped_package_model(model):
     name = zoo.default_name()
-    assert name == "rust-tiny"
+    assert name == "rust-coder"
     entry = zoo.entry(name)
     assert "package" in entry and {"model.gguf", "README.md"} <= set(entry["files"])
     size = (zoo.PACKAGE_MODELS / entry["package"] / "model.gguf").stat().st_size
     assert size <= 25 * 1024 * 1024
-    assert model.architecture == "llama" and model.vocab_size == 4096
+    assert model.architecture == "llama" and model.vocab_size == 8192 and model.context_length >= 1024
+    # Every projection dimension a multiple of 256 (the TQ2_0 block).
+    config = model.config
+    assert config.dim % 256 == 0 and config.ffn_hidden % 256 == 0
+
+
+def test_the_small_model_is_still_in_the_zoo():
+    small = TernaryModel.from_pretrained("rust-tiny")
+    assert small.vocab_size == 4096 and small.generate(PROMPT, max_new_tokens=4)
+
+
+def test_generate_uses_the_measured_sampling_defaults(model):
+    # The card's sampling table chose these; generate() applies them when the caller sets nothing.
+    gen = model.generation_config
+    assert gen["max_new_tokens"] == 256 and "do_sample" in gen and gen["repetition_penalty"] > 0
+    explicit = {k: gen[k] for k in ("do_sample", "temperature", "top_p", "repetition_penalty")}
+    assert model.generate(PROMPT, max_new_tokens=16, seed=1) == model.generate(PROMPT, max_new_tokens=16, seed=1, **explicit)
 
 
 def test_it_is_trained_on_rust(model):
@@ -78,7 +94,7 @@ def test_it_generates_deterministic_rust_looking_text(model):
 
 def test_a_modified_file_is_refused(tmp_path):
     entry = zoo.entry(zoo.default_name())
-    copy = tmp_path / "rust-tiny"
+    copy = tmp_path / "copy"
     shutil.copytree(zoo.PACKAGE_MODELS / entry["package"], copy)
     data = bytearray((copy / "model.gguf").read_bytes())
     data[len(data) // 2] ^= 1

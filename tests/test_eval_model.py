@@ -111,6 +111,20 @@ def test_cli_with_a_model(model_dir, tmp_path, capsys):
                       "--max-new-tokens", "8", "--temperature", "0"]) == 0  # fmt: skip
     cr = json.loads(capsys.readouterr().out)
     assert cr["summary"]["samples"] == 1 and 0.0 <= cr["summary"]["parse_rate"] <= 1.0
+    # --repetition-penalty reaches generate (a strong penalty changes the greedy completion).
+    completions = {}
+    for penalty in ("1", "5"):
+        out = tmp_path / f"cr-{penalty}.json"
+        assert eval_main(["compile-rate", "--model", str(model_dir), "--prompts", str(prompts), "--no-rustc",
+                          "--max-new-tokens", "16", "--temperature", "0", "--repetition-penalty", penalty,
+                          "--output", str(out)]) == 0  # fmt: skip
+        completions[penalty] = [r["source"] for r in json.loads(out.read_text())["results"]]
+    assert completions["1"][0].startswith("fn main() {") and completions["1"] != completions["5"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        eval_main(["compile-rate", "--model", str(model_dir), "--prompts", str(prompts), "--no-rustc",
+                   "--temperature", "0", "--repetition-penalty", "0"])  # fmt: skip
+    assert "--repetition-penalty must be" in capsys.readouterr().err
 
     data = _shards(tmp_path / "data", [[5, 6, 7, 8], [9, 10]], [40, 20])
     assert eval_main(["loss", "--model", str(model_dir), "--data", str(data)]) == 0

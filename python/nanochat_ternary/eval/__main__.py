@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,8 @@ def _sampling_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=0.2, help="with --model (0 = greedy)")
     parser.add_argument("--top-p", type=float, default=0.95, help="with --model")
     parser.add_argument("--seed", type=int, default=0, help="with --model; sample j uses seed + j")
+    parser.add_argument("--repetition-penalty", type=float, default=None,
+                        help="with --model (default: the model's generation_config; 1 = off)")
 
 
 def _model_generator(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
@@ -47,6 +50,10 @@ def _model_generator(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         sampling.update(do_sample=True, temperature=args.temperature, top_p=args.top_p)
     else:
         sampling.update(do_sample=False)
+    if args.repetition_penalty is not None:
+        if not (math.isfinite(args.repetition_penalty) and args.repetition_penalty > 0):
+            raise ValueError(f"--repetition-penalty must be a finite number > 0, got {args.repetition_penalty}")
+        sampling["repetition_penalty"] = args.repetition_penalty
     return model, sampling
 
 

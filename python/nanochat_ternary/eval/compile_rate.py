@@ -116,7 +116,8 @@ def evaluate_sources(sources: Sequence[str], *, use_rustc: bool = True, parallel
     if not sources:
         raise ValueError("no sources to check")
     with ThreadPoolExecutor(max_workers=parallel) as pool:
-        records = list(pool.map(lambda s: check_source(s, use_rustc=use_rustc), sources))
+        records = [{**record, "source": source}
+                   for source, record in zip(sources, pool.map(lambda s: check_source(s, use_rustc=use_rustc), sources))]
     parsed = [r["metrics"] for r in records if r["metrics"] is not None]
     summary: dict[str, Any] = {
         "samples": len(records),
