@@ -73,12 +73,12 @@ def test_generate_uses_the_measured_sampling_defaults(model):
 
 
 def test_it_is_trained_on_rust(model):
-    # An untrained model scores ln(4096) = 8.3 nats per token; the shipped one must do far better
+    # An untrained model scores ln(8192) = 9.0 nats per token; the shipped one must do far better
     # on Rust it has not seen, and better on Rust than on English prose.
     rust = model.nll(model.encode(HELD_OUT, add_bos=False)).mean()
     prose = "The quick brown fox jumps over the lazy dog while the band plays a waltz in the park. " * 3
     english = model.nll(model.encode(prose, add_bos=False)[:100]).mean()
-    assert rust < 4.0, rust  # measured 3.03 for the shipped model
+    assert rust < 3.2, rust  # measured 2.59 for the shipped model (rust-tiny: 3.03 under its own tokenizer)
     assert rust < english
 
 

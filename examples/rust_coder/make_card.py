@@ -104,6 +104,8 @@ def main() -> None:
     # Quality.
     loss = load(reports / "loss.json")["loss"]
     greedy = load(reports / "compile.json")["summary"]
+    plain = load(reports / "compile-plain.json")["summary"]
+    penalty = model.generation_config.get("repetition_penalty", 1.0)
     dev = load(reports / "dev.json")["summary"]
     he = load(reports / "humaneval.json")
     sampling = load(reports / "sampling.json")
@@ -170,12 +172,12 @@ compile rates on the harness's built-in prompts (30 completion prompts, not Huma
 | metric | value |
 |---|---|
 | held-out loss (engine, {loss['tokens']:,} validation tokens, windows of {cfg.max_seq_len}) | {loss['mean_loss']:.4f} nats/token, perplexity {loss['perplexity']:.2f}, {loss['bits_per_byte']:.4f} bits per byte |
-| HumanEval-Rust, greedy, 256 new tokens ({greedy['samples']} problems): syn parse | {rate(greedy, 'parse_rate')} |
-| rustc compile (`--emit=metadata`, edition 2021), same samples | {rate(greedy, 'compile_rate')} |
-| **nontrivial** compile (no empty / `todo!` / `unimplemented!` / `unreachable!` / `panic!` body) | {rate(greedy, 'nontrivial_compile_rate')} |
-| HumanEval-Rust pass@k ({he['problems']} problems, n = 10, temperature 0.8, top-p 0.95) | {', '.join(f'{k} = {v:.3f}' for k, v in he['pass_at_k'].items())} |
+| HumanEval-Rust, greedy, 256 new tokens ({greedy['samples']} problems), repetition penalty {penalty} (the model's default) / 1.0: syn parse | {rate(greedy, 'parse_rate')} / {rate(plain, 'parse_rate')} |
+| rustc compile (`--emit=metadata`, edition 2021), same samples | {rate(greedy, 'compile_rate')} / {rate(plain, 'compile_rate')} |
+| **nontrivial** compile (no empty / `todo!` / `unimplemented!` / `unreachable!` / `panic!` body) | {rate(greedy, 'nontrivial_compile_rate')} / {rate(plain, 'nontrivial_compile_rate')} |
+| HumanEval-Rust pass@k ({he['problems']} problems, n = 10, temperature 0.8, top-p 0.95, repetition penalty {penalty}) | {', '.join(f'{k} = {v:.3f}' for k, v in he['pass_at_k'].items())} |
 | HumanEval-Rust outcomes of those samples | {', '.join(f'{k} {v}' for k, v in he['outcomes'].items())} |
-| dev prompts (built-in, greedy): parse / compile / nontrivial compile | {rate(dev, 'parse_rate')} / {rate(dev, 'compile_rate')} / {rate(dev, 'nontrivial_compile_rate')} |
+| dev prompts (built-in, greedy, repetition penalty {penalty}): parse / compile / nontrivial compile | {rate(dev, 'parse_rate')} / {rate(dev, 'compile_rate')} / {rate(dev, 'nontrivial_compile_rate')} |
 
 The harness cuts each completion at the problem's stop sequences (`\\n}}` …) and closes the function.
 

@@ -78,11 +78,14 @@ python "$HERE/sampling.py" --model "$RUNS/model.gguf" --n 3 --report "$RUNS/eval
 python -m nanochat_ternary.export "$FINAL" --out "$MODEL_DIR/model.gguf" --generation-config "$RUNS/generation_config.json"
 
 # 6. Evaluation: held-out loss; HumanEval-Rust greedy (the issue's parse / compile / nontrivial
-#    targets) and pass@k at temperature 0.8; the dev-visible compile rate of the shipped file.
+#    targets; with the model's repetition penalty and without) and pass@k at temperature 0.8; the
+#    dev-visible compile rate of the shipped file.
 MODEL=$MODEL_DIR/model.gguf
 python -m nanochat_ternary.eval loss --model "$MODEL" --data "$MIX" --output "$RUNS/eval/loss.json"
 python -m nanochat_ternary.eval compile-rate --model "$MODEL" --temperature 0 --max-new-tokens 256 \
   --prompts python/nanochat_ternary/eval/data/humaneval-rs.jsonl --output "$RUNS/eval/compile.json"
+python -m nanochat_ternary.eval compile-rate --model "$MODEL" --temperature 0 --max-new-tokens 256 --repetition-penalty 1 \
+  --prompts python/nanochat_ternary/eval/data/humaneval-rs.jsonl --output "$RUNS/eval/compile-plain.json"
 python -m nanochat_ternary.eval humaneval --model "$MODEL" --temperature 0.8 --top-p 0.95 --max-new-tokens 256 \
   --n 10 --k 1 10 --output "$RUNS/eval/humaneval.json"
 python -m nanochat_ternary.eval compile-rate --model "$MODEL" --temperature 0 --max-new-tokens 256 \

@@ -62,7 +62,7 @@ def main() -> None:
 
     card = f"""# {args.name}
 
-The default model of `nanochat-ternary`: a {model.param_count / 1e6:.2f}M-parameter ternary (BitNet b1.58) Rust-code
+The small model of `nanochat-ternary` (the default before `rust-coder`): a {model.param_count / 1e6:.2f}M-parameter ternary (BitNet b1.58) Rust-code
 model trained from scratch with this package's own tokenizer, data pipeline and QAT trainer, shipped as a
 {size_mb:.1f} MB GGUF file (`general.architecture = {model.architecture}`; block projections TQ2_0, tied
 embedding/head Q8_0). It is small and briefly trained (about 1 token per parameter): it writes Rust-flavoured
@@ -70,7 +70,7 @@ text, not correct programs, and the quality rows below say exactly that.
 
 ```python
 from nanochat_ternary import TernaryModel
-model = TernaryModel.from_pretrained()          # this model, from package data, sha256-verified
+model = TernaryModel.from_pretrained("rust-tiny")  # this model, from package data, sha256-verified
 print(model.generate("fn fibonacci(n: u64) -> u64 {{", max_new_tokens=64))
 ```
 

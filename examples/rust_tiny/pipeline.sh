@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole recipe of the shipped default model `rust-tiny`:
+# The whole recipe of `rust-tiny`, the small zoo model (the default until `rust-coder`):
 # corpus -> tokenizer + shards -> ternary QAT run and its full-precision twin ->
 # GGUF export -> evaluation -> model card -> zoo registration.
 #
@@ -45,8 +45,8 @@ python -m nanochat_ternary.eval humaneval --model "$MODEL" "${SAMPLING[@]}" --n 
   --output "$RUNS/eval/humaneval.json"
 echo '{"n": 10, "temperature": 0.2, "top_p": 0.95, "max_new_tokens": 256}' > "$RUNS/eval/settings.json"
 
-# 5. Model card from those files, then pin both files in the zoo as the default.
+# 5. Model card from those files, then pin both files in the zoo.
 python "$HERE/make_card.py" --model "$MODEL" --run "$RUNS/rust-tiny" --run-fp "$RUNS/rust-tiny-fp" \
   --data "$DATA" --reports "$RUNS/eval" --started "$STARTED" --out "$MODEL_DIR/README.md"
-python examples/register.py "$MODEL_DIR" --default \
+python examples/register.py "$MODEL_DIR" \
   --description "4.5M-parameter ternary Rust-code model trained with this package (see its README.md)"
