@@ -51,11 +51,15 @@ def test_shipped_model_greedy_generation_matches_the_engine():
     gpu_path._use_torch_forward("cpu")  # the CUDA path's code, with the kernels' CPU references
     prompt = "fn fibonacci(n: u64) -> u64 {"
     ids = cpu.encode(prompt)
-    np.testing.assert_allclose(gpu_path.logits(ids), cpu.logits(ids), rtol=1e-4, atol=1e-3)
+    # Both sides quantize activations to int8 per token; float summation order moves a value that
+    # sits at a rounding boundary by one step, which the 6 layers of rust-coder carry to the logits
+    # (measured: exact for the first 3 positions, then up to 0.125 on logits up to 15.4, 0.8 %).
+    want = cpu.logits(ids)
+    np.testing.assert_allclose(gpu_path.logits(ids), want, rtol=0, atol=0.02 * np.abs(want).max())
     greedy = cpu.generate(prompt, max_new_tokens=16)
     assert gpu_path.generate(prompt, max_new_tokens=16) == greedy
     assert "".join(gpu_path.stream(prompt, max_new_tokens=16)) == greedy
-    np.testing.assert_allclose(gpu_path.nll(ids[1:]), cpu.nll(ids[1:]), rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(gpu_path.nll(ids[1:]), cpu.nll(ids[1:]), rtol=0, atol=0.05)  # measured 0.022
     sampled = gpu_path.generate(prompt, max_new_tokens=6, do_sample=True, temperature=0.8, top_p=0.9, seed=3)
     assert sampled == gpu_path.generate(prompt, max_new_tokens=6, do_sample=True, temperature=0.8, top_p=0.9, seed=3)
 
