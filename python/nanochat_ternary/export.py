@@ -691,7 +691,7 @@ def main(argv: list[str] | None = None) -> int:
                 loaded = json.loads(Path(args.generation_config).read_text(encoding="utf-8"))
             except json.JSONDecodeError as e:
                 raise ValueError(f"{args.generation_config} is not valid JSON: {e}") from None
-            options["generation_config"] = check_generation_config(loaded)
+            options["generation_config"] = loaded  # checked by the export itself
         path = _checkpoint_path(args.checkpoint)
         if args.format == "gguf":
             from .model_config import ModelConfig

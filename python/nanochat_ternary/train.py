@@ -758,10 +758,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, device: str)
               "python -m nanochat_ternary.export --format hf writes an HF directory")
     if stop:
         if stop_steps:
-            trainer.fit(stop_steps)
-            if trainer.out_dir is not None and latest_checkpoint(trainer.out_dir) != trainer.out_dir / (
-                    f"{CHECKPOINT_PREFIX}{trainer.step_count:08d}{CHECKPOINT_SUFFIX}"):
-                trainer.save()
+            trainer.fit(stop_steps)  # saves at its last step
         print(f"stopped at step {trainer.step_count}/{trainer.hyper['total_steps']}; continue with: "
               f"python -m nanochat_ternary.train --out {trainer.out_dir} --resume")
         return 0
