@@ -122,3 +122,17 @@ def test_llama_cpp_greedy_equals_our_engine_on_a_trained_model(tmp_path):
     llm = _llama(path)
     for prompt, got in zip(prompts, ours):
         assert _llama_greedy(llm, prompt, NEW_TOKENS) == list(got), prompt
+
+
+def test_llama_cpp_refuses_a_looplm_file(tmp_path):
+    """A LoopLM export is 'nanochat-ternary-loop': llama.cpp, which would run each block once,
+    refuses to load it instead of producing silently wrong logits."""
+    from _export_fixtures import small_config
+
+    from nanochat_ternary.qat import QatModel
+
+    loop = QatModel(small_config(loop={"loops": 2, "exit_gate": True}), seed=1)
+    path = export.export_gguf(loop, tokenizer_json(), tmp_path / "loop.gguf")
+    assert GGUFReader(path).metadata["general.architecture"] == "nanochat-ternary-loop"
+    with pytest.raises(Exception):
+        _llama(path)

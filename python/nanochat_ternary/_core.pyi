@@ -197,6 +197,8 @@ class QatModel:
     def param_count(self) -> int: ...
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """Logits (B, T, vocab) for int64 ids (B, T), no autograd."""
+    def loop_logits(self, tokens: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """LoopLM: every loop's logits (B, T, vocab) and the exit gate's lambda (B, T) per loop."""
     def loss(self, tokens: torch.Tensor, targets: torch.Tensor) -> float:
         """Mean cross-entropy of `targets` given `tokens`, no autograd."""
     def named_parameters(self) -> list[tuple[str, torch.Tensor]]:
@@ -360,6 +362,14 @@ class Engine:
         stop_ids: list[int] = ...,
         stop_strings: list[str] = ...,
     ) -> TokenStream: ...
+    @property
+    def exit_threshold(self) -> float:
+        """LoopLM early-exit threshold in (0, 1] (1.0: every loop; < 1 needs an exit gate)."""
+    @exit_threshold.setter
+    def exit_threshold(self, value: float) -> None: ...
+    def mean_depth(self) -> tuple[float, int]:
+        """(mean loops per token, tokens counted) since load or ``reset_depth()``."""
+    def reset_depth(self) -> None: ...
     @property
     def context_length(self) -> int: ...
     @property

@@ -61,6 +61,7 @@ __all__ = [
     "EOS_TOKEN",
     "HF_ARCHITECTURE",
     "HF_MODEL_TYPE",
+    "LOOP_ARCHITECTURE",
     "CHECKPOINT_FORMAT",
     "DEFAULT_GENERATION_CONFIG",
     "export_gguf",
@@ -84,6 +85,10 @@ HF_ARCHITECTURE = "NanochatTernaryForCausalLM"
 HF_MODEL_TYPE = "nanochat-ternary"
 CHECKPOINT_FORMAT = "nanochat-ternary-checkpoint/1"
 NCT_ARCHITECTURE = "nanochat-ternary"
+# LoopLM models (loop.loops > 1) get their own name: a loader that does not know loops (llama.cpp,
+# older engines) refuses the file instead of running every block once.
+LOOP_ARCHITECTURE = "nanochat-ternary-loop"
+HF_LOOP_ARCHITECTURE = "NanochatTernaryLoopForCausalLM"
 
 DEFAULT_GENERATION_CONFIG: dict[str, Any] = {
     "max_new_tokens": 256,
@@ -157,7 +162,10 @@ class ExportableModel(Protocol):
 
 
 def gguf_architecture(config: ModelConfig) -> str:
-    """``llama`` for a llama-shaped model (one residual stream, SwiGLU), else ``nanochat-ternary``."""
+    """``nanochat-ternary-loop`` for a LoopLM model, ``llama`` for a llama-shaped model (one
+    residual stream, SwiGLU), else ``nanochat-ternary``."""
+    if config.loops > 1:
+        return LOOP_ARCHITECTURE
     if config.mhc_streams == 1 and config.ffn_activation == "swiglu":
         return "llama"
     return NCT_ARCHITECTURE
@@ -177,6 +185,8 @@ def gguf_tensor_name(name: str) -> str:
         return "output.weight"
     if name == "final_norm.gain":
         return "output_norm.weight"
+    if name in ("exit_gate.weight", "exit_gate.bias"):
+        return name
     parts = name.split(".")
     if len(parts) >= 3 and parts[0] == "blocks" and parts[1].isdigit():
         layer, rest = parts[1], ".".join(parts[2:])
@@ -381,6 +391,8 @@ def _check_parameters(config: ModelConfig, params: Mapping[str, np.ndarray]) -> 
             "full-precision projections have no lossless ternary export"
         )
     expected = {"embed", "final_norm.gain"} | ({"head"} if not config.tie_embeddings else set())
+    if config.loop and config.loop.get("exit_gate"):
+        expected |= {"exit_gate.weight", "exit_gate.bias"}
     for i in range(config.n_layers):
         names = ["attn.wq", "attn.wk", "attn.wv", "attn.wo", "mlp.up", "mlp.down", "attn_norm.gain", "mlp_norm.gain"]
         names += ["mlp.gate"] if config.ffn_activation == "swiglu" else []
@@ -434,8 +446,13 @@ def export_gguf(
         raise ValueError(f"embed_type must be 'F32' or 'F16', got {embed_type!r}")
     natural = gguf_architecture(config)
     arch = natural if arch is None else arch
-    if arch not in ("llama", NCT_ARCHITECTURE):
-        raise ValueError(f"unknown architecture {arch!r}; expected 'llama' or {NCT_ARCHITECTURE!r}")
+    if arch not in ("llama", NCT_ARCHITECTURE, LOOP_ARCHITECTURE):
+        raise ValueError(f"unknown architecture {arch!r}; expected 'llama', {NCT_ARCHITECTURE!r} or {LOOP_ARCHITECTURE!r}")
+    if (arch == LOOP_ARCHITECTURE) != (natural == LOOP_ARCHITECTURE):
+        raise ValueError(
+            f"arch={arch!r} does not fit this model (loops={config.loops}): a LoopLM model is written as "
+            f"{LOOP_ARCHITECTURE!r} and only a LoopLM model is"
+        )
     if arch == "llama" and natural != "llama":
         raise ValueError(
             f"arch='llama' needs a llama-shaped model (mhc_streams=1, swiglu); this one has "
@@ -471,9 +488,13 @@ def export_gguf(
     w.add_float32(f"{arch}.rope.freq_base", config.rope_theta)
     w.add_uint32(f"{arch}.rope.dimension_count", config.head_dim)
     w.add_uint32(f"{arch}.vocab_size", config.vocab_size)
-    if arch == NCT_ARCHITECTURE:
+    if arch != "llama":
         w.add_uint32(f"{arch}.mhc.streams", config.mhc_streams)
         w.add_string(f"{arch}.ffn_activation", config.ffn_activation)
+    if arch == LOOP_ARCHITECTURE and config.loop is not None:
+        w.add_uint32(f"{arch}.loop.count", config.loops)
+        w.add_bool(f"{arch}.loop.exit_gate", bool(config.loop.get("exit_gate", False)))
+        w.add_float32(f"{arch}.loop.exit_threshold", float(config.loop.get("exit_threshold", 1.0)))
     w.add_string("tokenizer.ggml.model", "gpt2")
     w.add_string("tokenizer.ggml.pre", "gpt-2")
     w.add_array("tokenizer.ggml.tokens", tok["tokens"], GGUFValueType.STRING)
@@ -531,7 +552,7 @@ def _block_order(name: str) -> tuple[int, str]:
 def hf_config(config: ModelConfig) -> dict[str, Any]:
     """``config.json``: the ModelConfig plus the HF architecture and quantization records."""
     values = json.loads(config.to_json())
-    values["architectures"] = [HF_ARCHITECTURE]
+    values["architectures"] = [HF_LOOP_ARCHITECTURE if config.loops > 1 else HF_ARCHITECTURE]
     values["model_type"] = HF_MODEL_TYPE
     values["quantization"] = {"format": CHECKPOINT_FORMAT, "weights": "ternary-absmean", "packing": "packed2"}
     return values

@@ -39,10 +39,13 @@ class ModelConfig:
     mhc_streams: int = 1
     # False: full-precision linear layers (the baseline measuring what ternary costs; not exportable).
     ternary: bool = True
+    # LoopLM: {"loops": T, "exit_gate": bool, "entropy_weight": beta, "exit_threshold": (0, 1]};
+    # None: the blocks run once.
+    loop: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         # Validation lives in Rust (one source of truth); it raises ValueError.
-        _core.train_validate_config(json.dumps(dataclasses.asdict(self)))
+        _core.train_validate_config(self.to_json())
 
     @classmethod
     def preset(cls, name: str) -> ModelConfig:
@@ -65,7 +68,15 @@ class ModelConfig:
             return cls.from_json(f.read())
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2)
+        values = dataclasses.asdict(self)
+        if values["loop"] is None:
+            del values["loop"]  # as Rust writes it: configs without loops keep their old JSON
+        return json.dumps(values, indent=2)
+
+    @property
+    def loops(self) -> int:
+        """T, how many times the block stack runs (1 without a loop block)."""
+        return int(self.loop["loops"]) if self.loop else 1
 
     @property
     def head_dim(self) -> int:

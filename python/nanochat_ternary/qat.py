@@ -42,6 +42,13 @@ class QatModel:
         """Logits (B, T, vocab) for int64 token ids (B, T); no autograd."""
         return self._model.forward(tokens)
 
+    def loop_logits(self, tokens: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """LoopLM: the logits (B, T, vocab) of every loop's readout and the exit gate's
+        lambda (B, T) after every loop (empty without a gate); no autograd. `forward` is
+        the last loop's logits (the full depth)."""
+        logits, lambdas = self._model.loop_logits(tokens)
+        return list(logits), list(lambdas)
+
     def loss(self, tokens: torch.Tensor, targets: torch.Tensor) -> float:
         """Mean next-token cross-entropy; `targets` has the shape of `tokens`."""
         return self._model.loss(tokens, targets)

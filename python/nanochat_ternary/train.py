@@ -134,6 +134,20 @@ class TokenBatches:
         self.position, self.epoch = position, epoch
 
 
+def compute_params(config: ModelConfig) -> int:
+    """Parameters a token's forward multiplies by (6x this = training FLOPs per token): every
+    parameter once, plus a LoopLM model's shared blocks once more per extra loop and, with an exit
+    gate, the LM head once more per extra loop (every loop's readout is scored)."""
+    c = config
+    kv = c.n_kv_heads * c.head_dim
+    ffn = 3 if c.ffn_activation == "swiglu" else 2
+    blocks = c.n_layers * (2 * c.dim * c.dim + 2 * c.dim * kv + ffn * c.dim * c.ffn_hidden)
+    extra = (c.loops - 1) * blocks
+    if c.loop and c.loop.get("exit_gate"):
+        extra += (c.loops - 1) * c.vocab_size * c.dim
+    return c.param_count + extra
+
+
 def measured_peak_flops(device: str) -> float:
     """A quick measured matmul rate (f32 on CPU, bf16 on CUDA) in FLOP/s, as
     the MFU denominator when no --peak-flops is given."""
@@ -267,7 +281,7 @@ class Trainer:
             raise ValueError(f"peak_flops must be positive, got {peak_flops}")
         self._peak_flops = peak_flops
         self.peak_flops_source = "given" if peak_flops is not None else "measured matmul"
-        self._flops_per_token = 6 * self.config.param_count
+        self._flops_per_token = 6 * compute_params(self.config)
         self.teacher_path: Path | None = None
         if loop.get("teacher") is not None:
             self._attach_teacher(loop["teacher"])

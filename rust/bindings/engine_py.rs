@@ -197,6 +197,28 @@ impl PyEngine {
     fn vocab_size(&self) -> usize {
         self.0.config.vocab_size
     }
+
+    /// LoopLM early-exit threshold: a token leaves after the first loop whose cumulative exit
+    /// probability reaches it (1.0: every loop). Settable in (0, 1]; below 1 only with an exit gate.
+    #[getter]
+    fn exit_threshold(&self) -> f32 {
+        self.0.exit_threshold.get()
+    }
+
+    #[setter]
+    fn set_exit_threshold(&self, value: f64) -> PyResult<()> {
+        self.0.set_exit_threshold(value).map_err(to_py_err)
+    }
+
+    /// (mean loops per token, tokens counted) since load or `reset_depth()`; (0.0, 0) for a
+    /// model without loops.
+    fn mean_depth(&self) -> (f64, u64) {
+        self.0.mean_depth()
+    }
+
+    fn reset_depth(&self) {
+        self.0.reset_depth()
+    }
 }
 
 /// Iterator of generated token ids; each `__next__` runs one decode step without the GIL.

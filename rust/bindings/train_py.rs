@@ -135,6 +135,20 @@ impl QatModel {
         tensor_to_py(py, &logits)
     }
 
+    /// LoopLM: (logits (B, T, vocab) of every loop's readout, exit-gate λ (B, T) of every loop —
+    /// empty without a gate), without autograd. A model without loops gives one readout.
+    #[allow(clippy::type_complexity)]
+    fn loop_logits<'py>(&self, py: Python<'py>, tokens: &Bound<'py, PyAny>) -> PyResult<(Vec<Bound<'py, PyAny>>, Vec<Bound<'py, PyAny>>)> {
+        let tokens = tensor_from_py(tokens)?;
+        let mut guard = self.lock()?;
+        let inner: &mut Inner = &mut guard;
+        let device = self.device;
+        let (logits, lambdas) = py.detach(move || guarded(|| tch::no_grad(|| inner.model.loop_logits(&tokens.to_device(device)))))?;
+        let logits = logits.iter().map(|t| tensor_to_py(py, t)).collect::<PyResult<Vec<_>>>()?;
+        let lambdas = lambdas.iter().map(|t| tensor_to_py(py, t)).collect::<PyResult<Vec<_>>>()?;
+        Ok((logits, lambdas))
+    }
+
     /// Mean next-token cross-entropy of `targets` given `tokens` (both (B, T)
     /// int64), without autograd.
     fn loss(&self, py: Python<'_>, tokens: &Bound<'_, PyAny>, targets: &Bound<'_, PyAny>) -> PyResult<f64> {

@@ -89,6 +89,11 @@ class TorchForward:
         """Loads a ``.gguf`` model (ours or a plain llama file) onto ``device``."""
         reader = GGUFReader(path)
         arch = reader.metadata.get("general.architecture")
+        if arch == "nanochat-ternary-loop" or config.loop is not None and config.loop.get("loops", 1) > 1:
+            raise ValueError(
+                f"{path}: a LoopLM model (architecture {arch!r}, loop={config.loop}); this torch forward runs "
+                "each block once and does not know loops: use the CPU engine (device='cpu')"
+            )
         bitlinear = "nct.config" in reader.metadata or arch == "nanochat-ternary"
         self = cls(config, torch.device(device), bitlinear)
         c, d = config, config.dim

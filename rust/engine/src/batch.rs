@@ -20,7 +20,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use crate::error::{invalid_arg, Result};
-use crate::forward::{apply_rope, attention, KvCache};
+use crate::forward::{apply_rope, attention, copy_frozen, KvCache};
 use crate::generate::check_request;
 use crate::linear::{forward_many, Input};
 use kernels::for_each_chunk;
@@ -36,9 +36,19 @@ pub struct Segment<'a> {
     pub logits: bool,
 }
 
-fn attention_block_batch(model: &Model, layer: &Layer, li: usize, h: &[f32], segments: &mut [Segment<'_>]) -> Result<Vec<f32>> {
+fn attention_block_batch(model: &Model, layer: &Layer, li: usize, h: &[f32], segments: &mut [Segment<'_>], frozen: &[Option<usize>]) -> Result<Vec<f32>> {
     let c = &model.config;
     let (d, kvd) = (c.dim, c.kv_dim());
+    if h.is_empty() {
+        let mut row = 0;
+        for seg in segments.iter_mut() {
+            let (n, pos0) = (seg.ids.len(), seg.cache.len);
+            seg.cache.reserve(pos0 + n);
+            copy_frozen(seg.cache, li, pos0, &frozen[row..row + n]);
+            row += n;
+        }
+        return Ok(Vec::new());
+    }
     let total = h.len() / d;
     let input = Input::new(h, total);
     let [mut q, mut k, v]: [Vec<f32>; 3] = forward_many(&[&layer.wq, &layer.wk, &layer.wv], &input, model.residency)?
@@ -54,6 +64,7 @@ fn attention_block_batch(model: &Model, layer: &Layer, li: usize, h: &[f32], seg
         apply_rope(model, ks, kvd, pos0);
         seg.cache.reserve(pos0 + n);
         seg.cache.write(li, ks, &v[row * kvd..(row + n) * kvd], n);
+        copy_frozen(seg.cache, li, pos0, &frozen[row..row + n]);
         y.extend(attention(model, qs, seg.cache, li, n, pos0));
         row += n;
     }
@@ -92,7 +103,7 @@ impl Model {
             }
         }
         let ids: Vec<u32> = segments.iter().flat_map(|s| s.ids.iter().copied()).collect();
-        let logits = self.run(ids.into_iter(), n_tok, &logit_rows, |layer, li, h| attention_block_batch(self, layer, li, h, segments))?;
+        let logits = self.run(ids.into_iter(), n_tok, &logit_rows, |layer, li, h, frozen| attention_block_batch(self, layer, li, h, segments, frozen))?;
         for seg in segments.iter_mut() {
             seg.cache.len += seg.ids.len();
         }
@@ -201,7 +212,7 @@ impl Scheduler {
     /// KV-cache bytes of one position (keys and values of every layer).
     pub fn kv_bytes_per_position(&self) -> usize {
         let c = &self.model.config;
-        2 * c.n_layers * c.kv_dim() * self.model.kv_precision.bytes()
+        2 * c.n_layers * c.loops() * c.kv_dim() * self.model.kv_precision.bytes()
     }
 
     /// Queues a request; returns its id. Refused (an error, nothing queued) when the request is

@@ -29,6 +29,35 @@ fn default_true() -> bool {
 fn default_streams() -> usize {
     1
 }
+fn default_threshold() -> f64 {
+    1.0
+}
+
+/// LoopLM: the `n_layers` blocks applied `loops` times, with an optional exit gate (tensors
+/// `exit_gate.weight`, `exit_gate.bias`) and the default early-exit threshold. Same JSON as the
+/// training crate's `LoopConfig`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LoopConfig {
+    pub loops: usize,
+    #[serde(default)]
+    pub exit_gate: bool,
+    /// A training setting (β of the exit entropy), carried through unchanged.
+    #[serde(default)]
+    pub entropy_weight: f64,
+    #[serde(default = "default_threshold")]
+    pub exit_threshold: f64,
+}
+
+/// An early-exit threshold must lie in (0, 1]; below 1 it needs an exit gate.
+pub fn check_threshold(threshold: f64, exit_gate: bool) -> Result<()> {
+    if !(threshold > 0.0 && threshold <= 1.0) {
+        return Err(bad(format!("exit_threshold {threshold} must lie in (0, 1]")));
+    }
+    if threshold < 1.0 && !exit_gate {
+        return Err(bad(format!("exit_threshold {threshold} < 1 needs a LoopLM model with an exit gate")));
+    }
+    Ok(())
+}
 
 /// Hyper-parameters; unknown JSON keys are ignored so HF `config.json` extras
 /// (`architectures`, `quantization`, ...) pass through.
@@ -53,6 +82,9 @@ pub struct ModelConfig {
     pub tie_embeddings: bool,
     #[serde(default = "default_streams")]
     pub mhc_streams: usize,
+    /// LoopLM (absent: the blocks run once).
+    #[serde(rename = "loop", default, skip_serializing_if = "Option::is_none")]
+    pub looping: Option<LoopConfig>,
 }
 
 fn bad(msg: String) -> EngineError {
@@ -100,6 +132,15 @@ impl ModelConfig {
         if ![1, 2, 4].contains(&self.mhc_streams) {
             return Err(bad(format!("mhc_streams {} must be 1, 2 or 4", self.mhc_streams)));
         }
+        if let Some(l) = &self.looping {
+            if l.loops < 1 || l.loops > 64 {
+                return Err(bad(format!("loop.loops {} must lie in 1..=64", l.loops)));
+            }
+            if l.exit_gate && l.loops < 2 {
+                return Err(bad("loop.exit_gate needs loops >= 2".into()));
+            }
+            check_threshold(l.exit_threshold, l.exit_gate)?;
+        }
         Ok(())
     }
 
@@ -111,9 +152,27 @@ impl ModelConfig {
         self.n_kv_heads * self.head_dim()
     }
 
-    /// `llama` when llama.cpp can run it (one stream, SwiGLU), else `nanochat-ternary`.
+    /// T, how many times the block stack runs.
+    pub fn loops(&self) -> usize {
+        self.looping.as_ref().map_or(1, |l| l.loops)
+    }
+
+    pub fn exit_gate(&self) -> bool {
+        self.looping.as_ref().is_some_and(|l| l.exit_gate)
+    }
+
+    /// The model's own early-exit threshold (1.0 = full depth).
+    pub fn exit_threshold(&self) -> f64 {
+        self.looping.as_ref().map_or(1.0, |l| l.exit_threshold)
+    }
+
+    /// `nanochat-ternary-loop` for a LoopLM model (T > 1: no loader that does not know loops
+    /// may open it), `llama` when llama.cpp can run it (one stream, SwiGLU), else
+    /// `nanochat-ternary`.
     pub fn architecture(&self) -> &'static str {
-        if self.mhc_streams == 1 && self.ffn_activation == FfnActivation::Swiglu {
+        if self.loops() > 1 {
+            "nanochat-ternary-loop"
+        } else if self.mhc_streams == 1 && self.ffn_activation == FfnActivation::Swiglu {
             "llama"
         } else {
             "nanochat-ternary"

@@ -4,6 +4,15 @@
 //! Per block: RMSNorm → Q/K/V (ternary × int8) → adjacent-pair RoPE → causal GQA attention over
 //! the cache (f16 by default) → output projection → residual; RMSNorm → SwiGLU / ReLU² FFN → residual. With
 //! mHC-lite the residual is n streams mixed by the `mhc` crate's maps (f64, exactly its math).
+//!
+//! LoopLM: the blocks run T times; loop t's block i has its own KV slot `t·n_layers + i` (a
+//! "virtual layer"). With an exit gate and a threshold below 1, a token leaves after the first
+//! loop whose cumulative exit probability 1 − Π_{j≤t}(1 − λ_j) reaches the threshold; its logits
+//! are that loop's readout. The loops it skips still need keys and values, since later tokens
+//! attend to them at every depth: the cache holds, for each skipped slot, a copy of the token's
+//! keys and values from the same block in its exit loop (Ouro's KV-sharing choice: the last
+//! computed loop's state stands in for the deeper ones). Prefill and decode follow the same rule
+//! per token, so a prompt run at once and one run token by token agree.
 
 use crate::config::FfnActivation;
 use crate::error::{invalid_arg, EngineError, Result};
@@ -64,7 +73,7 @@ impl KvCache {
     /// in `model.kv_precision`.
     pub fn new(model: &Model, capacity: usize) -> Self {
         let c = &model.config;
-        let n = c.n_layers;
+        let n = c.n_layers * c.loops();
         let store = match model.kv_precision {
             KvPrecision::F16 => Store::F16(vec![(Vec::new(), Vec::new()); n]),
             KvPrecision::F32 => Store::F32(vec![(Vec::new(), Vec::new()); n]),
@@ -127,6 +136,35 @@ impl KvCache {
             Store::F16(l) => write(&mut l[li], shape, k, v, n),
             Store::F32(l) => write(&mut l[li], shape, k, v, n),
         }
+    }
+}
+
+impl KvCache {
+    /// Copies position `pos`'s keys and values from (virtual) layer `src` to layer `dst`.
+    pub(crate) fn copy_position(&mut self, src: usize, dst: usize, pos: usize) {
+        let (heads, hd, room) = (self.kv_heads, self.head_dim, self.room);
+        fn copy<T: Copy>(layers: &mut Layers<T>, src: usize, dst: usize, at: impl Fn(usize) -> usize, heads: usize, hd: usize) {
+            for g in 0..heads {
+                let (k, v) = layers[src].clone_rows(at(g), hd);
+                layers[dst].0[at(g)..][..hd].copy_from_slice(&k);
+                layers[dst].1[at(g)..][..hd].copy_from_slice(&v);
+            }
+        }
+        let at = |g: usize| (g * room + pos) * hd;
+        match &mut self.store {
+            Store::F16(l) => copy(l, src, dst, at, heads, hd),
+            Store::F32(l) => copy(l, src, dst, at, heads, hd),
+        }
+    }
+}
+
+trait CloneRows<T> {
+    fn clone_rows(&self, at: usize, len: usize) -> (Vec<T>, Vec<T>);
+}
+
+impl<T: Copy> CloneRows<T> for (Vec<T>, Vec<T>) {
+    fn clone_rows(&self, at: usize, len: usize) -> (Vec<T>, Vec<T>) {
+        (self.0[at..][..len].to_vec(), self.1[at..][..len].to_vec())
     }
 }
 
@@ -216,19 +254,37 @@ fn attention_over<T: KvElem>(model: &Model, q: &[f32], layer: &(Vec<T>, Vec<T>),
     out
 }
 
-fn attention_block(model: &Model, layer: &Layer, li: usize, h: &[f32], n: usize, cache: &mut KvCache) -> Result<Vec<f32>> {
+/// One sequence's attention sub-layer at (virtual) layer `li`. `frozen[t]` names, for a token
+/// that already exited (LoopLM), the layer whose keys and values stand in for its skipped ones;
+/// an empty `h` (every token exited) only copies those and returns nothing.
+fn attention_block(model: &Model, layer: &Layer, li: usize, h: &[f32], n: usize, cache: &mut KvCache, frozen: &[Option<usize>]) -> Result<Vec<f32>> {
     let c = &model.config;
     let pos0 = cache.len;
+    cache.reserve(pos0 + n);
+    if h.is_empty() {
+        copy_frozen(cache, li, pos0, frozen);
+        return Ok(Vec::new());
+    }
     let input = Input::new(h, n);
     let [mut q, mut k, v]: [Vec<f32>; 3] = forward_many(&[&layer.wq, &layer.wk, &layer.wv], &input, model.residency)?
         .try_into()
         .expect("three products");
     apply_rope(model, &mut q, c.dim, pos0);
     apply_rope(model, &mut k, c.kv_dim(), pos0);
-    cache.reserve(pos0 + n);
     cache.write(li, &k, &v, n);
+    copy_frozen(cache, li, pos0, frozen);
     let y = attention(model, &q, cache, li, n, pos0);
     layer.wo.forward(&y, n, model.residency)
+}
+
+/// Overwrites the keys and values of exited tokens (positions `pos0 + t`) at layer `li` with
+/// those of the layer `frozen[t]` names.
+pub(crate) fn copy_frozen(cache: &mut KvCache, li: usize, pos0: usize, frozen: &[Option<usize>]) {
+    for (t, src) in frozen.iter().enumerate() {
+        if let Some(src) = *src {
+            cache.copy_position(src, li, pos0 + t);
+        }
+    }
 }
 
 pub(crate) fn ffn_block(model: &Model, layer: &Layer, h: &[f32], n: usize) -> Result<Vec<f32>> {
@@ -291,14 +347,16 @@ impl Model {
     /// The embeddings of `ids`, every block, and the final norm of the rows `logit_rows` picks
     /// (indices of tokens; none: no head at all), through the LM head: the forward pass both [`Model::forward`] (one
     /// sequence) and [`Model::forward_batch`] (many, one product per matrix) run. `attention(layer,
-    /// layer index, normed input)` is the attention sub-layer, the only part that depends on
-    /// which sequence a token belongs to.
+    /// virtual layer index, normed input, frozen)` is the attention sub-layer, the only part that
+    /// depends on which sequence a token belongs to; `frozen` names per token, for one that
+    /// already exited (LoopLM), the KV layer to copy its keys and values from, and an empty input
+    /// means every token exited (copy only).
     pub(crate) fn run(
         &self,
         ids: impl Iterator<Item = u32>,
         n_tok: usize,
         logit_rows: &[usize],
-        mut attention: impl FnMut(&Layer, usize, &[f32]) -> Result<Vec<f32>>,
+        mut attention: impl FnMut(&Layer, usize, &[f32], &[Option<usize>]) -> Result<Vec<f32>>,
     ) -> Result<Vec<f32>> {
         let c = &self.config;
         let d = c.dim;
@@ -313,42 +371,106 @@ impl Model {
             // Expand: every stream starts as a copy of the embedding.
             x = x.chunks_exact(d).flat_map(|row| (0..n).flat_map(move |_| row.iter().copied())).collect();
         }
-        for (li, layer) in self.layers.iter().enumerate() {
-            match &layer.mhc {
-                None => {
-                    rms_norm(&x, &layer.attn_norm, eps, &mut h);
-                    let a = attention(layer, li, &h)?;
-                    x.iter_mut().zip(&a).for_each(|(x, a)| *x += a);
-                    rms_norm(&x, &layer.ffn_norm, eps, &mut h);
-                    let m = ffn_block(self, layer, &h, n_tok)?;
-                    x.iter_mut().zip(&m).for_each(|(x, m)| *x += m);
+        let (k, loops) = (self.layers.len(), c.loops());
+        let threshold = self.exit_threshold.get();
+        let early = loops > 1 && threshold < 1.0;
+        let gate = self.exit_gate.as_ref().filter(|_| early);
+        // LoopLM early exit: the loop each token left after, the probability it has not yet
+        // exited, and the final-normed readout of the rows that want logits.
+        let mut exited: Vec<Option<usize>> = vec![None; n_tok];
+        let mut survive = vec![1f64; n_tok];
+        let mut readout: Vec<Option<Vec<f32>>> = vec![None; n_tok];
+        let wants: Vec<bool> = (0..n_tok).map(|t| logit_rows.contains(&t)).collect();
+        let width = n * d;
+        // The residual row of token t collapsed to `dim` (streams summed; the RMSNorm removes the scale).
+        let collapse = |x: &[f32], t: usize, out: &mut Vec<f32>| {
+            let s = &x[t * width..(t + 1) * width];
+            if n == 1 {
+                out.extend_from_slice(s);
+            } else {
+                out.extend((0..d).map(|j| (0..n).map(|i| s[i * d + j]).sum::<f32>()));
+            }
+        };
+        let mut frozen: Vec<Option<usize>> = vec![None; n_tok];
+        for t in 0..loops {
+            let all_exited = exited.iter().all(Option::is_some);
+            for (i, layer) in self.layers.iter().enumerate() {
+                let li = t * k + i;
+                for (f, e) in frozen.iter_mut().zip(&exited) {
+                    *f = e.map(|e| e * k + i);
                 }
-                Some((c_attn, c_mlp)) => {
-                    x = mhc_sublayer(c_attn, &x, n_tok, |inp| {
-                        let mut hn = Vec::new();
-                        rms_norm(inp, &layer.attn_norm, eps, &mut hn);
-                        attention(layer, li, &hn)
-                    })?;
-                    x = mhc_sublayer(c_mlp, &x, n_tok, |inp| {
-                        let mut hn = Vec::new();
-                        rms_norm(inp, &layer.ffn_norm, eps, &mut hn);
-                        ffn_block(self, layer, &hn, n_tok)
-                    })?;
+                if all_exited {
+                    attention(layer, li, &[], &frozen)?;
+                    continue;
+                }
+                match &layer.mhc {
+                    None => {
+                        rms_norm(&x, &layer.attn_norm, eps, &mut h);
+                        let a = attention(layer, li, &h, &frozen)?;
+                        x.iter_mut().zip(&a).for_each(|(x, a)| *x += a);
+                        rms_norm(&x, &layer.ffn_norm, eps, &mut h);
+                        let m = ffn_block(self, layer, &h, n_tok)?;
+                        x.iter_mut().zip(&m).for_each(|(x, m)| *x += m);
+                    }
+                    Some((c_attn, c_mlp)) => {
+                        x = mhc_sublayer(c_attn, &x, n_tok, |inp| {
+                            let mut hn = Vec::new();
+                            rms_norm(inp, &layer.attn_norm, eps, &mut hn);
+                            attention(layer, li, &hn, &frozen)
+                        })?;
+                        x = mhc_sublayer(c_mlp, &x, n_tok, |inp| {
+                            let mut hn = Vec::new();
+                            rms_norm(inp, &layer.ffn_norm, eps, &mut hn);
+                            ffn_block(self, layer, &hn, n_tok)
+                        })?;
+                    }
                 }
             }
+            if all_exited {
+                continue;
+            }
+            let last = t + 1 == loops;
+            let mut row = Vec::with_capacity(d);
+            let mut normed = Vec::with_capacity(d);
+            for tok in 0..n_tok {
+                if exited[tok].is_some() || !(last || gate.is_some()) {
+                    continue;
+                }
+                let leave = match gate {
+                    Some((w, b)) if !last => {
+                        row.clear();
+                        collapse(&x, tok, &mut row);
+                        rms_norm(&row, &self.output_norm, eps, &mut normed);
+                        let lambda = 1.0 / (1.0 + (-(crate::simd::dot(&normed, w) + b) as f64).exp());
+                        survive[tok] *= 1.0 - lambda;
+                        1.0 - survive[tok] >= threshold as f64
+                    }
+                    _ => true,
+                };
+                if leave {
+                    exited[tok] = Some(t);
+                    if wants[tok] {
+                        row.clear();
+                        collapse(&x, tok, &mut row);
+                        readout[tok] = Some(row.clone());
+                    }
+                }
+            }
+        }
+        if loops > 1 {
+            let depth: usize = exited.iter().map(|e| e.map_or(loops, |e| e + 1)).sum();
+            self.depth.tokens.fetch_add(n_tok as u64, std::sync::atomic::Ordering::Relaxed);
+            self.depth.loops.fetch_add(depth as u64, std::sync::atomic::Ordering::Relaxed);
         }
         if logit_rows.is_empty() {
             return Ok(Vec::new());
         }
-        // The rows asked for; with streams, collapsed to their sum (the final RMSNorm removes the scale).
-        let width = n * d;
+        // The rows asked for, each as its exit loop left it.
         let mut rows = Vec::with_capacity(logit_rows.len() * d);
         for &t in logit_rows {
-            let s = &x[t * width..(t + 1) * width];
-            if n == 1 {
-                rows.extend_from_slice(s);
-            } else {
-                rows.extend((0..d).map(|j| (0..n).map(|i| s[i * d + j]).sum::<f32>()));
+            match &readout[t] {
+                Some(r) => rows.extend_from_slice(r),
+                None => collapse(&x, t, &mut rows),
             }
         }
         rms_norm(&rows, &self.output_norm, eps, &mut h);
@@ -367,7 +489,7 @@ impl Model {
         let n_tok = ids.len();
         cache.capacity = cache.capacity.max(cache.len + n_tok).min(self.config.max_seq_len);
         let logit_rows: Vec<usize> = if all_logits { (0..n_tok).collect() } else { vec![n_tok - 1] };
-        let logits = self.run(ids.iter().copied(), n_tok, &logit_rows, |layer, li, h| attention_block(self, layer, li, h, n_tok, cache));
+        let logits = self.run(ids.iter().copied(), n_tok, &logit_rows, |layer, li, h, frozen| attention_block(self, layer, li, h, n_tok, cache, frozen));
         // The cache holds the new positions only once every layer has written them.
         if logits.is_ok() {
             cache.len += n_tok;

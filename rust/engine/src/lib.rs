@@ -26,7 +26,7 @@ pub mod synthetic;
 mod vocab;
 
 pub use batch::{Finish, Scheduler, SchedulerConfig, Segment, SeqEvent, TokenOut, MAX_TOP_LOGPROBS};
-pub use config::{FfnActivation, ModelConfig};
+pub use config::{FfnActivation, LoopConfig, ModelConfig};
 pub use error::{EngineError, Result};
 pub use forward::{KvCache, KvPrecision};
 pub use generate::{check_request, generate, Generation};

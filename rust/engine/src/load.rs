@@ -1,4 +1,4 @@
-//! Loading: GGUF files (llama / nanochat-ternary, mmap) and HF-style directories (config.json +
+//! Loading: GGUF files (llama / nanochat-ternary / nanochat-ternary-loop, mmap) and HF-style directories (config.json +
 //! model.safetensors in the project's checkpoint format). Every shape, type and count is checked
 //! against the config; a bad file is an [`EngineError`], never a panic.
 
@@ -13,10 +13,10 @@ use ternary::{Granularity, TernaryMatrix};
 use crate::config::{FfnActivation, ModelConfig};
 use crate::error::{tensor_err, EngineError, Result};
 use crate::linear::Linear;
-use crate::model::{Embedding, Layer, Model, Rope};
+use crate::model::{Embedding, ExitThreshold, Layer, Model, Rope};
 use crate::vocab::Vocab;
 
-const ARCHITECTURES: [&str; 2] = ["llama", "nanochat-ternary"];
+const ARCHITECTURES: [&str; 3] = ["llama", "nanochat-ternary", "nanochat-ternary-loop"];
 
 /// A `.gguf` file or an HF-style directory.
 pub fn load(path: impl AsRef<Path>) -> Result<Model> {
@@ -58,6 +58,8 @@ fn gguf_config(f: &GgufFile, arch: &str) -> Result<ModelConfig> {
     let embd_rows = f.tensor_info("token_embd.weight").ok().and_then(|t| t.dims.get(1).map(|&d| d as usize));
     let config = if let Some(json) = f.get_str("nct.config") {
         ModelConfig::from_json(json)?
+    } else if arch == "nanochat-ternary-loop" {
+        return Err(EngineError::Config("a nanochat-ternary-loop file needs its nct.config (the loop settings)".into()));
     } else {
         let vocab_size = match meta_usize(f, &key("vocab_size"))? {
             Some(v) => v,
@@ -83,6 +85,7 @@ fn gguf_config(f: &GgufFile, arch: &str) -> Result<ModelConfig> {
             norm_eps: meta_f64(f, &key("attention.layer_norm_rms_epsilon"))?.unwrap_or(1e-5),
             tie_embeddings: f.tensor_info("output.weight").is_err(),
             mhc_streams: meta_usize(f, &key("mhc.streams"))?.unwrap_or(1),
+            looping: None,
         };
         c.validate()?;
         c
@@ -97,6 +100,7 @@ fn gguf_config(f: &GgufFile, arch: &str) -> Result<ModelConfig> {
         ("context_length", config.max_seq_len),
         ("vocab_size", config.vocab_size),
         ("mhc.streams", config.mhc_streams),
+        ("loop.count", config.loops()),
     ] {
         if let Some(v) = meta_usize(f, &key(k))? {
             if v != expected {
@@ -111,6 +115,14 @@ fn gguf_config(f: &GgufFile, arch: &str) -> Result<ModelConfig> {
     }
     if arch == "llama" && (config.mhc_streams != 1 || config.ffn_activation != FfnActivation::Swiglu) {
         return Err(EngineError::Config("architecture 'llama' needs mhc_streams = 1 and SwiGLU".into()));
+    }
+    // A loop model under another architecture name would run once in any loader that does not
+    // know loops: silently wrong output. Both directions are refused.
+    if (arch == "nanochat-ternary-loop") != (config.loops() > 1) {
+        return Err(EngineError::Config(format!(
+            "architecture '{arch}' does not match loop.loops = {} (LoopLM files are 'nanochat-ternary-loop')",
+            config.loops()
+        )));
     }
     Ok(config)
 }
@@ -335,7 +347,16 @@ pub fn load_gguf(path: &Path) -> Result<Model> {
     let head = gguf_matrix(f, head_name, config.vocab_size, d)?;
     let (vocab, tokenizer_json) = gguf_tokenizer(f, config.vocab_size)?;
     let (bos_id, eos_id, add_bos, add_eos) = gguf_special_tokens(f)?;
+    let exit_gate = if config.exit_gate() {
+        let bias = gguf_vector(f, "exit_gate.bias", 1)?;
+        Some((gguf_vector(f, "exit_gate.weight", d)?, bias[0]))
+    } else {
+        None
+    };
     let model = Model {
+        exit_gate,
+        exit_threshold: ExitThreshold::new(config.exit_threshold()),
+        depth: Default::default(),
         rope: Rope::new(&config),
         output_norm: gguf_vector(f, "output_norm.weight", d)?,
         embedding: Embedding::Mapped { file: file.clone(), name: "token_embd.weight".into(), ggml_type: embd_type, row_bytes },
@@ -526,7 +547,16 @@ pub fn load_hf_dir(dir: &Path) -> Result<Model> {
             }
         }
     }
+    let exit_gate = if config.exit_gate() {
+        let bias = ckpt.dense("exit_gate.bias", &[1])?;
+        Some((ckpt.dense("exit_gate.weight", &[1, d])?, bias[0]))
+    } else {
+        None
+    };
     let model = Model {
+        exit_gate,
+        exit_threshold: ExitThreshold::new(config.exit_threshold()),
+        depth: Default::default(),
         architecture: config.architecture().to_string(),
         rope: Rope::new(&config),
         output_norm: ckpt.dense("final_norm.gain", &[d])?,

@@ -1,6 +1,7 @@
 //! The loaded model: weights in kernel-ready form plus config and tokenizer. Built by
 //! [`crate::load_gguf`] or [`crate::load_hf_dir`].
 
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use gguf::{GgmlType, GgufFile};
@@ -82,6 +83,28 @@ impl Rope {
     }
 }
 
+/// The early-exit threshold of a LoopLM model, changeable while the model is shared (an `f32`
+/// in an atomic): a token leaves after the first loop whose cumulative exit probability reaches
+/// it; 1.0 runs every loop.
+pub struct ExitThreshold(AtomicU32);
+
+impl ExitThreshold {
+    pub fn new(value: f64) -> Self {
+        Self(AtomicU32::new((value as f32).to_bits()))
+    }
+
+    pub fn get(&self) -> f32 {
+        f32::from_bits(self.0.load(Ordering::Relaxed))
+    }
+}
+
+/// Tokens run and loops they ran (LoopLM): the mean depth early exit achieved.
+#[derive(Default)]
+pub struct DepthStats {
+    pub tokens: AtomicU64,
+    pub loops: AtomicU64,
+}
+
 pub struct Model {
     pub config: ModelConfig,
     /// `llama` or `nanochat-ternary`.
@@ -105,6 +128,11 @@ pub struct Model {
     pub residency: kernels::Residency,
     /// Element type of the KV caches made for this model (f16 unless set otherwise).
     pub kv_precision: crate::forward::KvPrecision,
+    /// LoopLM exit gate: weight (`dim`) and bias.
+    pub exit_gate: Option<(Vec<f32>, f32)>,
+    /// LoopLM early-exit threshold (see [`Model::set_exit_threshold`]).
+    pub exit_threshold: ExitThreshold,
+    pub depth: DepthStats,
 }
 
 impl Model {
@@ -143,6 +171,14 @@ impl Model {
         if self.layers.len() != c.n_layers {
             return Err(EngineError::Config(format!("{} blocks, config says {}", self.layers.len(), c.n_layers)));
         }
+        if self.exit_gate.is_some() != c.exit_gate() {
+            return Err(tensor_err("exit_gate", "present/absent does not match loop.exit_gate"));
+        }
+        if let Some((w, b)) = &self.exit_gate {
+            if w.len() != d || !b.is_finite() || w.iter().any(|v| !v.is_finite()) {
+                return Err(tensor_err("exit_gate", format!("expected {d} finite weights and a finite bias")));
+            }
+        }
         check("output".into(), &self.head, c.vocab_size, d)?;
         if self.output_norm.len() != d {
             return Err(tensor_err("output_norm", format!("length {}, expected {d}", self.output_norm.len())));
@@ -169,6 +205,24 @@ impl Model {
             }
         }
         Ok(())
+    }
+
+    /// Sets the early-exit threshold: in (0, 1]; below 1 only for a model with an exit gate.
+    pub fn set_exit_threshold(&self, threshold: f64) -> Result<()> {
+        crate::config::check_threshold(threshold, self.exit_gate.is_some())?;
+        self.exit_threshold.0.store((threshold as f32).to_bits(), Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Mean loops per token run since load (or the last reset), and the tokens counted.
+    pub fn mean_depth(&self) -> (f64, u64) {
+        let (t, l) = (self.depth.tokens.load(Ordering::Relaxed), self.depth.loops.load(Ordering::Relaxed));
+        (if t == 0 { 0.0 } else { l as f64 / t as f64 }, t)
+    }
+
+    pub fn reset_depth(&self) {
+        self.depth.tokens.store(0, Ordering::Relaxed);
+        self.depth.loops.store(0, Ordering::Relaxed);
     }
 
     /// `Streamed` when the weights one decode step reads exceed the last-level cache (whose

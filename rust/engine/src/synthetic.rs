@@ -139,6 +139,7 @@ pub fn nano_125m_config() -> ModelConfig {
         norm_eps: 1e-5,
         tie_embeddings: false,
         mhc_streams: 1,
+        looping: None,
     }
 }
 
@@ -165,10 +166,13 @@ pub fn write_random_gguf(path: &Path, config: &ModelConfig, opts: &SyntheticOpti
     w.add(key("attention.layer_norm_rms_epsilon"), Value::F32(config.norm_eps as f32))?;
     w.add(key("rope.freq_base"), Value::F32(config.rope_theta as f32))?;
     w.add(key("vocab_size"), u32v(v))?;
-    if arch == "nanochat-ternary" {
+    if arch != "llama" {
         w.add(key("mhc.streams"), u32v(config.mhc_streams))?;
         let act = if config.ffn_activation == FfnActivation::Swiglu { "swiglu" } else { "relu2" };
         w.add(key("ffn_activation"), act)?;
+    }
+    if config.loops() > 1 {
+        w.add(key("loop.count"), u32v(config.loops()))?;
     }
     if opts.tokenizer {
         let tokens = synthetic_tokens(v);
@@ -219,6 +223,10 @@ pub fn write_random_gguf(path: &Path, config: &ModelConfig, opts: &SyntheticOpti
                 }
             }
         }
+    }
+    if config.exit_gate() {
+        add_vector(&mut w, "exit_gate.weight".into(), g.uniform(d, 2.0 / (d as f32).sqrt()))?;
+        add_vector(&mut w, "exit_gate.bias".into(), g.uniform(1, 0.5))?;
     }
     add_vector(&mut w, "output_norm.weight".into(), g.uniform(d, 0.5).iter().map(|x| 1.0 + x).collect())?;
     if let Some(ty) = opts.head_type {
@@ -279,6 +287,11 @@ pub fn write_random_hf_dir(dir: &Path, config: &ModelConfig, seed: u64) -> Resul
                 }
             }
         }
+    }
+    if config.exit_gate() {
+        // Weights of the size a trained gate has (λ spread over (0, 1) across tokens).
+        t.insert("exit_gate.weight".into(), dense(g.uniform(d, 2.0 / (d as f32).sqrt()), vec![1, d]));
+        t.insert("exit_gate.bias".into(), dense(g.uniform(1, 0.5), vec![1]));
     }
     std::fs::create_dir_all(dir).map_err(|source| EngineError::Io { path: dir.into(), source })?;
     ternary::checkpoint::save(dir.join("model.safetensors"), &ck)?;

@@ -29,6 +29,54 @@ fn default_true() -> bool {
 fn default_streams() -> usize {
     1
 }
+fn default_threshold() -> f64 {
+    1.0
+}
+
+/// LoopLM (Ouro, arXiv 2510.25741): the `n_layers` blocks are one shared stack applied `loops`
+/// times. With `exit_gate` a gate λ_t = σ(w·h_t + b) on every loop's final-normed state gives
+/// the exit distribution p(t) = λ_t Π_{j<t}(1 − λ_j) (the remainder on the last loop), trained
+/// with Σ_t p(t)·CE_t − β·H(p); at inference a token leaves after the first loop whose
+/// cumulative exit probability reaches `exit_threshold` (1.0: always the full depth).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoopConfig {
+    /// T: how many times the block stack is applied (1 = a plain model).
+    pub loops: usize,
+    /// A learned exit gate (needs loops > 1); without it the loss is the last loop's CE.
+    #[serde(default)]
+    pub exit_gate: bool,
+    /// β of the entropy bonus on the exit distribution.
+    #[serde(default)]
+    pub entropy_weight: f64,
+    /// The engine's default early-exit threshold, in (0, 1].
+    #[serde(default = "default_threshold")]
+    pub exit_threshold: f64,
+}
+
+impl LoopConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.loops < 1 {
+            return Err(invalid("loop.loops", self.loops, "must be at least 1"));
+        }
+        if self.exit_gate && self.loops < 2 {
+            return Err(invalid("loop.exit_gate", true, "an exit gate needs loops >= 2 (there is nothing to exit from)"));
+        }
+        if !(self.entropy_weight.is_finite() && self.entropy_weight >= 0.0) {
+            return Err(invalid("loop.entropy_weight", self.entropy_weight, "must be a finite number >= 0"));
+        }
+        if !(self.exit_threshold > 0.0 && self.exit_threshold <= 1.0) {
+            return Err(invalid("loop.exit_threshold", self.exit_threshold, "must lie in (0, 1]"));
+        }
+        if self.exit_threshold < 1.0 && !self.exit_gate {
+            return Err(invalid("loop.exit_threshold", self.exit_threshold, "early exit (< 1) needs exit_gate = true"));
+        }
+        if self.entropy_weight > 0.0 && !self.exit_gate {
+            return Err(invalid("loop.entropy_weight", self.entropy_weight, "the exit entropy needs exit_gate = true"));
+        }
+        Ok(())
+    }
+}
 
 /// Hyper-parameters of the ternary transformer. Unknown JSON keys are errors,
 /// so a typo in a config file cannot silently fall back to a default.
@@ -63,6 +111,9 @@ pub struct ModelConfig {
     /// trains and evaluates but cannot be exported to the ternary formats.
     #[serde(default = "default_true")]
     pub ternary: bool,
+    /// LoopLM: the blocks applied several times with learned exits (absent: once).
+    #[serde(rename = "loop", default, skip_serializing_if = "Option::is_none")]
+    pub looping: Option<LoopConfig>,
 }
 
 /// Preset names, in increasing size.
@@ -174,6 +225,9 @@ impl ModelConfig {
                 "must be 1 (plain residual), 2 or 4 (mHC-lite streams)",
             ));
         }
+        if let Some(l) = &self.looping {
+            l.validate()?;
+        }
         if self.vocab_size > i64::MAX as usize || self.max_seq_len > i64::MAX as usize {
             return Err(invalid(
                 "vocab_size/max_seq_len",
@@ -186,6 +240,16 @@ impl ModelConfig {
 
     pub fn head_dim(&self) -> usize {
         self.dim / self.n_heads
+    }
+
+    /// T, how many times the block stack runs (1 without a `loop` block).
+    pub fn loops(&self) -> usize {
+        self.looping.as_ref().map_or(1, |l| l.loops)
+    }
+
+    /// Whether the model has a LoopLM exit gate.
+    pub fn exit_gate(&self) -> bool {
+        self.looping.as_ref().is_some_and(|l| l.exit_gate)
     }
 
     /// Width of the key and value projections.
@@ -224,7 +288,8 @@ impl ModelConfig {
         let embeddings = if self.tie_embeddings { v * d } else { 2 * v * d };
         let norms = (2 * self.n_layers as u64 + 1) * d;
         let mhc = 2 * self.n_layers as u64 * self.mhc_params_per_sublayer();
-        embeddings + self.ternary_param_count() + norms + mhc
+        let gate = if self.exit_gate() { d + 1 } else { 0 };
+        embeddings + self.ternary_param_count() + norms + mhc + gate
     }
 }
 
@@ -278,6 +343,7 @@ mod tests {
             tie_embeddings: false,
             mhc_streams: 2,
             ternary: true,
+            looping: None,
         };
         // head_dim 4, kv_dim 4: q 64 + o 64 + k 32 + v 32 + up 48 + down 48 = 288 per block.
         assert_eq!(c.ternary_param_count(), 2 * 288);
@@ -330,6 +396,36 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("/nonexistent/x.json"), "{err}");
+    }
+
+    #[test]
+    fn loop_configs_are_checked() {
+        let with = |l: &str| {
+            let mut v: serde_json::Value = serde_json::from_str(&tiny().to_json()).unwrap();
+            v["loop"] = serde_json::from_str(l).unwrap();
+            ModelConfig::from_json(&v.to_string())
+        };
+        let c = with(r#"{"loops": 3, "exit_gate": true, "entropy_weight": 0.05}"#).unwrap();
+        assert_eq!((c.loops(), c.exit_gate()), (3, true));
+        assert_eq!(c.looping.as_ref().unwrap().exit_threshold, 1.0);
+        assert_eq!(c.param_count(), tiny().param_count() + c.dim as u64 + 1);
+        assert_eq!(ModelConfig::from_json(&c.to_json()).unwrap(), c);
+        let plain = with(r#"{"loops": 2}"#).unwrap();
+        assert_eq!((plain.loops(), plain.exit_gate(), plain.param_count()), (2, false, tiny().param_count()));
+        for (bad, needle) in [
+            (r#"{"loops": 0}"#, "loop.loops"),
+            (r#"{"loops": 1, "exit_gate": true}"#, "loop.exit_gate"),
+            (r#"{"loops": 2, "exit_gate": true, "exit_threshold": 0}"#, "(0, 1]"),
+            (r#"{"loops": 2, "exit_gate": true, "exit_threshold": 1.5}"#, "(0, 1]"),
+            (r#"{"loops": 2, "exit_threshold": 0.5}"#, "exit_gate"),
+            (r#"{"loops": 2, "exit_gate": true, "entropy_weight": -1}"#, "entropy_weight"),
+            (r#"{"loops": 2, "exit": true}"#, "exit"),
+        ] {
+            let msg = with(bad).unwrap_err().to_string();
+            assert!(msg.contains(needle), "{bad}: {msg:?} should mention {needle:?}");
+        }
+        // Configs without a loop block serialize as before (no "loop" key).
+        assert!(!tiny().to_json().contains("loop"));
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! The ternary transformer: token embedding, blocks of pre-norm attention and
 //! FFN with BitLinear projections, plain or mHC-lite residuals, final RMSNorm
-//! and a full-precision LM head (tied to the embedding or not).
+//! and a full-precision LM head (tied to the embedding or not). With a `loop`
+//! config (LoopLM) the blocks are one shared stack applied T times, and an
+//! optional exit gate learns after which loop each position may stop.
 use tch::nn::{Init, Path, VarStore};
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Kind, Reduction, Tensor};
 
 use crate::config::ModelConfig;
 use crate::error::{Result, TrainError};
@@ -26,7 +28,9 @@ impl Block {
     fn new(p: Path, config: &ModelConfig, index: usize) -> Result<Self> {
         // Output projections start smaller so the residual sum over 2L
         // sub-layers keeps unit scale (GPT-2's scaled init).
-        let out_std = (config.dim as f64).powf(-0.5) / (2.0 * config.n_layers as f64).sqrt();
+        // A LoopLM stack runs T times: its effective depth is n_layers·T.
+        let depth = (config.n_layers * config.loops()) as f64;
+        let out_std = (config.dim as f64).powf(-0.5) / (2.0 * depth).sqrt();
         let mhc = match config.mhc_streams {
             1 => None,
             n => Some((
@@ -74,6 +78,22 @@ pub struct Transformer {
     /// LM head as a bf16 matmul (set by [`Self::with_prequantized`] on CPU
     /// with the int8 BitLinear path, see [`crate::cpu_bitlinear`]).
     bf16_head: std::cell::Cell<bool>,
+    /// LoopLM exit gate: weight (1, dim) and bias (1), full precision.
+    exit_gate: Option<(Tensor, Tensor)>,
+}
+
+/// The terms of a LoopLM objective (see [`Transformer::loop_objective`]).
+pub struct LoopObjective {
+    /// What is differentiated: Σ_t p(t)·CE_t − β·H(p) with a gate, else the last loop's CE.
+    pub value: Tensor,
+    /// Mean CE of the last loop (the full-depth model's loss).
+    pub ce_last: Tensor,
+    /// Mean CE of every loop's readout, loop by loop (detached).
+    pub ce_per_loop: Vec<Tensor>,
+    /// The last loop's log-probabilities (rows, vocab), f32.
+    pub last_log_probs: Tensor,
+    /// Mean exit probability of every loop (detached; empty without a gate).
+    pub exit_probs: Vec<Tensor>,
 }
 
 impl Transformer {
@@ -90,6 +110,11 @@ impl Transformer {
         let blocks = (0..config.n_layers)
             .map(|i| Block::new(p.sub("blocks").sub(i), config, i))
             .collect::<Result<Vec<_>>>()?;
+        // Zero gate weights and bias: λ = 1/2 after every loop at the start.
+        let exit_gate = config.exit_gate().then(|| {
+            let g = p.sub("exit_gate");
+            (g.var("weight", &[1, d], Init::Const(0.0)), g.var("bias", &[1], Init::Const(0.0)))
+        });
         Ok(Self {
             config: config.clone(),
             embed,
@@ -98,6 +123,7 @@ impl Transformer {
             final_norm: RmsNorm::new(p.sub("final_norm"), d, config.norm_eps),
             rope: Rope::new(config, p.device()),
             bf16_head: std::cell::Cell::new(false),
+            exit_gate,
         })
     }
 
@@ -212,19 +238,109 @@ impl Transformer {
         Ok(states)
     }
 
-    fn hidden(&self, tokens: &Tensor, mut trace: Option<&mut Vec<Tensor>>) -> Tensor {
+    fn hidden(&self, tokens: &Tensor, trace: Option<&mut Vec<Tensor>>) -> Tensor {
+        let mut states = self.loop_hidden(tokens, false, trace);
+        states.pop().expect("at least one loop")
+    }
+
+    /// The final-normed hidden state after every loop (`all`) or only after the last; `trace`
+    /// gets the residual state after each block of each loop.
+    fn loop_hidden(&self, tokens: &Tensor, all: bool, mut trace: Option<&mut Vec<Tensor>>) -> Vec<Tensor> {
         let x = Tensor::embedding(&self.embed, tokens, -1, false, false);
         let n = self.config.mhc_streams as i64;
         let mut state = if n > 1 { expand(&x, n) } else { x };
-        for block in &self.blocks {
-            state = block.forward(&state, &self.rope);
-            if let Some(trace) = trace.as_deref_mut() {
-                trace.push(state.shallow_clone());
+        let loops = self.config.loops();
+        let mut out = Vec::with_capacity(if all { loops } else { 1 });
+        for t in 0..loops {
+            for block in &self.blocks {
+                state = block.forward(&state, &self.rope);
+                if let Some(trace) = trace.as_deref_mut() {
+                    trace.push(state.shallow_clone());
+                }
+            }
+            if all || t + 1 == loops {
+                // Collapse sums the streams; the final RMSNorm removes that scale.
+                let x = if n > 1 { collapse(&state) } else { state.shallow_clone() };
+                out.push(self.final_norm.forward(&x));
             }
         }
-        // Collapse sums the streams; the final RMSNorm removes that scale.
-        let x = if n > 1 { collapse(&state) } else { state };
-        self.final_norm.forward(&x)
+        out
+    }
+
+    /// LM head over final-normed hidden states (bf16 inside the CPU int8 path, see
+    /// [`Self::forward_prechecked`]).
+    fn head_logits(&self, x: &Tensor) -> Tensor {
+        let head = self.head.as_ref().unwrap_or(&self.embed);
+        if self.bf16_head.get() && x.kind() == Kind::Float {
+            return x.to_kind(Kind::BFloat16).matmul(&head.to_kind(Kind::BFloat16).tr());
+        }
+        x.matmul(&head.tr())
+    }
+
+    /// Exit-gate probabilities λ_t = σ(w·h + b), shape (B, T), for a final-normed hidden state
+    /// (None without a gate).
+    pub fn exit_lambda(&self, hidden: &Tensor) -> Option<Tensor> {
+        self.exit_gate.as_ref().map(|(w, b)| {
+            let h = hidden.to_kind(Kind::Float);
+            (h.matmul(&w.tr()) + b).squeeze_dim(-1).sigmoid()
+        })
+    }
+
+    /// Logits of every loop's readout, (B, T, vocab) each, and the exit gate's λ per loop
+    /// when the model has one: what the engine's early exit chooses between.
+    pub fn loop_logits(&self, tokens: &Tensor) -> Result<(Vec<Tensor>, Vec<Tensor>)> {
+        self.check_tokens(tokens, "tokens")?;
+        let states = self.loop_hidden(tokens, true, None);
+        let lambdas = states.iter().filter_map(|h| self.exit_lambda(h)).collect();
+        Ok((states.iter().map(|h| self.head_logits(h)).collect(), lambdas))
+    }
+
+    /// The LoopLM training objective for checked `tokens`/`targets`: with an exit gate,
+    /// p(t) = λ_t Π_{j<t}(1 − λ_j) for t < T and the remainder Π_{j<T}(1 − λ_j) on the last
+    /// loop, per position; value = mean over positions of Σ_t p(t)·CE_t − β·H(p). Without a
+    /// gate, the last loop's CE.
+    pub fn loop_objective(&self, tokens: &Tensor, targets: &Tensor) -> LoopObjective {
+        let vocab = self.config.vocab_size as i64;
+        let flat_targets = targets.reshape([-1]);
+        let gate = self.exit_gate.is_some();
+        let states = self.loop_hidden(tokens, gate, None);
+        let mut ces = Vec::with_capacity(states.len());
+        let mut last_log_probs = None;
+        for (t, h) in states.iter().enumerate() {
+            let log_probs = self.head_logits(h).reshape([-1, vocab]).log_softmax(-1, Kind::Float);
+            ces.push(log_probs.g_nll_loss::<Tensor>(&flat_targets, None, Reduction::None, -100));
+            if t + 1 == states.len() {
+                last_log_probs = Some(log_probs);
+            }
+        }
+        let last_log_probs = last_log_probs.expect("at least one loop");
+        let ce_last = ces.last().expect("at least one loop").mean(Kind::Float);
+        let ce_per_loop = ces.iter().map(|c| c.mean(Kind::Float).detach()).collect();
+        if !gate {
+            return LoopObjective { value: ce_last.shallow_clone(), ce_last, ce_per_loop, last_log_probs, exit_probs: vec![] };
+        }
+        let loops = states.len();
+        let mut survive = Tensor::ones_like(&ces[0]);
+        let mut probs = Vec::with_capacity(loops);
+        for (t, h) in states.iter().enumerate() {
+            if t + 1 == loops {
+                probs.push(survive.shallow_clone());
+            } else {
+                let lambda = self.exit_lambda(h).expect("gate").reshape([-1]);
+                probs.push(&lambda * &survive);
+                survive = &survive * (1.0 - &lambda);
+            }
+        }
+        let mut expected = Tensor::zeros_like(&ces[0]);
+        let mut entropy = Tensor::zeros_like(&ces[0]);
+        for (p, ce) in probs.iter().zip(&ces) {
+            expected = expected + p * ce;
+            entropy = entropy - p * p.clamp_min(1e-12).log();
+        }
+        let beta = self.config.looping.as_ref().map_or(0.0, |l| l.entropy_weight);
+        let value = (expected - entropy * beta).mean(Kind::Float);
+        let exit_probs = probs.iter().map(|p| p.mean(Kind::Float).detach()).collect();
+        LoopObjective { value, ce_last, ce_per_loop, last_log_probs, exit_probs }
     }
 
     /// Logits (B, T, vocab) for (B, T) int64 token ids.
@@ -241,11 +357,7 @@ impl Transformer {
     /// as under autocast (losses take their log-softmax in f32).
     pub fn forward_prechecked(&self, tokens: &Tensor) -> Tensor {
         let x = self.hidden(tokens, None);
-        let head = self.head.as_ref().unwrap_or(&self.embed);
-        if self.bf16_head.get() && x.kind() == Kind::Float {
-            return x.to_kind(Kind::BFloat16).matmul(&head.to_kind(Kind::BFloat16).tr());
-        }
-        x.matmul(&head.tr())
+        self.head_logits(&x)
     }
 
     /// Mean next-token cross-entropy of `targets` (same shape as `tokens`).
@@ -292,6 +404,7 @@ mod tests {
             tie_embeddings: tied,
             mhc_streams: streams,
             ternary: true,
+            looping: None,
         }
     }
 

@@ -281,6 +281,9 @@ fn objective(
     entropy_weight: f64,
     distill: Option<Distill<'_>>,
 ) -> Result<Objective> {
+    if model.config().loops() > 1 {
+        return loop_objective(model, tokens, targets, entropy_weight, distill.is_some());
+    }
     let logits = model.forward_prechecked(tokens);
     let vocab = model.config().vocab_size as i64;
     // bf16 CPU logits (the int8 BitLinear path's head): CE fused in one pass,
@@ -326,6 +329,31 @@ fn objective(
             kl,
         })
     }
+}
+
+/// A LoopLM model's objective ([`Transformer::loop_objective`]): `ce` is the last loop's (the
+/// full-depth model's) cross-entropy; the token-entropy bonus applies to the last loop.
+fn loop_objective(
+    model: &Transformer,
+    tokens: &Tensor,
+    targets: &Tensor,
+    entropy_weight: f64,
+    distilling: bool,
+) -> Result<Objective> {
+    if distilling {
+        return Err(TrainError::BadInput(
+            "distillation into a LoopLM (loop) model is not supported; train it without a teacher".into(),
+        ));
+    }
+    let out = model.loop_objective(tokens, targets);
+    let ce = out.ce_last.detach();
+    if entropy_weight == 0.0 {
+        let entropy = mean_entropy_for_metrics(&out.last_log_probs.detach());
+        return Ok(Objective { value: out.value, ce, entropy, kl: None });
+    }
+    let lp = &out.last_log_probs;
+    let entropy = -(lp.exp() * lp).sum_dim_intlist([-1i64].as_slice(), false, Kind::Float).mean(Kind::Float);
+    Ok(Objective { value: &out.value - &entropy * entropy_weight, ce, entropy: entropy.detach(), kl: None })
 }
 
 /// Token positions per micro-batch whose entropy is reported when it is not
@@ -419,6 +447,11 @@ impl Trainer {
     /// teacher is not part of a checkpoint: the caller records it.)
     pub fn set_teacher(&mut self, teacher: Teacher, alpha: f64, temperature: f64) -> Result<()> {
         distill::validate(alpha, temperature)?;
+        if self.config().loops() > 1 {
+            return Err(TrainError::BadInput(
+                "distillation into a LoopLM (loop) model is not supported; train it without a teacher".into(),
+            ));
+        }
         let (mine, theirs) = (self.config().vocab_size, teacher.model().config().vocab_size);
         if mine != theirs {
             return Err(TrainError::BadInput(format!(

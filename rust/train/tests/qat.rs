@@ -31,6 +31,7 @@ fn config(streams: usize) -> ModelConfig {
         tie_embeddings: true,
         mhc_streams: streams,
         ternary: true,
+        looping: None,
     }
 }
 

@@ -32,6 +32,7 @@ pub fn small_config(vocab_size: usize, mhc_streams: usize, ternary: bool) -> Mod
         tie_embeddings: false,
         mhc_streams,
         ternary,
+        looping: None,
     }
 }
 
