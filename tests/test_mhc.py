@@ -285,3 +285,44 @@ def test_is_doubly_stochastic_rejects_row_stochastic_and_negative() -> None:
     assert not mhc.is_doubly_stochastic(np.array([[0.3, 0.7], [0.3, 0.7]]))
     assert not mhc.is_doubly_stochastic(np.array([[1.5, -0.5], [-0.5, 1.5]]))
     assert mhc.is_doubly_stochastic(np.full((4, 4), 0.25))
+
+
+def test_training_model_residual_maps() -> None:
+    """QatModel.residual_maps: one H_res per sub-layer (2 per block, every loop of a LoopLM
+    stack), each doubly stochastic; the first equals the numpy reference on the expanded
+    embedding, and the composite (their product) keeps unit forward and backward gain."""
+    import torch
+
+    from nanochat_ternary.model_config import ModelConfig
+    from nanochat_ternary.qat import QatModel
+
+    base = dict(vocab_size=64, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden=48, max_seq_len=16)
+    x = torch.tensor([[1, 5, 9, 33, 2, 7]])
+    assert QatModel(ModelConfig.from_dict(base)).residual_maps(x) == []
+    for n, loop in ((2, None), (4, {"loops": 2})):
+        model = QatModel(ModelConfig.from_dict({**base, "mhc_streams": n, "loop": loop}), seed=n)
+        params = model.named_parameters()
+        with torch.no_grad():  # move the maps off their near-identity init
+            g = torch.Generator().manual_seed(n)
+            for name, p in params.items():
+                if ".mhc_" in name and name.endswith(".weight"):
+                    p.copy_(torch.randn(p.shape, generator=g))
+                if ".mhc_" in name and name.endswith(".alpha"):
+                    p.fill_(0.5)
+        maps = model.residual_maps(x)
+        assert len(maps) == 2 * 2 * (loop["loops"] if loop else 1)
+        for m in maps:
+            assert m.shape == (1, 6, n, n)
+            assert all(mhc.is_doubly_stochastic(t) for t in m[0].double().numpy())
+        res = lambda s: np.asarray(params[f"blocks.0.mhc_attn.res.{s}"].double().numpy())  # noqa: E731
+        first = mhc.MapParams(res("weight"), float(res("alpha").reshape(())), res("bias"))
+        pre = mhc.MapParams(np.zeros((n * 32, n)), 0.0, np.zeros(n))
+        streams = mhc.expand(params["embed"].double().numpy()[x[0].numpy()], n)
+        ref = mhc.dynamic_maps((first, pre, pre), streams).h_res
+        np.testing.assert_allclose(maps[0][0].double().numpy(), ref, atol=1e-5)
+        composite = maps[0][0].double()
+        for m in maps[1:]:
+            composite = m[0].double() @ composite
+        np.testing.assert_allclose(composite.sum(-1).numpy(), 1.0, atol=1e-5)
+        np.testing.assert_allclose(composite.sum(-2).numpy(), 1.0, atol=1e-5)
+        assert float((composite - torch.eye(n, dtype=torch.float64)).abs().max()) > 1e-3

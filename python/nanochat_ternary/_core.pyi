@@ -199,6 +199,8 @@ class QatModel:
         """Logits (B, T, vocab) for int64 ids (B, T), no autograd."""
     def loop_logits(self, tokens: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """LoopLM: every loop's logits (B, T, vocab) and the exit gate's lambda (B, T) per loop."""
+    def residual_maps(self, tokens: torch.Tensor) -> list[torch.Tensor]:
+        """mHC: every sub-layer's H_res (B, T, n, n) in forward order (empty without mHC)."""
     def loss(self, tokens: torch.Tensor, targets: torch.Tensor) -> float:
         """Mean cross-entropy of `targets` given `tokens`, no autograd."""
     def named_parameters(self) -> list[tuple[str, torch.Tensor]]:
@@ -367,6 +369,11 @@ class Engine:
         """LoopLM early-exit threshold in (0, 1] (1.0: every loop; < 1 needs an exit gate)."""
     @exit_threshold.setter
     def exit_threshold(self, value: float) -> None: ...
+    @property
+    def exit_kv(self) -> str:
+        """What the KV cache holds for skipped loops: "copy" (default) or "compute" (exact)."""
+    @exit_kv.setter
+    def exit_kv(self, mode: str) -> None: ...
     def mean_depth(self) -> tuple[float, int]:
         """(mean loops per token, tokens counted) since load or ``reset_depth()``."""
     def reset_depth(self) -> None: ...

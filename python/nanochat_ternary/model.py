@@ -183,7 +183,8 @@ class TernaryModel:
     """A ternary language model running in the Rust inference engine.
 
     Build it with :meth:`from_pretrained`. ``config`` is the model's
-    :class:`ModelConfig`, ``architecture`` ``"llama"`` or ``"nanochat-ternary"``,
+    :class:`ModelConfig`, ``architecture`` ``"llama"``, ``"nanochat-ternary"`` or
+    ``"nanochat-ternary-loop"`` (LoopLM: see :attr:`exit_threshold`),
     ``generation_config`` the defaults :meth:`generate` uses.
     """
 
@@ -323,6 +324,19 @@ class TernaryModel:
         return self.config.param_count
 
     @property
+    def exit_threshold(self) -> float:
+        """LoopLM early exit: a token leaves after the first loop whose cumulative exit
+        probability reaches this (1.0: every loop; the model's own default at load). Set it in
+        (0, 1]; below 1 only for a LoopLM model with an exit gate."""
+        return float(self._engine.exit_threshold)
+
+    @exit_threshold.setter
+    def exit_threshold(self, value: float) -> None:
+        if self._torch is not None:
+            raise ValueError("early exit runs in the CPU engine; this model runs on " + self.device)
+        self._engine.exit_threshold = _number("exit_threshold", value)
+
+    @property
     def tokenizer(self) -> Any:
         """The ``nanochat_ternary.tokenizer.Tokenizer`` of this model."""
         return self._tokens.tokenizer
@@ -330,7 +344,8 @@ class TernaryModel:
     def __repr__(self) -> str:
         return (
             f"TernaryModel(name={self.name!r}, params={_human(self.param_count)}, arch={self.architecture!r}, "
-            f"layers={self.config.n_layers}, dim={self.config.dim}, mhc_streams={self.config.mhc_streams}, "
+            f"layers={self.config.n_layers}{f' x {self.config.loops} loops' if self.config.loops > 1 else ''}, "
+            f"dim={self.config.dim}, mhc_streams={self.config.mhc_streams}, "
             f"context={self.context_length}, vocab={self.vocab_size}, source={self.source!r})"
         )
 

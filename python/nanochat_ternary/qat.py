@@ -49,6 +49,11 @@ class QatModel:
         logits, lambdas = self._model.loop_logits(tokens)
         return list(logits), list(lambdas)
 
+    def residual_maps(self, tokens: torch.Tensor) -> list[torch.Tensor]:
+        """mHC-lite: every sub-layer's residual map H_res (B, T, n, n) in the order the forward
+        applies them (empty for a plain residual); no autograd."""
+        return list(self._model.residual_maps(tokens))
+
     def loss(self, tokens: torch.Tensor, targets: torch.Tensor) -> float:
         """Mean next-token cross-entropy; `targets` has the shape of `tokens`."""
         return self._model.loss(tokens, targets)

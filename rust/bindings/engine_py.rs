@@ -210,6 +210,28 @@ impl PyEngine {
         self.0.set_exit_threshold(value).map_err(to_py_err)
     }
 
+    /// What the KV cache holds for the loops an early-exited token skips: "copy" (default: its
+    /// exit loop's keys and values; the skipped loops do not run) or "compute" (they run anyway,
+    /// exact and without speed-up: the reference).
+    #[getter]
+    fn exit_kv(&self) -> &'static str {
+        match self.0.exit_kv() {
+            engine::ExitKv::Copy => "copy",
+            engine::ExitKv::Compute => "compute",
+        }
+    }
+
+    #[setter]
+    fn set_exit_kv(&self, mode: &str) -> PyResult<()> {
+        let mode = match mode {
+            "copy" => engine::ExitKv::Copy,
+            "compute" => engine::ExitKv::Compute,
+            other => return Err(PyValueError::new_err(format!("exit_kv must be \"copy\" or \"compute\", got {other:?}"))),
+        };
+        self.0.set_exit_kv(mode);
+        Ok(())
+    }
+
     /// (mean loops per token, tokens counted) since load or `reset_depth()`; (0.0, 0) for a
     /// model without loops.
     fn mean_depth(&self) -> (f64, u64) {

@@ -149,6 +149,17 @@ impl QatModel {
         Ok((logits, lambdas))
     }
 
+    /// mHC: every sub-layer's residual map H_res (B, T, n, n), in forward order (empty for a
+    /// plain residual), without autograd.
+    fn residual_maps<'py>(&self, py: Python<'py>, tokens: &Bound<'py, PyAny>) -> PyResult<Vec<Bound<'py, PyAny>>> {
+        let tokens = tensor_from_py(tokens)?;
+        let mut guard = self.lock()?;
+        let inner: &mut Inner = &mut guard;
+        let device = self.device;
+        let maps = py.detach(move || guarded(|| tch::no_grad(|| inner.model.residual_maps(&tokens.to_device(device)))))?;
+        maps.iter().map(|t| tensor_to_py(py, t)).collect()
+    }
+
     /// Mean next-token cross-entropy of `targets` given `tokens` (both (B, T)
     /// int64), without autograd.
     fn loss(&self, py: Python<'_>, tokens: &Bound<'_, PyAny>, targets: &Bound<'_, PyAny>) -> PyResult<f64> {

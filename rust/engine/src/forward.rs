@@ -12,12 +12,14 @@
 //! attend to them at every depth: the cache holds, for each skipped slot, a copy of the token's
 //! keys and values from the same block in its exit loop (Ouro's KV-sharing choice: the last
 //! computed loop's state stands in for the deeper ones). Prefill and decode follow the same rule
-//! per token, so a prompt run at once and one run token by token agree.
+//! per token, so a prompt run at once and one run token by token agree. [`crate::ExitKv::Compute`]
+//! instead keeps exited tokens running for their keys and values (exact, no speed-up): the
+//! reference that measures what the copy costs.
 
 use crate::config::FfnActivation;
 use crate::error::{invalid_arg, EngineError, Result};
 use crate::linear::{forward_many, Input};
-use crate::model::{Layer, Model};
+use crate::model::{ExitKv, Layer, Model};
 use half::f16;
 
 use kernels::for_each_chunk;
@@ -376,7 +378,11 @@ impl Model {
         let early = loops > 1 && threshold < 1.0;
         let gate = self.exit_gate.as_ref().filter(|_| early);
         // LoopLM early exit: the loop each token left after, the probability it has not yet
-        // exited, and the final-normed readout of the rows that want logits.
+        // exited, and the final-normed readout of the rows that want logits. With
+        // `ExitKv::Compute` an exited token keeps running (its deeper keys and values computed
+        // exactly, no time saved): the reference the copy is measured against.
+        let copy_kv = self.exit_kv() == ExitKv::Copy;
+        let mut decided: Vec<Option<usize>> = vec![None; n_tok];
         let mut exited: Vec<Option<usize>> = vec![None; n_tok];
         let mut survive = vec![1f64; n_tok];
         let mut readout: Vec<Option<Vec<f32>>> = vec![None; n_tok];
@@ -433,7 +439,7 @@ impl Model {
             let mut row = Vec::with_capacity(d);
             let mut normed = Vec::with_capacity(d);
             for tok in 0..n_tok {
-                if exited[tok].is_some() || !(last || gate.is_some()) {
+                if decided[tok].is_some() || !(last || gate.is_some()) {
                     continue;
                 }
                 let leave = match gate {
@@ -448,7 +454,10 @@ impl Model {
                     _ => true,
                 };
                 if leave {
-                    exited[tok] = Some(t);
+                    decided[tok] = Some(t);
+                    if copy_kv {
+                        exited[tok] = Some(t);
+                    }
                     if wants[tok] {
                         row.clear();
                         collapse(&x, tok, &mut row);

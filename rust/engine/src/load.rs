@@ -356,6 +356,7 @@ pub fn load_gguf(path: &Path) -> Result<Model> {
     let model = Model {
         exit_gate,
         exit_threshold: ExitThreshold::new(config.exit_threshold()),
+        exit_kv_compute: Default::default(),
         depth: Default::default(),
         rope: Rope::new(&config),
         output_norm: gguf_vector(f, "output_norm.weight", d)?,
@@ -556,6 +557,7 @@ pub fn load_hf_dir(dir: &Path) -> Result<Model> {
     let model = Model {
         exit_gate,
         exit_threshold: ExitThreshold::new(config.exit_threshold()),
+        exit_kv_compute: Default::default(),
         depth: Default::default(),
         architecture: config.architecture().to_string(),
         rope: Rope::new(&config),

@@ -1,7 +1,7 @@
 //! The loaded model: weights in kernel-ready form plus config and tokenizer. Built by
 //! [`crate::load_gguf`] or [`crate::load_hf_dir`].
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use gguf::{GgmlType, GgufFile};
@@ -98,6 +98,17 @@ impl ExitThreshold {
     }
 }
 
+/// What a LoopLM cache holds for the loops an early-exited token skips.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitKv {
+    /// Copies of the token's keys and values from its exit loop (the default; the deeper loops
+    /// do not run, which is the speed-up).
+    Copy,
+    /// The token keeps running every loop for its keys and values; only its logits come from the
+    /// exit loop. No speed-up: the exact reference the copy is measured against.
+    Compute,
+}
+
 /// Tokens run and loops they ran (LoopLM): the mean depth early exit achieved.
 #[derive(Default)]
 pub struct DepthStats {
@@ -132,6 +143,8 @@ pub struct Model {
     pub exit_gate: Option<(Vec<f32>, f32)>,
     /// LoopLM early-exit threshold (see [`Model::set_exit_threshold`]).
     pub exit_threshold: ExitThreshold,
+    /// `true`: [`ExitKv::Compute`] (see [`Model::set_exit_kv`]).
+    pub exit_kv_compute: AtomicBool,
     pub depth: DepthStats,
 }
 
@@ -212,6 +225,18 @@ impl Model {
         crate::config::check_threshold(threshold, self.exit_gate.is_some())?;
         self.exit_threshold.0.store((threshold as f32).to_bits(), Ordering::Relaxed);
         Ok(())
+    }
+
+    pub fn exit_kv(&self) -> ExitKv {
+        if self.exit_kv_compute.load(Ordering::Relaxed) {
+            ExitKv::Compute
+        } else {
+            ExitKv::Copy
+        }
+    }
+
+    pub fn set_exit_kv(&self, mode: ExitKv) {
+        self.exit_kv_compute.store(mode == ExitKv::Compute, Ordering::Relaxed);
     }
 
     /// Mean loops per token run since load (or the last reset), and the tokens counted.

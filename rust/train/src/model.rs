@@ -66,6 +66,20 @@ impl Block {
     }
 }
 
+impl Block {
+    /// [`Self::forward`] that also appends each mHC sub-layer's H_res (B, T, n, n) to `maps`.
+    fn forward_recording(&self, x: &Tensor, rope: &Rope, maps: &mut Vec<Tensor>) -> Tensor {
+        if let Some((c_attn, c_mlp)) = &self.mhc {
+            maps.push(c_attn.maps(x).h_res);
+            let attn = |h: &Tensor| self.attn.forward(&self.attn_norm.forward(h), rope);
+            let x = c_attn.forward(x, attn);
+            maps.push(c_mlp.maps(&x).h_res);
+            return c_mlp.forward(&x, |h: &Tensor| self.mlp.forward(&self.mlp_norm.forward(h)));
+        }
+        self.forward(x, rope)
+    }
+}
+
 /// The model; its parameters live in the [`VarStore`] it was built in.
 #[derive(Debug)]
 pub struct Transformer {
@@ -236,6 +250,25 @@ impl Transformer {
         let mut states = Vec::with_capacity(self.blocks.len());
         let _final_hidden = self.hidden(tokens, Some(&mut states));
         Ok(states)
+    }
+
+    /// Every mHC sub-layer's residual map H_res (B, T, n, n) in the order the forward applies
+    /// them (2 per block, all loops); empty for a plain residual. Their product is the
+    /// composite residual map from the embedding to the last block.
+    pub fn residual_maps(&self, tokens: &Tensor) -> Result<Vec<Tensor>> {
+        self.check_tokens(tokens, "tokens")?;
+        let n = self.config.mhc_streams as i64;
+        if n == 1 {
+            return Ok(Vec::new());
+        }
+        let mut state = expand(&Tensor::embedding(&self.embed, tokens, -1, false, false), n);
+        let mut maps = Vec::with_capacity(2 * self.blocks.len() * self.config.loops());
+        for _ in 0..self.config.loops() {
+            for block in &self.blocks {
+                state = block.forward_recording(&state, &self.rope, &mut maps);
+            }
+        }
+        Ok(maps)
     }
 
     fn hidden(&self, tokens: &Tensor, trace: Option<&mut Vec<Tensor>>) -> Tensor {
