@@ -58,7 +58,7 @@ WINDOWS, WINDOW = 128, 256
 DECODE_PROMPTS = ["/// Returns the sum of the squares of `v`.\npub fn sum_squares(v: &[i64]) -> i64 {\n",
                   "impl Default for Config {\n", "fn parse_line(line: &str) -> Option<(String, u32)> {\n"]
 DECODE_TOKENS = 200
-REPEATS = 5
+REPEATS = 7
 
 
 def train(name: str, args: argparse.Namespace) -> Path:
@@ -134,11 +134,13 @@ def threshold_sweep(run: Path, windows: np.ndarray) -> list[dict]:
     for _ in range(REPEATS):
         for r in rows:
             engine.exit_threshold = r["threshold"]
+            engine.reset_depth()
             start = time.perf_counter()
             for p in prompts:
                 engine.generate([p], DECODE_TOKENS, stop_ids=[])
             rate = len(prompts) * DECODE_TOKENS / (time.perf_counter() - start)
             r["decode_tok_s"] = max(r["decode_tok_s"], rate)
+            r["decode_mean_depth"] = engine.mean_depth()[0]  # prompt + generated tokens
     base = rows[0]
     for r in rows:
         r["speedup"] = r["decode_tok_s"] / base["decode_tok_s"]
@@ -207,12 +209,13 @@ def print_tables(report: dict) -> None:
         if "threshold_sweep" in r:
             print(f"\nEarly exit ({name}, engine, greedy decode of {DECODE_TOKENS} tokens x "
                   f"{len(DECODE_PROMPTS)} prompts, best of {REPEATS} interleaved rounds):\n")
-            print("| threshold | mean loops | held-out loss | loss vs full depth | loss, skipped KV computed "
-                  "| decode tok/s | speed-up |")
-            print("|---|---|---|---|---|---|---|")
+            print("| threshold | mean loops (held-out) | held-out loss | loss vs full depth | loss, skipped KV computed "
+                  "| mean loops (decode) | decode tok/s | speed-up |")
+            print("|---|---|---|---|---|---|---|---|")
             for s in r["threshold_sweep"]:
                 print(f"| {s['threshold']} | {s['mean_depth']:.2f} | {s['loss']:.4f} | {100 * s['loss_increase']:+.2f} % "
-                      f"| {s.get('loss_exact_kv', float('nan')):.4f} | {s['decode_tok_s']:,.0f} | {s['speedup']:.2f}x |")
+                      f"| {s.get('loss_exact_kv', float('nan')):.4f} | {s.get('decode_mean_depth', float('nan')):.2f} "
+                      f"| {s['decode_tok_s']:,.0f} | {s['speedup']:.2f}x |")
     mhc = {n: r for n, r in runs.items() if "composite" in r}
     if mhc:
         print("\nComposite residual map (product of all H_res) over held-out tokens:\n")
