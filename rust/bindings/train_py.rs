@@ -24,7 +24,8 @@ use train::{ModelConfig, StepMetrics, TrainError, TrainHyper, Teacher, Trainer, 
 
 use crate::torch_io::{tensor_from_py, tensor_to_py};
 
-fn to_py_err(e: TrainError) -> PyErr {
+fn to_py_err(e: impl Into<TrainError>) -> PyErr {
+    let e: TrainError = e.into();
     match e {
         TrainError::Torch(e) => PyRuntimeError::new_err(e.to_string()),
         other => PyValueError::new_err(other.to_string()),

@@ -16,7 +16,7 @@ pub enum EngineError {
     Gguf(#[from] gguf::GgufError),
     #[error("checkpoint: {0}")]
     Checkpoint(#[from] ternary::checkpoint::CheckpointError),
-    #[error("unsupported architecture '{0}' (supported: llama, nanochat-ternary)")]
+    #[error("unsupported architecture '{0}' (supported: llama, nanochat-ternary, nanochat-ternary-loop)")]
     UnknownArchitecture(String),
     #[error("invalid model config: {0}")]
     Config(String),
@@ -32,6 +32,12 @@ pub enum EngineError {
     Mhc(#[from] mhc::MhcError),
     #[error("numerical failure: {0}")]
     Numerical(String),
+}
+
+impl From<nct_config::ConfigError> for EngineError {
+    fn from(e: nct_config::ConfigError) -> Self {
+        crate::config::config_err(e)
+    }
 }
 
 pub(crate) fn tensor_err(name: &str, reason: impl Into<String>) -> EngineError {

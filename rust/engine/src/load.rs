@@ -57,7 +57,7 @@ fn gguf_config(f: &GgufFile, arch: &str) -> Result<ModelConfig> {
     };
     let embd_rows = f.tensor_info("token_embd.weight").ok().and_then(|t| t.dims.get(1).map(|&d| d as usize));
     let config = if let Some(json) = f.get_str("nct.config") {
-        ModelConfig::from_json(json)?
+        crate::config::parse(json)?
     } else if arch == "nanochat-ternary-loop" {
         return Err(EngineError::Config("a nanochat-ternary-loop file needs its nct.config (the loop settings)".into()));
     } else {
@@ -85,6 +85,7 @@ fn gguf_config(f: &GgufFile, arch: &str) -> Result<ModelConfig> {
             norm_eps: meta_f64(f, &key("attention.layer_norm_rms_epsilon"))?.unwrap_or(1e-5),
             tie_embeddings: f.tensor_info("output.weight").is_err(),
             mhc_streams: meta_usize(f, &key("mhc.streams"))?.unwrap_or(1),
+            ternary: true,
             looping: None,
         };
         c.validate()?;
@@ -487,7 +488,7 @@ impl Checkpoint {
 }
 
 pub fn load_hf_dir(dir: &Path) -> Result<Model> {
-    let config = ModelConfig::from_json(&read_text(&dir.join("config.json"))?)?;
+    let config = crate::config::parse(&read_text(&dir.join("config.json"))?)?;
     let ckpt = Checkpoint(checkpoint::load(dir.join("model.safetensors"))?);
     let (d, kv, h, n, hd) = (config.dim, config.kv_dim(), config.ffn_hidden, config.mhc_streams, config.head_dim());
     let mut layers = Vec::with_capacity(config.n_layers);

@@ -139,6 +139,7 @@ pub fn nano_125m_config() -> ModelConfig {
         norm_eps: 1e-5,
         tie_embeddings: false,
         mhc_streams: 1,
+        ternary: true,
         looping: None,
     }
 }

@@ -23,6 +23,7 @@ fn config(streams: usize, act: FfnActivation, kv_heads: usize) -> ModelConfig {
         norm_eps: 1e-5,
         tie_embeddings: false,
         mhc_streams: streams,
+        ternary: true,
         looping: None,
     }
 }

@@ -24,6 +24,7 @@ fn config(vocab_size: usize) -> ModelConfig {
         norm_eps: 1e-5,
         tie_embeddings: false,
         mhc_streams: 1,
+        ternary: true,
         looping: None,
     }
 }

@@ -29,6 +29,7 @@ fn config(streams: usize, gate: bool) -> ModelConfig {
         norm_eps: 1e-5,
         tie_embeddings: false,
         mhc_streams: streams,
+        ternary: true,
         looping: Some(LoopConfig { loops: T, exit_gate: gate, entropy_weight: 0.0, exit_threshold: 1.0 }),
     }
 }

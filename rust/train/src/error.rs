@@ -35,3 +35,15 @@ pub enum TrainError {
 }
 
 pub type Result<T> = std::result::Result<T, TrainError>;
+
+impl From<nct_config::ConfigError> for TrainError {
+    fn from(e: nct_config::ConfigError) -> Self {
+        use nct_config::ConfigError as C;
+        match e {
+            C::Invalid { field, value, reason } => TrainError::InvalidConfig { field, value, reason },
+            C::UnknownPreset { name, available } => TrainError::UnknownPreset { name, available },
+            C::Parse(e) => TrainError::ConfigParse(e),
+            C::Read { path, source } => TrainError::ConfigRead { path, source },
+        }
+    }
+}
