@@ -386,7 +386,10 @@ impl Model {
         let mut exited: Vec<Option<usize>> = vec![None; n_tok];
         let mut survive = vec![1f64; n_tok];
         let mut readout: Vec<Option<Vec<f32>>> = vec![None; n_tok];
-        let wants: Vec<bool> = (0..n_tok).map(|t| logit_rows.contains(&t)).collect();
+        let mut wants = vec![false; n_tok];
+        for &t in logit_rows {
+            wants[t] = true;
+        }
         let width = n * d;
         // The residual row of token t collapsed to `dim` (streams summed; the RMSNorm removes the scale).
         let collapse = |x: &[f32], t: usize, out: &mut Vec<f32>| {
@@ -435,32 +438,28 @@ impl Model {
             if all_exited {
                 continue;
             }
-            let last = t + 1 == loops;
+            // Exit decisions after every loop but the last; a token still running at the end is
+            // read out from the final state below, so a model without early exit does no extra work.
+            let Some((w, b)) = gate.filter(|_| t + 1 < loops) else {
+                continue;
+            };
             let mut row = Vec::with_capacity(d);
             let mut normed = Vec::with_capacity(d);
             for tok in 0..n_tok {
-                if decided[tok].is_some() || !(last || gate.is_some()) {
+                if decided[tok].is_some() {
                     continue;
                 }
-                let leave = match gate {
-                    Some((w, b)) if !last => {
-                        row.clear();
-                        collapse(&x, tok, &mut row);
-                        rms_norm(&row, &self.output_norm, eps, &mut normed);
-                        let lambda = 1.0 / (1.0 + (-(crate::simd::dot(&normed, w) + b) as f64).exp());
-                        survive[tok] *= 1.0 - lambda;
-                        1.0 - survive[tok] >= threshold as f64
-                    }
-                    _ => true,
-                };
-                if leave {
+                row.clear();
+                collapse(&x, tok, &mut row);
+                rms_norm(&row, &self.output_norm, eps, &mut normed);
+                let lambda = 1.0 / (1.0 + (-(crate::simd::dot(&normed, w) + b) as f64).exp());
+                survive[tok] *= 1.0 - lambda;
+                if 1.0 - survive[tok] >= threshold as f64 {
                     decided[tok] = Some(t);
                     if copy_kv {
                         exited[tok] = Some(t);
                     }
                     if wants[tok] {
-                        row.clear();
-                        collapse(&x, tok, &mut row);
                         readout[tok] = Some(row.clone());
                     }
                 }
