@@ -159,6 +159,27 @@ def test_step_metrics_entropy_and_clipping():
     assert plain.step_count == 1
 
 
+def test_measured_peak_is_the_faster_of_the_trainers_precisions(monkeypatch):
+    import nanochat_ternary.train as train_module
+
+    asked = []
+
+    def rate(device, dtype, n, reps):
+        asked.append((device, dtype))
+        return {torch.float32: 1e11, torch.bfloat16: 4e11}[dtype]
+
+    monkeypatch.setattr(train_module, "_matmul_rate", rate)
+    # On CPU: f32 and bf16 both measured, the faster one is the peak (the int8/bf16 path and
+    # bf16 attention would read over 100 % of an f32-only figure).
+    assert train_module.measured_peak_flops("cpu") == 4e11
+    assert sorted(map(str, asked)) == ["('cpu', torch.bfloat16)", "('cpu', torch.float32)"]
+    monkeypatch.setattr(train_module, "_matmul_rate", lambda d, dtype, n, r: {torch.float32: 3e11, torch.bfloat16: 5e10}[dtype])
+    assert train_module.measured_peak_flops("cpu") == 3e11  # emulated bf16: f32 is the peak
+    # And a real measurement is a positive finite rate.
+    monkeypatch.undo()
+    assert 0 < train_module._matmul_rate("cpu", torch.float32, 64, 1) < float("inf")
+
+
 def test_checkpoints_retention_latest_and_corruption(tmp_path, data):
     out = tmp_path / "run"
     trainer = Trainer(small_config(), data, out, **{**FAST, "save_every": 2, "keep": 2})

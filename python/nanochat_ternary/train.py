@@ -148,15 +148,11 @@ def compute_params(config: ModelConfig) -> int:
     return c.param_count + extra
 
 
-def measured_peak_flops(device: str) -> float:
-    """A quick measured matmul rate (f32 on CPU, bf16 on CUDA) in FLOP/s, as
-    the MFU denominator when no --peak-flops is given."""
-    n = 512 if device == "cpu" else 4096
-    dtype = torch.float32 if device == "cpu" else torch.bfloat16
+def _matmul_rate(device: str, dtype: torch.dtype, n: int, reps: int) -> float:
+    """FLOP/s of `reps` square n x n products in `dtype` on `device` (after one warmup)."""
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     a @ b  # warm up
-    reps = 4 if device == "cpu" else 20
     if device != "cpu":
         torch.cuda.synchronize()
     start = time.perf_counter()
@@ -165,6 +161,16 @@ def measured_peak_flops(device: str) -> float:
     if device != "cpu":
         torch.cuda.synchronize()
     return 2 * n**3 * reps / (time.perf_counter() - start)
+
+
+def measured_peak_flops(device: str) -> float:
+    """A quick measured matmul rate in FLOP/s, the MFU denominator when no --peak-flops is
+    given: bf16 on CUDA; on CPU the faster of f32 and bf16, the two precisions the trainer's
+    products run in (its int8/bf16 BitLinear path and bf16 attention would read over 100 % of
+    an f32-only figure on CPUs with native bf16; where bf16 is emulated, f32 is the faster)."""
+    if device != "cpu":
+        return _matmul_rate(device, torch.bfloat16, 4096, 20)
+    return max(_matmul_rate("cpu", torch.float32, 512, 4), _matmul_rate("cpu", torch.bfloat16, 1024, 4))
 
 
 def _resolve_config(config: ModelConfig | str | os.PathLike[str]) -> ModelConfig:

@@ -41,6 +41,12 @@ impl Prequantized {
         *self.weights.borrow_mut() = weights;
     }
 
+    /// Whether `x` goes through the CPU integer path (packed weights set, an f32 CPU input):
+    /// there the rest of the sub-layer runs in bf16 as well, as under CPU bf16 autocast.
+    fn int8_cpu(&self, x: &Tensor) -> bool {
+        x.device() == Device::Cpu && x.kind() == Kind::Float && self.packed.borrow().iter().any(Option::is_some)
+    }
+
     /// BitLinear of projection number `index`, whose latent weight is `latent`.
     fn linear(&self, x: &Tensor, index: usize, latent: &Tensor) -> Tensor {
         if let Some(Some(packed)) = self.packed.borrow().get(index) {
@@ -160,18 +166,23 @@ impl Attention {
         self.prequantized.set(weights)
     }
 
-    /// `x` is (B, T, dim).
+    /// `x` is (B, T, dim). On the CPU integer path (see `Prequantized::int8_cpu`) the fused
+    /// attention runs in bf16 (rotated q, k and v rounded once, f32 accumulation inside SDPA),
+    /// as CPU bf16 autocast runs it; the output projection gets f32 back.
     pub fn forward(&self, x: &Tensor, rope: &Rope) -> Tensor {
         let (b, t) = (x.size()[0], x.size()[1]);
         let pq = &self.prequantized;
+        let bf16 = pq.int8_cpu(x);
+        let half = |y: Tensor| if bf16 { y.to_kind(Kind::BFloat16) } else { y };
         let q = pq.linear(x, 0, &self.wq).view([b, t, self.n_heads, self.head_dim]);
         let k = pq.linear(x, 1, &self.wk).view([b, t, self.n_kv_heads, self.head_dim]);
         let v = pq.linear(x, 2, &self.wv).view([b, t, self.n_kv_heads, self.head_dim]);
-        let (q, k) = (rope.apply(&q).transpose(1, 2), rope.apply(&k).transpose(1, 2));
-        let v = v.transpose(1, 2);
+        let (q, k) = (half(rope.apply(&q)).transpose(1, 2), half(rope.apply(&k)).transpose(1, 2));
+        let v = half(v).transpose(1, 2);
         let grouped = self.n_kv_heads != self.n_heads;
         let y = Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, true, None, grouped);
         let y = y.transpose(1, 2).reshape([b, t, self.n_heads * self.head_dim]);
+        let y = if bf16 { y.to_kind(Kind::Float) } else { y };
         pq.linear(&y, 3, &self.wo)
     }
 }

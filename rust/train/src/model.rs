@@ -503,12 +503,19 @@ mod tests {
         let cached = model
             .with_prequantized(&quantized, || model.forward(&tokens).unwrap())
             .unwrap();
-        // On CPU the prequantized path is the int8 BitLinear with a bf16 LM
-        // head: equal up to bf16 rounding of the logits (8 significant bits).
+        // On CPU the prequantized path is the int8 BitLinear with bf16
+        // attention and a bf16 LM head: equal up to bf16 rounding (8
+        // significant bits) of q, k, v and the logits, which moves a few int8
+        // activation roundings downstream (measured: 1.4 % relative L2, under
+        // 2 % of the largest logit; 0.3 % / 0.4 % with f32 attention).
         let int8 = crate::cpu_bitlinear::enabled().unwrap();
         assert_eq!(cached.kind(), if int8 { Kind::BFloat16 } else { Kind::Float });
         let cached = cached.to_kind(Kind::Float);
-        let tolerance = if int8 { 1e-2 * plain.abs().max().double_value(&[]) } else { 1e-6 };
+        if int8 {
+            let rel = (&plain - &cached).norm().double_value(&[]) / plain.norm().double_value(&[]);
+            assert!(rel < 0.03, "relative L2 distance {rel}");
+        }
+        let tolerance = if int8 { 3e-2 * plain.abs().max().double_value(&[]) } else { 1e-6 };
         assert!(plain.allclose(&cached, 1e-6, tolerance, false));
         // Cleared afterwards: zero "quantized" weights would change the output.
         let zeros: Vec<Tensor> = quantized.iter().map(Tensor::zeros_like).collect();
