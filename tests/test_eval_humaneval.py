@@ -80,12 +80,51 @@ def test_self_check_correct_pass_and_wrong_fail_with_right_outcome() -> None:
     for name in CORRECT:
         outcomes = [r["outcome"] for r in report["results"] if r["name"] == name]
         assert outcomes == expected, (name, [r for r in report["results"] if r["name"] == name])
-    assert report["outcomes"] == {"pass": 5, "compile_error": 5, "runtime_error": 10, "timeout": 5}
+    assert report["outcomes"] == {"pass": 5, "compile_error": 5, "runtime_error": 10, "timeout": 5, "forbidden": 0}
     assert report["pass_at_k"] == {"pass@1": pytest.approx(1 / 5)}
     assert report["skipped_k"] == [10]
     panics = [r for r in report["results"] if "boom" in r["detail"]]
     assert len(panics) == 5
     json.dumps(report)  # the report is JSON-serialisable
+
+
+ESCAPES = {
+    # Exit with status 0 before the asserts run.
+    "exit": "    std::process::exit(0)\n}",
+    # Close the function (returning a wrong 0) and shadow assert_eq! for the test that follows.
+    "macro": "    0 }\nmacro_rules! assert_eq { ($($t:tt)*) => {} }\nfn pad() {\n}",
+    "use": "    0 } use std::dbg as assert_eq; fn pad() {\n}",
+}
+
+
+def test_escapes_that_would_pass_are_forbidden() -> None:
+    from nanochat_ternary.eval.rustc import compile_rust
+    from nanochat_ternary.eval.sandbox import run_untrusted, sandbox_dir
+
+    problem = next(p for p in humaneval.load_problems() if p.name == "HumanEval_53_add")
+    assert "assert_eq!(" in problem.test
+    for name, completion in ESCAPES.items():
+        # Each is a real hole: compiled and run as is, the wrong program exits with status 0.
+        with sandbox_dir() as workdir:
+            assert compile_rust(humaneval.assemble(problem, completion), workdir, binary=True).ok, name
+            assert run_untrusted([f"./{humaneval.BINARY_NAME}"], workdir, FAST).returncode == 0, name
+        result = humaneval.run_sample(problem, completion, limits=FAST)
+        assert result.outcome == "forbidden", (name, result)
+        assert ("leaves its function" if name != "exit" else "module `process`") in result.detail
+    report = humaneval.evaluate_completions([problem], {problem.name: list(ESCAPES.values())}, ks=(1,), limits=FAST)
+    assert report["outcomes"]["forbidden"] == 3 and report["pass_at_k"] == {"pass@1": 0.0}
+
+
+def test_every_vendored_prompt_and_test_is_checkable_and_honest_bodies_pass_the_policy() -> None:
+    from nanochat_ternary import _core
+
+    for problem in humaneval.load_problems():
+        assert _core.rust_completion_escape(problem.prompt, "    todo!()", problem.test) is None, problem.name
+    for name, body in CORRECT.items():
+        problem = next(p for p in humaneval.load_problems() if p.name == name)
+        assert _core.rust_completion_escape(problem.prompt, humaneval.truncate(body, ["\n}"]), problem.test) is None
+    with pytest.raises(ValueError):
+        _core.rust_completion_escape("fn f( {\n", "1", "fn main() {}")
 
 
 def test_evaluate_model_accepts_callable_and_generate_object() -> None:

@@ -49,13 +49,33 @@ def test_outcomes_are_attributed_per_candidate_in_one_batch(monkeypatch):
         "right": "pass", "right2": "pass", "wrong": "runtime_error", "type_error": "compile_error",
         "unknown_name": "compile_error", "parse_error": "parse_error", "todo_stub": "runtime_error",
         "empty_stub": "compile_error", "panics": "runtime_error",
-        # exit(0) before the asserts: no success line after the test returned, so no reward.
-        "exits_early": "runtime_error", "loops_forever": "timeout", "right3": "pass",
+        # exit(0) before the asserts: refused before compiling (and it would print no success line).
+        "exits_early": "forbidden", "loops_forever": "timeout", "right3": "pass",
     }
     assert [c.reward for c in checks] == [1.0 if o == "pass" else 0.0 for o in got.values()]
     # The two compile errors were attributed inside one batch: check, re-check, build (no per-candidate rustc).
     assert stats.rustc_calls == 3
     assert stats.candidates == len(completions)
+
+
+FORGER = ("    let a: Vec<String> = std::env::args().collect();\n"
+          "    for i in 0..3 { println!(\"{} {} ok\", a[1], i); }\n    std::process::exit(0)")
+
+
+def test_a_body_that_forges_the_batch_runners_lines_is_forbidden(monkeypatch):
+    t = _task()
+    batch = [(t, FORGER), (t, "    x + 3"), (t, "    x + 2")]
+    # The hole is real: with the policy off, the forger's lines (it reads the run's nonce from
+    # its arguments) make the wrong candidate after it pass.
+    monkeypatch.setattr(rewards._core, "rust_completion_escape", lambda prompt, body, test: None)
+    assert [c.outcome for c in score(batch, workers=1)] == ["pass", "pass", "pass"]
+    monkeypatch.undo()
+    checks = score(batch, workers=1)
+    assert [c.outcome for c in checks] == ["forbidden", "runtime_error", "pass"]
+    assert "module `env`" in checks[0].detail and checks[0].reward == 0.0
+    # Leaving the function to neuter the test's assert_eq! is refused too.
+    shadow = "    0 }\nmacro_rules! assert_eq { ($($t:tt)*) => {} }\nfn pad() {"
+    assert [c.outcome for c in score([(t, shadow)], workers=1)] == ["forbidden"]
 
 
 def test_truncated_and_non_utf8_score_zero_without_compiling():

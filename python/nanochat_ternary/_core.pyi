@@ -136,6 +136,14 @@ def rust_parse_error(source: str) -> tuple[int, int, str] | None:
 
     Raises ValueError for sources over RUST_MAX_SOURCE_BYTES or nested too deeply."""
 
+def rust_completion_escape(prompt: str, body: str, test: str) -> str | None:
+    """None when a generated function body stays inside its function and uses nothing the
+    harness refuses (process exit, program arguments, environment, files, sockets, `unsafe`,
+    `extern`, inline assembly, `include!`-style macros, linkage attributes), else the reason
+    (rust/evalrs/src/policy.rs). The program checked is prompt + body + "\n}" + test.
+
+    Raises ValueError when the prompt or the test does not parse (a broken task)."""
+
 def rust_ast_metrics(source: str) -> dict[str, object]:
     """functions, lines, code_lines, cyclomatic_total, cyclomatic_max and
     per_function (list of dicts: name, start_line, end_line, cyclomatic).

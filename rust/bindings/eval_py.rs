@@ -7,6 +7,7 @@ use pyo3::types::PyDict;
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(rust_parse_error, m)?)?;
     m.add_function(wrap_pyfunction!(rust_ast_metrics, m)?)?;
+    m.add_function(wrap_pyfunction!(rust_completion_escape, m)?)?;
     m.add_function(wrap_pyfunction!(rust_extract_functions, m)?)?;
     m.add("RUST_MAX_SOURCE_BYTES", evalrs::MAX_SOURCE_BYTES)?;
     Ok(())
@@ -26,6 +27,14 @@ fn rust_parse_error(py: Python<'_>, source: &str) -> PyResult<Option<(usize, usi
         }) => Ok(Some((line, column, message))),
         Err(other) => Err(to_py_err(other)),
     }
+}
+
+/// None when a generated `body` stays inside its function and uses nothing the harness
+/// refuses (process exit, arguments, environment, files, `unsafe`, FFI, ...), else why
+/// (`evalrs::policy`). ValueError when the prompt or the test does not parse.
+#[pyfunction]
+fn rust_completion_escape(py: Python<'_>, prompt: &str, body: &str, test: &str) -> PyResult<Option<String>> {
+    py.detach(|| evalrs::completion_escape(prompt, body, test)).map_err(to_py_err)
 }
 
 /// AST metrics of `source` as a dict; ValueError when it does not parse.

@@ -10,6 +10,11 @@ the test's ``fn main()`` of ``assert_eq!``s follows. Outcomes:
 * ``runtime_error`` — it ran but exited non-zero (failed ``assert_eq!``, panic,
   abort such as a failed allocation, or another signal);
 * ``timeout`` — wall-clock or CPU-time limit reached;
+* ``forbidden`` — not compiled: the body leaves its function (adds items the
+  test would see, e.g. a ``macro_rules! assert_eq`` that neuters the asserts) or
+  reaches outside the program (``std::process::exit(0)`` before the asserts run
+  would exit with status 0; also arguments, environment, files, ``unsafe``,
+  ``extern``; ``_core.rust_completion_escape``);
 * ``pass`` — exited with status 0.
 """
 
@@ -24,12 +29,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from .. import _core
 from .generate import Generator, generate
 from .passk import mean_pass_at_k
 from .rustc import BINARY_NAME, compile_rust
 from .sandbox import Limits, run_untrusted, sandbox_dir, sandbox_report
 
-OUTCOMES = ("pass", "compile_error", "runtime_error", "timeout")
+OUTCOMES = ("pass", "compile_error", "runtime_error", "timeout", "forbidden")
 RUN_LIMITS = Limits(cpu_seconds=5, memory_bytes=1 << 30, processes=32, wall_seconds=10.0)
 _DETAIL_CHARS = 2000
 
@@ -93,6 +99,9 @@ def assemble(problem: Problem, completion: str) -> str:
 def run_sample(problem: Problem, completion: str, index: int = 0, limits: Limits = RUN_LIMITS) -> SampleResult:
     """Compiles and runs one sample in a fresh sandbox directory."""
     body = truncate(completion, problem.stop_tokens)
+    escape = _core.rust_completion_escape(problem.prompt, body, problem.test)
+    if escape is not None:
+        return SampleResult(problem.name, index, "forbidden", escape[:_DETAIL_CHARS], body)
     with sandbox_dir() as workdir:
         compiled = compile_rust(assemble(problem, completion), workdir, binary=True)
         if not compiled.ok:

@@ -4,7 +4,12 @@ Reward 1 only when the program ``prompt + completion + "\\n}" + test`` compiles
 and every ``assert_eq!`` passes; a parse or compile error, a panic, a timeout or
 a completion that never closed its function (cut at max tokens) scores 0. A
 crash of rustc or of the sandbox scores the affected candidates 0 and never
-raises.
+raises. A body that leaves its function (items the test would see, such as a
+``macro_rules! assert_eq``) or reaches outside the program (process exit,
+arguments: the run's nonce, environment, files, ``unsafe``, ``extern``, ...)
+scores ``forbidden`` without compiling (``_core.rust_completion_escape``): the
+batch shares one process, so a policy that could read the nonce could print
+other candidates' success lines.
 
 Throughput: candidates are batched. Each one is first parsed alone with syn
 (a parse error costs no rustc call). The parsed ones go into one source file,
@@ -35,7 +40,7 @@ from ..eval.rustc import BINARY_NAME, COMPILE_LIMITS, SOURCE_NAME, rustc_binary
 from ..eval.sandbox import Limits, run_tool, run_untrusted, sandbox_dir
 from .tasks import Task, truncate
 
-OUTCOMES = ("pass", "parse_error", "compile_error", "runtime_error", "timeout", "truncated")
+OUTCOMES = ("pass", "parse_error", "compile_error", "runtime_error", "timeout", "truncated", "forbidden")
 RUN_LIMITS = Limits(cpu_seconds=5, memory_bytes=1 << 30, processes=32, wall_seconds=10.0)
 BATCH_RUN_LIMITS = Limits(cpu_seconds=20, memory_bytes=2 << 30, processes=32, wall_seconds=30.0)
 MAX_CHECK_ROUNDS = 4
@@ -253,9 +258,17 @@ def score(
             results[i] = Check("truncated")
             continue
         program = task.prompt + body + "\n}\n" + _rename_main(task.test, "__nct_test")
-        error = _core.rust_parse_error(f"mod c {{\n{program}\n}}\n")
+        try:
+            error = _core.rust_parse_error(f"mod c {{\n{program}\n}}\n")
+            escape = _core.rust_completion_escape(task.prompt, body, task.test) if error is None else None
+        except ValueError as exc:  # too large or deep to check, or a broken task: never compiled
+            results[i] = Check("parse_error", str(exc)[:500])
+            continue
         if error is not None:
             results[i] = Check("parse_error", str(error[2])[:500])
+            continue
+        if escape is not None:
+            results[i] = Check("forbidden", escape[:500])
             continue
         modules.append((i, program))
     groups = [modules[k : k + group_size] for k in range(0, len(modules), group_size)]

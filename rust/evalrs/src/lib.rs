@@ -17,9 +17,11 @@ use std::fmt;
 use std::str::FromStr;
 
 pub mod extract;
+pub mod policy;
 pub mod metrics;
 
 pub use extract::{extract_items, ExtractedItem, ItemKind};
+pub use policy::completion_escape;
 pub use metrics::{AstMetrics, FunctionMetrics};
 
 /// Largest source accepted (bytes). Model completions are a few KiB; this
