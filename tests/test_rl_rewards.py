@@ -176,13 +176,22 @@ def test_mined_tasks_are_tested_differentially(tmp_path):
         fn("unverified", "fn unverified(x: i32) -> i32", "\n    x\n", ok=False),
         fn("halve", "fn halve(x: u32) -> u32", "\n    100 / x\n"),  # panics on 0: that input is dropped
     ]
+    # Decontamination: a doc copied from a HumanEval-Rust prompt, and a path of an exercise collection.
+    from nanochat_ternary.eval.humaneval import load_problems
+
+    copied = next(p for p in load_problems() if p.name == "HumanEval_23_strlen").prompt
+    doc = "\n".join(line.removeprefix("/// ") for line in copied.splitlines() if line.startswith("///"))
+    rows.append(fn("strlen", "fn strlen(string: String) -> isize", "\n    string.len() as isize\n", doc))
+    exercise = fn("triple", "fn triple(x: i64) -> i64", "\n    x * 3\n")
+    exercise[0]["path"] = "democrate-1.0.0/exercism/rust/triple.rs"
+    rows.append(exercise)
     (tmp_path / "functions.jsonl").write_text("".join(json.dumps(r) + "\n" for r, _ in rows))
     (tmp_path / "verify.jsonl").write_text("".join(json.dumps({"sha256": r["sha256"], "ok": ok}) + "\n" for r, ok in rows))
     crates = tmp_path / "crates"
     crates.mkdir()
     (crates / "crates.json").write_text(json.dumps({"crates": [{"name": "democrate", "version": "1.0.0", "license": "MIT"}]}))
     tasks, counts = mine(tmp_path, crates, inputs_per_task=8, heldout_fraction=0.0)
-    assert counts["candidates"] == 4 and counts["constant"] == 1
+    assert counts["candidates"] == 6 and counts["contaminated"] == 2 and counts["constant"] == 1
     by = {t.entry_point: t for t in tasks}
     assert set(by) == {"double", "shout", "halve"}
     assert by["double"].prompt == "/// Twice x.\npub fn double(x: i64) -> i64 {\n"

@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ..data.decontam import Decontaminator
 from ..eval.sandbox import Limits
 from .generator import _LITERALS, run_program, rust_char, rust_str
 from .tasks import Task
@@ -132,13 +133,20 @@ def _run_batch(rows: list[dict[str, Any]], inputs: list[list[list[str]]]) -> lis
 
 def mine(functions: str | Path, crates: str | Path | None = None, *, inputs_per_task: int = 6, seed: int = 0,
          heldout_fraction: float = 0.2, batch: int = 40, limit: int | None = None) -> tuple[list[Task], dict[str, int]]:  # fmt: skip
-    """Mined tasks and counters (candidates, no_build, too_few, constant, kept)."""
+    """Mined tasks and counters (candidates, contaminated, no_build, too_few, constant, kept)."""
     rows = list(candidates(Path(functions), Path(crates) if crates else None))
     if limit is not None:
         rows = rows[:limit]
+    # Decontamination against the vendored HumanEval-Rust, as for the training mix: a function
+    # sharing a 13-token window with a benchmark prompt or test, or under a benchmark-looking
+    # path, is no task.
+    decontam = Decontaminator()
+    clean = [r for r in rows if decontam.reason(_prompt(r) + r["body"], str(r.get("path") or "")) is None]
+    contaminated, rows = len(rows) - len(clean), clean
     rng = random.Random(f"mine/{seed}")
     inputs = [[[_value(rng, ty) for _, ty in row["params"]] for _ in range(inputs_per_task)] for row in rows]
-    counts = {"candidates": len(rows), "no_build": 0, "too_few": 0, "constant": 0, "kept": 0}
+    counts = {"candidates": len(rows) + contaminated, "contaminated": contaminated, "no_build": 0, "too_few": 0,
+              "constant": 0, "kept": 0}
     results: list[list[str | None] | None] = []
     for start in range(0, len(rows), batch):
         chunk, chunk_inputs = rows[start : start + batch], inputs[start : start + batch]
@@ -171,7 +179,7 @@ def mine(functions: str | Path, crates: str | Path | None = None, *, inputs_per_
             name=name, family=f"crate:{row['crate']}", split="heldout" if row["crate"] in held else "train",
             prompt=_prompt(row), test="\nfn main() {\n" + asserts + "}\n", entry_point=row["fn"],
             reference=row["body"].strip("\n"),
-            provenance={"source": "mined", "crate": row["crate"], "version": row["version"], "licence": row["licence"],
+            provenance={"source": "mined", "family": f"crate:{row['crate']}", "crate": row["crate"], "version": row["version"], "licence": row["licence"],
                         "path": row.get("path"), "lines": [row.get("start_line"), row.get("end_line")],
                         "sha256": row["sha256"], "inputs_seed": seed},
         ))  # fmt: skip
