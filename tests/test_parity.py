@@ -157,12 +157,26 @@ def test_trained_logits_agree_when_only_activation_rounding_differs(trained_case
 
 @pytest.mark.parametrize("fmt", ["gguf-tq2", "hf"])
 def test_trained_greedy_64_tokens_identical(trained_case, fmt):
+    """Greedy decoding gives the training model's tokens, except where the training model's
+    own top two are closer than the logits are known to agree (EXACT_SCALE_BOUND: one int8
+    activation rounding step apart): such a near-tie may go either way, and after it the two
+    continuations legitimately differ. Seen once (2026-12-05): top two 0.0057 apart at token 49."""
     _, model, paths, _, prompts, greedy = trained_case
     engine = _core.Engine(str(paths[fmt]))
     ours = engine.generate(prompts, NEW_TOKENS, temperature=0.0, stop_ids=[])
+    matched = 0
     for prompt, got, expected in zip(prompts, ours, greedy):
         assert len(got) == NEW_TOKENS
-        assert list(got) == expected, f"{fmt} prompt {prompt}"
+        got = list(got)
+        if got == expected:
+            matched += NEW_TOKENS
+            continue
+        i = next(i for i, (a, b) in enumerate(zip(got, expected)) if a != b)
+        logits = training_logits(model, prompt + expected[:i])[-1]
+        margin = float(logits[expected[i]] - logits[got[i]])
+        assert margin < EXACT_SCALE_BOUND, f"{fmt} prompt {prompt}: token {i} differs with a margin of {margin}"
+        matched += i
+    assert matched >= 0.75 * NEW_TOKENS * len(prompts), f"{fmt}: only {matched} greedy tokens before near-ties"
 
 
 def test_trained_greedy_through_the_python_api(trained_case):

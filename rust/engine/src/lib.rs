@@ -20,6 +20,7 @@ mod generate;
 mod linear;
 mod load;
 mod model;
+mod q8x16;
 mod sampling;
 mod simd;
 pub mod synthetic;

@@ -4,7 +4,8 @@
 //!   token and GEMM for a prompt.
 //! - `Q8`: Q8_0 rows (int8 + one f16 scale per 32 weights, as in GGUF). Activations are quantized
 //!   the same way (int8 per 32 values, absmax), so every block product is an exact i32 dot, as
-//!   llama.cpp's Q8_0 × Q8_0 path does; this is the fast LM head.
+//!   llama.cpp's Q8_0 × Q8_0 path does; this is the fast LM head. On CPUs with AVX-512 VNNI
+//!   the rows are held interleaved 16 at a time instead ([`Q8x16`], see `q8x16.rs`).
 //! - `F32`: plain floats (F32/F16/BF16 tensors, and tied heads from an F32/F16 embedding).
 
 use kernels::Residency;
@@ -20,8 +21,9 @@ pub const Q8_BLOCK: usize = 32;
 pub enum Linear {
     Ternary(PlanarMatrix),
     /// Scales stay f16 as GGUF stores them: the head is the largest read of a decode step, and
-    /// f32 scales would add 6 % to it.
-    Q8 { rows: usize, cols: usize, qs: Vec<i8>, scales: Vec<half::f16> },
+    /// f32 scales would add 6 % to it. With `x16` (AVX-512 VNNI) the values live there
+    /// (interleaved) and `qs`/`scales` are empty.
+    Q8 { rows: usize, cols: usize, qs: Vec<i8>, scales: Vec<half::f16>, x16: Option<Box<Q8x16>> },
     F32 { rows: usize, cols: usize, w: Vec<f32> },
     /// A block matrix of one of our ternary models stored in a dense type (e.g. rows not a
     /// multiple of 256 for TQ2_0): its input is int8-quantized per token first, as BitLinear
@@ -52,7 +54,7 @@ impl Linear {
     pub fn weight_bytes(&self) -> usize {
         match self {
             Linear::Ternary(m) => m.as_bytes().len() + 4 * m.scales().len(),
-            Linear::Q8 { qs, scales, .. } => qs.len() + 2 * scales.len(),
+            Linear::Q8 { qs, scales, x16, .. } => x16.as_ref().map_or(qs.len() + 2 * scales.len(), |m| m.bytes()),
             Linear::F32 { w, .. } => 4 * w.len(),
             Linear::BitLinear(inner) => inner.weight_bytes(),
         }
@@ -79,7 +81,16 @@ impl Linear {
             scales.push(d);
             qs.extend(block[2..].iter().map(|&b| b as i8));
         }
-        Ok(Linear::Q8 { rows, cols, qs, scales })
+        Ok(Linear::q8(rows, cols, qs, scales))
+    }
+
+    /// A Q8_0 matrix from row-major values and scales, interleaved where the CPU runs that.
+    pub fn q8(rows: usize, cols: usize, qs: Vec<i8>, scales: Vec<half::f16>) -> Self {
+        if Q8x16::available() {
+            let x16 = Box::new(Q8x16::pack(&qs, &scales, rows, cols));
+            return Linear::Q8 { rows, cols, qs: Vec::new(), scales: Vec::new(), x16: Some(x16) };
+        }
+        Linear::Q8 { rows, cols, qs, scales, x16: None }
     }
 
     /// Products of `n` tokens (row-major `n × cols`) → `n × rows`. `residency`: whether the
@@ -107,18 +118,18 @@ impl Linear {
                     Ok(kernels::gemm_quantized(m, q, None)?)
                 }
             }
-            Linear::Q8 { qs, scales, .. } => {
+            Linear::Q8 { qs, scales, x16, .. } => {
                 let (xq, xd) = quantize_q8(x)?;
-                Ok(q8_product(qs, scales, rows, cols, n, &xq, &xd, residency))
+                Ok(q8_product(qs, scales, x16.as_deref(), rows, cols, n, &xq, &xd, residency))
             }
             Linear::BitLinear(inner) => {
                 let q = input.quantized()?;
                 match &**inner {
                     // The per-token int8 values are already Q8 activations: one scale per
                     // token for every block, no second rounding.
-                    Linear::Q8 { qs, scales, .. } => {
+                    Linear::Q8 { qs, scales, x16, .. } => {
                         let (xq, xd) = per_token_as_q8(q);
-                        Ok(q8_product(qs, scales, rows, cols, n, &xq, &xd, residency))
+                        Ok(q8_product(qs, scales, x16.as_deref(), rows, cols, n, &xq, &xd, residency))
                     }
                     _ => {
                         let mut fake = Vec::with_capacity(x.len());
@@ -129,7 +140,7 @@ impl Linear {
                     }
                 }
             }
-            Linear::F32 { w, .. } => Ok(rows_product(rows, cols, n, |first, by_row| {
+            Linear::F32 { w, .. } => Ok(rows_product(rows, cols, n, 1, |first, by_row| {
                 for (i, out) in by_row.chunks_exact_mut(n).enumerate() {
                     let row = &w[(first + i) * cols..][..cols];
                     for (t, o) in out.iter_mut().enumerate() {
@@ -184,12 +195,17 @@ impl<'a> Input<'a> {
     }
 }
 
-/// Q8_0 weights × Q8 activations (`n × cols` int8 with one scale per 32 values).
+/// Q8_0 weights × Q8 activations (`n × cols` int8 with one scale per 32 values): through the
+/// interleaved layout when there is one (any `n`: each token's bits are its own), else
+/// row-major dots.
 #[allow(clippy::too_many_arguments)]
-fn q8_product(qs: &[i8], scales: &[half::f16], rows: usize, cols: usize, n: usize, xq: &[i8], xd: &[f32], residency: Residency) -> Vec<f32> {
+fn q8_product(qs: &[i8], scales: &[half::f16], x16: Option<&Q8x16>, rows: usize, cols: usize, n: usize, xq: &[i8], xd: &[f32], residency: Residency) -> Vec<f32> {
     let blocks = cols / Q8_BLOCK;
     let streamed = residency == Residency::Streamed;
-    rows_product(rows, cols, n, |first, by_row| {
+    if let Some(m) = x16 {
+        return rows_product(rows, cols, n, q8x16::LANES, |first, by_row| m.dots(first, by_row.len() / n, xq, xd, n, by_row, streamed));
+    }
+    rows_product(rows, cols, n, 1, |first, by_row| {
         let count = by_row.len() / n;
         let (w, wd) = (&qs[first * cols..][..count * cols], &scales[first * blocks..][..count * blocks]);
         if n == 1 {
@@ -215,9 +231,10 @@ fn per_token_as_q8(q: &kernels::QuantizedActivations) -> (Vec<i8>, Vec<f32>) {
 /// `out[t][r]` for `n` tokens: `f(first_row, by_row)` fills a block of consecutive rows,
 /// `by_row[i·n + t]` for row `first_row + i` (all tokens of a row together, so a row block is
 /// read from memory once); blocks run in parallel, then the result is transposed to token-major.
-fn rows_product(rows: usize, cols: usize, n: usize, f: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+/// Blocks start at multiples of `align` rows.
+fn rows_product(rows: usize, cols: usize, n: usize, align: usize, f: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
     // A few tasks per thread: enough to balance, few enough that hand-offs stay negligible.
-    let mut per_task = rows.div_ceil(4 * kernels::num_threads().max(1)).max(MIN_ROWS_PER_TASK);
+    let mut per_task = rows.div_ceil(4 * kernels::num_threads().max(1)).max(MIN_ROWS_PER_TASK).next_multiple_of(align);
     if rows * cols * n < kernels::GEMV_MIN_PARALLEL_BYTES {
         per_task = rows; // too little work to pay for waking another thread
     }
@@ -244,4 +261,5 @@ fn quantize_q8(x: &[f32]) -> Result<(Vec<i8>, Vec<f32>)> {
 }
 
 pub(crate) use crate::simd::dot as dot_f32;
+use crate::q8x16::{self, Q8x16};
 use crate::simd::{q8_dots, q8_dots_tokens};
