@@ -90,6 +90,7 @@ impl Q8x16 {
     /// Dots of rows `first .. first + count` (`first` a multiple of 16) with `n` tokens of Q8
     /// activations (`x` row-major `n × cols`, `xd` `n × blocks`): `out[i·n + t]` for row
     /// `first + i` and token t. `streamed`: prefetch ahead (the rows come from DRAM).
+    #[allow(clippy::too_many_arguments)]
     pub fn dots(&self, first: usize, count: usize, x: &[i8], xd: &[f32], n: usize, out: &mut [f32], streamed: bool) {
         let blocks = self.cols / Q8_BLOCK;
         assert!(first.is_multiple_of(LANES) && first + count <= self.rows && n > 0);
