@@ -1,7 +1,8 @@
 //! The engine's own hot loops outside the ternary kernels: the Q8_0 × Q8_0 row dot (the LM
-//! head) and the f32 dot / axpy of attention. Each has a portable body; on x86-64 the CPU is
-//! checked once and AVX2 (+ FMA) or AVX-512 VNNI versions run instead. Every version computes
-//! the same exact i32 block sums; f32 results differ only by summation order.
+//! head where the CPU lacks AVX-512 VNNI; there `q8x16.rs` runs it) and the f32 dot / axpy of
+//! attention. Each has a portable body; on x86-64 the CPU is checked once and AVX2 (+ FMA)
+//! versions run instead. Every version computes the same exact i32 block sums; f32 results
+//! differ only by summation order.
 
 use std::sync::OnceLock;
 
@@ -13,7 +14,6 @@ use crate::linear::Q8_BLOCK;
 enum Level {
     Portable,
     Avx2,
-    Vnni,
 }
 
 fn level() -> Level {
@@ -23,9 +23,6 @@ fn level() -> Level {
         {
             let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
             let avx2 = avx2 && is_x86_feature_detected!("f16c");
-            if avx2 && is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl") {
-                return Level::Vnni;
-            }
             if avx2 {
                 return Level::Avx2;
             }
@@ -44,34 +41,25 @@ pub fn q8_dots(w: &[i8], wd: &[f16], x: &[i8], xd: &[f32], out: &mut [f32], stre
     match level() {
         // SAFETY: the CPU features were detected above; lengths were asserted.
         #[cfg(target_arch = "x86_64")]
-        Level::Vnni => unsafe { x86::q8_dots_vnni(w, wd, x, xd, out, streamed) },
-        #[cfg(target_arch = "x86_64")]
         Level::Avx2 => unsafe { x86::q8_dots_avx2(w, wd, x, xd, out, streamed) },
         _ => q8_dots_portable(w, wd, x, xd, out),
     }
 }
 
-/// [`q8_dots`] of `n` tokens at once (`x` row-major `n × cols`, `xd` `n × blocks`):
-/// `out[r·n + t]` is exactly `q8_dots` of row r with token t, bit for bit (the same operations in
-/// the same order per row and token), but every row is read once for all the tokens: the LM head
-/// of a batched decode step streams 39 MB of weights once instead of once per sequence.
+/// [`q8_dots`] of `n` tokens (`x` row-major `n × cols`, `xd` `n × blocks`): `out[r·n + t]` is
+/// exactly `q8_dots` of row r with token t. (On AVX-512 VNNI CPUs the engine holds Q8_0
+/// matrices interleaved instead and never comes here: `q8x16.rs` reads each row once for all
+/// tokens.)
 pub fn q8_dots_tokens(w: &[i8], wd: &[f16], x: &[i8], xd: &[f32], n: usize, out: &mut [f32], streamed: bool) {
     assert!(n > 0 && x.len().is_multiple_of(n) && xd.len().is_multiple_of(n));
     let (cols, blocks) = (x.len() / n, xd.len() / n);
     let rows = out.len() / n;
     assert!(cols == blocks * Q8_BLOCK && out.len() == rows * n && w.len() == rows * cols && wd.len() == rows * blocks);
-    match level() {
-        // SAFETY: the CPU features were detected; lengths were asserted.
-        #[cfg(target_arch = "x86_64")]
-        Level::Vnni => unsafe { x86::q8_dots_tokens_vnni(w, wd, x, xd, n, out, streamed) },
-        _ => {
-            let mut dots = vec![0f32; rows];
-            for t in 0..n {
-                q8_dots(w, wd, &x[t * cols..][..cols], &xd[t * blocks..][..blocks], &mut dots, false);
-                for (r, &d) in dots.iter().enumerate() {
-                    out[r * n + t] = d;
-                }
-            }
+    let mut dots = vec![0f32; rows];
+    for t in 0..n {
+        q8_dots(w, wd, &x[t * cols..][..cols], &xd[t * blocks..][..blocks], &mut dots, streamed);
+        for (r, &d) in dots.iter().enumerate() {
+            out[r * n + t] = d;
         }
     }
 }
@@ -113,7 +101,7 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     match level() {
         // SAFETY: AVX2 was detected.
         #[cfg(target_arch = "x86_64")]
-        Level::Avx2 | Level::Vnni => unsafe { x86::dot_avx2(a, b) },
+        Level::Avx2 => unsafe { x86::dot_avx2(a, b) },
         _ => dot_body(a, b),
     }
 }
@@ -124,7 +112,7 @@ pub fn silu_mul(g: &mut [f32], u: &[f32]) {
     match level() {
         // SAFETY: AVX2 and FMA were detected; lengths were asserted.
         #[cfg(target_arch = "x86_64")]
-        Level::Avx2 | Level::Vnni => unsafe { x86::silu_mul_avx2(g, u) },
+        Level::Avx2 => unsafe { x86::silu_mul_avx2(g, u) },
         _ => silu_mul_body(g, u),
     }
 }
@@ -142,7 +130,7 @@ pub fn exp_shifted(x: &[f32], shift: f32, scale: f32, out: &mut [f32]) {
     match level() {
         // SAFETY: AVX2 and FMA were detected; lengths were asserted.
         #[cfg(target_arch = "x86_64")]
-        Level::Avx2 | Level::Vnni => unsafe { x86::exp_shifted_avx2(x, shift, scale, out) },
+        Level::Avx2 => unsafe { x86::exp_shifted_avx2(x, shift, scale, out) },
         _ => exp_shifted_body(x, shift, scale, out),
     }
 }
@@ -159,7 +147,7 @@ pub fn argmax(x: &[f32]) -> usize {
     match level() {
         // SAFETY: AVX2 was detected.
         #[cfg(target_arch = "x86_64")]
-        Level::Avx2 | Level::Vnni if x.len() >= 8 => unsafe { x86::argmax_avx2(x) },
+        Level::Avx2 if x.len() >= 8 => unsafe { x86::argmax_avx2(x) },
         _ => argmax_body(x, 0, f32::NEG_INFINITY, 0),
     }
 }
@@ -179,7 +167,7 @@ pub fn all_finite(x: &[f32]) -> bool {
     match level() {
         // SAFETY: AVX2 was detected.
         #[cfg(target_arch = "x86_64")]
-        Level::Avx2 | Level::Vnni => unsafe { x86::all_finite_avx2(x) },
+        Level::Avx2 => unsafe { x86::all_finite_avx2(x) },
         _ => x.iter().all(|v| v.is_finite()),
     }
 }
@@ -191,7 +179,7 @@ pub fn quantize_q8(x: &[f32], q: &mut [i8], d: &mut [f32]) -> Option<()> {
     match level() {
         // SAFETY: AVX2 was detected; lengths were asserted.
         #[cfg(target_arch = "x86_64")]
-        Level::Avx2 | Level::Vnni => unsafe { x86::quantize_q8_avx2(x, q, d) },
+        Level::Avx2 => unsafe { x86::quantize_q8_avx2(x, q, d) },
         _ => quantize_q8_body(x, q, d),
     }
 }
@@ -218,7 +206,7 @@ pub fn rope_pairs(head: &mut [f32], cos: &[f32], sin: &[f32]) {
     match level() {
         // SAFETY: AVX2 was detected; lengths were asserted.
         #[cfg(target_arch = "x86_64")]
-        Level::Avx2 | Level::Vnni => unsafe { x86::rope_pairs_avx2(head, cos, sin) },
+        Level::Avx2 => unsafe { x86::rope_pairs_avx2(head, cos, sin) },
         _ => rope_pairs_body(head, cos, sin, 0),
     }
 }
@@ -253,7 +241,7 @@ impl KvElem for f16 {
         match level() {
             // SAFETY: F16C is part of every non-portable level; lengths were asserted.
             #[cfg(target_arch = "x86_64")]
-            Level::Avx2 | Level::Vnni => unsafe { x86::store_f16(dst, src) },
+            Level::Avx2 => unsafe { x86::store_f16(dst, src) },
             _ => {
                 use half::slice::HalfFloatSliceExt;
                 dst.convert_from_f32_slice(src);
@@ -297,7 +285,7 @@ pub fn attend<T: KvElem>(h: &HeadQuery<'_, T>, scores: &mut Vec<f32>, out: &mut 
     match level() {
         // SAFETY: AVX2, FMA and F16C were detected; lengths were asserted.
         #[cfg(target_arch = "x86_64")]
-        Level::Avx2 | Level::Vnni => unsafe { x86::attend_avx2(h, scores, out) },
+        Level::Avx2 => unsafe { x86::attend_avx2(h, scores, out) },
         _ => attend_body(h, scores, out),
     }
 }
@@ -628,170 +616,6 @@ mod x86 {
         }
     }
 
-    /// Two blocks per 512-bit step. AVX-512 has no byte sign instruction, so the weights are made
-    /// unsigned instead: `w ^ 0x80 = w + 128` as u8, and `vpdpbusd` starts each lane from
-    /// `−128 · Σ x` over its four bytes (made once per call), which leaves exactly `Σ w·x`. The
-    /// two blocks' f16 weight scales are widened in a register and spread over the two lane
-    /// halves, times the activation scales (also spread once per call). An odd last block takes
-    /// the 256-bit step.
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    pub unsafe fn q8_dots_vnni(w: &[i8], wd: &[f16], x: &[i8], xd: &[f32], out: &mut [f32], streamed: bool) {
-        let (cols, blocks) = (x.len(), xd.len());
-        let pairs = blocks / 2;
-        let flip = _mm512_set1_epi8(-128);
-        let spread = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
-        let mut per_pair = Vec::with_capacity(pairs);
-        vnni_token_pairs(x, xd, &mut per_pair);
-        for (r, o) in out.iter_mut().enumerate() {
-            let (row, row_d) = (w.as_ptr().add(r * cols), wd.as_ptr().add(r * blocks));
-            if streamed {
-                prefetch_ahead(w, r * cols, cols);
-            }
-            let pair = |p: usize, acc: __m512| {
-                let (correction, xs) = *per_pair.get_unchecked(p);
-                let wv = _mm512_xor_si512(_mm512_loadu_si512(row.add(p * 64).cast()), flip);
-                let sums = _mm512_dpbusd_epi32(correction, wv, _mm512_loadu_si512(x.as_ptr().add(p * 64).cast()));
-                let ws = _mm_cvtph_ps(_mm_cvtsi32_si128(row_d.add(2 * p).cast::<i32>().read_unaligned()));
-                let scale = _mm512_mul_ps(_mm512_permutexvar_ps(spread, _mm512_castps128_ps512(ws)), xs);
-                _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), scale, acc)
-            };
-            let (mut acc0, mut acc1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-            let mut p = 0;
-            while p + 2 <= pairs {
-                acc0 = pair(p, acc0);
-                acc1 = pair(p + 1, acc1);
-                p += 2;
-            }
-            if p < pairs {
-                acc0 = pair(p, acc0);
-            }
-            let mut total = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
-            if blocks % 2 == 1 {
-                let b = blocks - 1;
-                let wv = _mm256_loadu_si256(row.add(b * Q8_BLOCK).cast());
-                let xv = _mm256_loadu_si256(x.as_ptr().add(b * Q8_BLOCK).cast());
-                let sums = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
-                total += hsum(_mm256_cvtepi32_ps(sums)) * ((*row_d.add(b)).to_f32() * xd[b]);
-            }
-            *o = total;
-        }
-    }
-
-    /// Per pair of blocks p of one token: lane l gets −128 · (x[64p + 4l] + … + x[64p + 4l + 3]),
-    /// and the activation scales xd[2p] (lanes 0–7) and xd[2p + 1] (lanes 8–15).
-    #[inline(always)]
-    unsafe fn vnni_token_pairs(x: &[i8], xd: &[f32], out: &mut Vec<(__m512i, __m512)>) {
-        let flip = _mm512_set1_epi8(-128);
-        let spread = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
-        for p in 0..xd.len() / 2 {
-            let xv = _mm512_loadu_si512(x.as_ptr().add(p * 64).cast());
-            let correction = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), flip, xv));
-            let xs = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(_mm_setr_ps(xd[2 * p], xd[2 * p + 1], 0.0, 0.0)));
-            out.push((correction, xs));
-        }
-    }
-
-    /// Pair of blocks `p` of one row into `G` tokens' accumulators (a plain function, not a
-    /// closure: closures do not inherit the caller's target features, and one that is not inlined
-    /// turns every intrinsic into a call).
-    #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn q8_pair_tokens<const G: usize>(
-        row: *const i8,
-        row_d: *const f16,
-        x: &[i8],
-        per: &[(__m512i, __m512)],
-        cols: usize,
-        pairs: usize,
-        p: usize,
-        acc: &mut [__m512; G],
-    ) {
-        let flip = _mm512_set1_epi8(-128);
-        let spread = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
-        let wv = _mm512_xor_si512(_mm512_loadu_si512(row.add(p * 64).cast()), flip);
-        let ws = _mm_cvtph_ps(_mm_cvtsi32_si128(row_d.add(2 * p).cast::<i32>().read_unaligned()));
-        let ws = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(ws));
-        for (t, a) in acc.iter_mut().enumerate() {
-            let (correction, xs) = *per.get_unchecked(t * pairs + p);
-            let sums = _mm512_dpbusd_epi32(correction, wv, _mm512_loadu_si512(x.as_ptr().add(t * cols + p * 64).cast()));
-            *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), _mm512_mul_ps(ws, xs), *a);
-        }
-    }
-
-    /// The [`q8_dots_vnni`] sum of one row for `G` tokens at once: each pair of weight blocks is
-    /// loaded, flipped and its scales widened once, then used by every token; per token the same
-    /// operations in the same order as `q8_dots_vnni` (so the same bits).
-    #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn q8_row_tokens<const G: usize>(
-        row: *const i8,
-        row_d: *const f16,
-        x: &[i8],
-        xd: &[f32],
-        per: &[(__m512i, __m512)],
-        cols: usize,
-        blocks: usize,
-        out: &mut [f32],
-    ) {
-        let pairs = blocks / 2;
-        let (mut acc0, mut acc1) = ([_mm512_setzero_ps(); G], [_mm512_setzero_ps(); G]);
-        let mut p = 0;
-        while p + 2 <= pairs {
-            q8_pair_tokens::<G>(row, row_d, x, per, cols, pairs, p, &mut acc0);
-            q8_pair_tokens::<G>(row, row_d, x, per, cols, pairs, p + 1, &mut acc1);
-            p += 2;
-        }
-        if p < pairs {
-            q8_pair_tokens::<G>(row, row_d, x, per, cols, pairs, p, &mut acc0);
-        }
-        for t in 0..G {
-            let mut total = _mm512_reduce_add_ps(_mm512_add_ps(acc0[t], acc1[t]));
-            if blocks % 2 == 1 {
-                let b = blocks - 1;
-                let xt = x.as_ptr().add(t * cols);
-                let wv = _mm256_loadu_si256(row.add(b * Q8_BLOCK).cast());
-                let xv = _mm256_loadu_si256(xt.add(b * Q8_BLOCK).cast());
-                let sums = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
-                total += hsum(_mm256_cvtepi32_ps(sums)) * ((*row_d.add(b)).to_f32() * xd[t * blocks + b]);
-            }
-            out[t] = total;
-        }
-    }
-
-    /// [`super::q8_dots_tokens`] on AVX-512 VNNI: rows outermost (each read once), tokens in
-    /// groups of at most 8 (16 accumulators in registers).
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    pub unsafe fn q8_dots_tokens_vnni(w: &[i8], wd: &[f16], x: &[i8], xd: &[f32], n: usize, out: &mut [f32], streamed: bool) {
-        let (cols, blocks) = (x.len() / n, xd.len() / n);
-        let pairs = blocks / 2;
-        let mut per = Vec::with_capacity(n * pairs);
-        for t in 0..n {
-            vnni_token_pairs(&x[t * cols..][..cols], &xd[t * blocks..][..blocks], &mut per);
-        }
-        for (r, o) in out.chunks_exact_mut(n).enumerate() {
-            let (row, row_d) = (w.as_ptr().add(r * cols), wd.as_ptr().add(r * blocks));
-            if streamed {
-                prefetch_ahead(w, r * cols, cols);
-            }
-            let mut t0 = 0;
-            while t0 < n {
-                let g = (n - t0).min(8);
-                let (xg, dg, pg, og) = (&x[t0 * cols..], &xd[t0 * blocks..], &per[t0 * pairs..], &mut o[t0..t0 + g]);
-                match g {
-                    8 => q8_row_tokens::<8>(row, row_d, xg, dg, pg, cols, blocks, og),
-                    7 => q8_row_tokens::<7>(row, row_d, xg, dg, pg, cols, blocks, og),
-                    6 => q8_row_tokens::<6>(row, row_d, xg, dg, pg, cols, blocks, og),
-                    5 => q8_row_tokens::<5>(row, row_d, xg, dg, pg, cols, blocks, og),
-                    4 => q8_row_tokens::<4>(row, row_d, xg, dg, pg, cols, blocks, og),
-                    3 => q8_row_tokens::<3>(row, row_d, xg, dg, pg, cols, blocks, og),
-                    2 => q8_row_tokens::<2>(row, row_d, xg, dg, pg, cols, blocks, og),
-                    _ => q8_row_tokens::<1>(row, row_d, xg, dg, pg, cols, blocks, og),
-                }
-                t0 += g;
-            }
-        }
-    }
-
     /// Blocks of a row whose combined scales `wd·xd` are made together, eight per F16C
     /// conversion, before the block loop reads them back one broadcast at a time.
     const SCALE_RUN: usize = 64;
@@ -870,23 +694,12 @@ mod tests {
             for (f, s) in fast.iter().zip(&slow) {
                 assert!((f - s).abs() <= 1e-5 * s.abs().max(1.0), "{f} vs {s}");
             }
-            // The AVX2 body too, where the dispatcher picked the VNNI one.
-            #[cfg(target_arch = "x86_64")]
-            if level() != Level::Portable {
-                let mut avx2 = vec![0.0; rows];
-                // SAFETY: AVX2 and FMA are part of every non-portable level; lengths match.
-                unsafe { x86::q8_dots_avx2(&w, &wd, &x, &xd, &mut avx2, false) };
-                for (f, s) in avx2.iter().zip(&slow) {
-                    assert!((f - s).abs() <= 1e-5 * s.abs().max(1.0), "avx2 {f} vs {s}");
-                }
-            }
         }
     }
 
     #[test]
     fn q8_dots_tokens_equal_per_token_dots_bit_for_bit() {
-        // Odd and even block counts (the 256-bit tail, one pair, many pairs), 1..=19 tokens (token
-        // groups of 8 plus every remainder), rows with −128 weights.
+        // Odd and even block counts, 1..=19 tokens, rows with −128 weights.
         for blocks in [1, 2, 3, 7, 24] {
             let cols = 32 * blocks;
             let rows = 5;
