@@ -185,13 +185,15 @@ def test_mined_tasks_are_tested_differentially(tmp_path):
     exercise = fn("triple", "fn triple(x: i64) -> i64", "\n    x * 3\n")
     exercise[0]["path"] = "democrate-1.0.0/exercism/rust/triple.rs"
     rows.append(exercise)
+    # A body the completion policy refuses is not built.
+    rows.append(fn("args_len", "fn args_len(x: usize) -> usize", "\n    x + std::env::args().count()\n"))
     (tmp_path / "functions.jsonl").write_text("".join(json.dumps(r) + "\n" for r, _ in rows))
     (tmp_path / "verify.jsonl").write_text("".join(json.dumps({"sha256": r["sha256"], "ok": ok}) + "\n" for r, ok in rows))
     crates = tmp_path / "crates"
     crates.mkdir()
     (crates / "crates.json").write_text(json.dumps({"crates": [{"name": "democrate", "version": "1.0.0", "license": "MIT"}]}))
     tasks, counts = mine(tmp_path, crates, inputs_per_task=8, heldout_fraction=0.0)
-    assert counts["candidates"] == 6 and counts["contaminated"] == 2 and counts["constant"] == 1
+    assert counts["candidates"] == 7 and counts["contaminated"] == 2 and counts["refused"] == 1 and counts["constant"] == 1
     by = {t.entry_point: t for t in tasks}
     assert set(by) == {"double", "shout", "halve"}
     assert by["double"].prompt == "/// Twice x.\npub fn double(x: i64) -> i64 {\n"

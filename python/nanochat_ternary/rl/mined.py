@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .. import _core
 from ..data.decontam import Decontaminator
 from ..eval.sandbox import Limits
 from .generator import _LITERALS, run_program, rust_char, rust_str
@@ -133,7 +134,7 @@ def _run_batch(rows: list[dict[str, Any]], inputs: list[list[list[str]]]) -> lis
 
 def mine(functions: str | Path, crates: str | Path | None = None, *, inputs_per_task: int = 6, seed: int = 0,
          heldout_fraction: float = 0.2, batch: int = 40, limit: int | None = None) -> tuple[list[Task], dict[str, int]]:  # fmt: skip
-    """Mined tasks and counters (candidates, contaminated, no_build, too_few, constant, kept)."""
+    """Mined tasks and counters (candidates, contaminated, refused, no_build, too_few, constant, kept)."""
     rows = list(candidates(Path(functions), Path(crates) if crates else None))
     if limit is not None:
         rows = rows[:limit]
@@ -143,10 +144,14 @@ def mine(functions: str | Path, crates: str | Path | None = None, *, inputs_per_
     decontam = Decontaminator()
     clean = [r for r in rows if decontam.reason(_prompt(r) + r["body"], str(r.get("path") or "")) is None]
     contaminated, rows = len(rows) - len(clean), clean
+    # A reference the completion policy refuses (std::env, unsafe, ...) would fail its own
+    # verification: skip it before building.
+    allowed = [r for r in rows if _core.rust_completion_escape(_prompt(r), r["body"].strip("\n"), "\nfn main() {}\n") is None]
+    refused, rows = len(rows) - len(allowed), allowed
     rng = random.Random(f"mine/{seed}")
     inputs = [[[_value(rng, ty) for _, ty in row["params"]] for _ in range(inputs_per_task)] for row in rows]
-    counts = {"candidates": len(rows) + contaminated, "contaminated": contaminated, "no_build": 0, "too_few": 0,
-              "constant": 0, "kept": 0}
+    counts = {"candidates": len(rows) + contaminated + refused, "contaminated": contaminated, "refused": refused,
+              "no_build": 0, "too_few": 0, "constant": 0, "kept": 0}
     results: list[list[str | None] | None] = []
     for start in range(0, len(rows), batch):
         chunk, chunk_inputs = rows[start : start + batch], inputs[start : start + batch]
