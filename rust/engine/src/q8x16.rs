@@ -159,12 +159,13 @@ mod x86 {
         for b in 0..blocks {
             let wb = wg.add(b * Q8_BLOCK * LANES);
             if streamed {
-                let ahead = wb.add(PREFETCH_BYTES);
-                let end = m.w.as_ptr().add(m.w.len());
-                let mut line = 0;
-                while line < Q8_BLOCK * LANES && ahead.add(line) < end {
-                    _mm_prefetch::<_MM_HINT_T0>(ahead.add(line).cast());
-                    line += 64;
+                // Offsets, not pointers, until they are known to lie inside the matrix.
+                let ahead = wb.offset_from(m.w.as_ptr()) as usize + PREFETCH_BYTES;
+                let end = (ahead + Q8_BLOCK * LANES).min(m.w.len());
+                let mut at = ahead;
+                while at < end {
+                    _mm_prefetch::<_MM_HINT_T0>(m.w.as_ptr().add(at).cast());
+                    at += 64;
                 }
             }
             let mut sums = [_mm512_setzero_si512(); G];
