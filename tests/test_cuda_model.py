@@ -60,6 +60,9 @@ def test_shipped_model_greedy_generation_matches_the_engine():
     assert gpu_path.generate(prompt, max_new_tokens=16) == greedy
     assert "".join(gpu_path.stream(prompt, max_new_tokens=16)) == greedy
     np.testing.assert_allclose(gpu_path.nll(ids[1:]), cpu.nll(ids[1:]), rtol=0, atol=0.05)  # measured 0.022
+    # Token healing restricts the first token on this path as in the engine.
+    healed = cpu.generate(prompt, max_new_tokens=12, token_healing=True)
+    assert gpu_path.generate(prompt, max_new_tokens=12, token_healing=True) == healed
     sampled = gpu_path.generate(prompt, max_new_tokens=6, do_sample=True, temperature=0.8, top_p=0.9, seed=3)
     assert sampled == gpu_path.generate(prompt, max_new_tokens=6, do_sample=True, temperature=0.8, top_p=0.9, seed=3)
 

@@ -251,6 +251,38 @@ def test_save_pretrained_round_trip(files, model, tmp_path):
     assert TernaryModel.from_pretrained(out_hf).generate(PROMPT, max_new_tokens=10) == hf.generate(PROMPT, max_new_tokens=10)
 
 
+def test_token_healing(files, model, tmp_path):
+    # The prompt's last token is dropped and the first new token is the most likely of those whose
+    # text starts with it; the returned text continues the prompt as given.
+    ids = model.encode(PROMPT)
+    prefix = model._tokens.token_bytes(ids[-1])
+    special = {i for i, _ in model._tokens.tokenizer.special_tokens()}
+    allowed = [i for i in range(model.vocab_size) if i not in special and model._tokens.token_bytes(i).startswith(prefix)]
+    assert ids[-1] in allowed
+    logits = model.logits(ids[:-1])[-1]
+    first = max(allowed, key=lambda i: (logits[i], -i))
+    rest = model._engine.generate([ids[:-1] + [first]], 7, stop_ids=[model.eos_token_id])[0]
+    text = b"".join(model._tokens.token_bytes(i) for i in [first, *rest] if i != model.eos_token_id)
+    expected = text[len(prefix) :].decode("utf-8", errors="replace")
+    healed = model.generate(PROMPT, max_new_tokens=8, token_healing=True)
+    assert healed == expected
+    assert "".join(model.stream(PROMPT, max_new_tokens=8, token_healing=True)) == healed
+    assert model.generate([PROMPT, PROMPT], max_new_tokens=8, token_healing=True) == [healed, healed]
+    # Off by default; a generation_config turns it on; a bad value is a clear error.
+    assert model.generate(PROMPT, max_new_tokens=8) == model.generate(PROMPT, max_new_tokens=8, token_healing=False)
+    target = tmp_path / "hf-heal"
+    shutil.copytree(files["hf"], target)
+    gen = json.loads((target / "generation_config.json").read_text())
+    (target / "generation_config.json").write_text(json.dumps({**gen, "token_healing": True}))
+    assert TernaryModel.from_pretrained(target).generate(PROMPT, max_new_tokens=8) == healed
+    (target / "generation_config.json").write_text(json.dumps({**gen, "token_healing": "yes"}))
+    with pytest.raises(ValueError, match="token_healing"):
+        TernaryModel.from_pretrained(target).generate(PROMPT, max_new_tokens=8)
+    # A prompt of one token (after BOS) has nothing to heal: the same as without.
+    one = model._tokens.tokenizer.decode([ids[-1]])
+    assert model.generate(one, max_new_tokens=6, token_healing=True) == model.generate(one, max_new_tokens=6)
+
+
 def test_generation_config_defaults(files, tmp_path):
     target = tmp_path / "hf-gen"
     shutil.copytree(files["hf"], target)
@@ -268,6 +300,9 @@ def test_cli(files, capsys):
     assert out.rstrip("\n") == TernaryModel.from_pretrained(files["gguf"]).generate(PROMPT, max_new_tokens=8)
     assert cli.main([PROMPT, "--model", str(files["gguf"]), "--max-new-tokens", "8"]) == 0
     assert capsys.readouterr().out == out
+    assert cli.main([PROMPT, "--model", str(files["gguf"]), "--max-new-tokens", "8", "--no-stream", "--token-healing"]) == 0
+    healed = TernaryModel.from_pretrained(files["gguf"]).generate(PROMPT, max_new_tokens=8, token_healing=True)
+    assert capsys.readouterr().out.rstrip("\n") == healed
     assert cli.main([PROMPT, "--model", str(files["root"] / "nope.gguf")]) == 1
     assert "error:" in capsys.readouterr().err
     assert cli.main([PROMPT, "--model", str(files["gguf"]), "--top-p", "2"]) == 1

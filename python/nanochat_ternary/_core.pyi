@@ -358,6 +358,7 @@ class Engine:
         seed: int = 0,
         stop_ids: list[int] = ...,
         stop_strings: list[str] = ...,
+        first_token_ids: list[int] = ...,
     ) -> list[list[int]]: ...
     def stream(
         self,
@@ -371,6 +372,7 @@ class Engine:
         seed: int = 0,
         stop_ids: list[int] = ...,
         stop_strings: list[str] = ...,
+        first_token_ids: list[int] = ...,
     ) -> TokenStream: ...
     @property
     def exit_threshold(self) -> float:

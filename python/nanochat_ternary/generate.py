@@ -35,6 +35,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--truncate", action="store_true", help="keep the tail of a prompt longer than the context")
+    p.add_argument("--token-healing", action=argparse.BooleanOptionalAction, default=None,
+                   help="re-choose the prompt's last token (default: the model's generation_config)")
     p.add_argument("--threads", type=int, default=None, help="inference threads (default: all cores)")
     p.add_argument("--no-stream", action="store_true", help="print the text once it is complete")
     return p.parse_args(argv)
@@ -61,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             stop=args.stop,
             seed=args.seed,
             truncate=args.truncate,
+            token_healing=args.token_healing,
         )
         if args.no_stream:
             print(model.generate(args.prompt, **kwargs))

@@ -60,9 +60,13 @@ class SamplingParams:
     min_p: float
     repetition_penalty: float
     seed: int
+    # Token healing (see ``TernaryModel.generate``): the ids the first new token must be one of,
+    # and how many bytes of its text repeat the end of the prompt (dropped from the output).
+    first_token_ids: tuple[int, ...] = ()
+    healed_bytes: int = 0
 
     def engine_kwargs(self) -> dict[str, Any]:
-        return {
+        kwargs: dict[str, Any] = {
             "temperature": self.temperature,
             "top_k": self.top_k,
             "top_p": self.top_p,
@@ -70,6 +74,9 @@ class SamplingParams:
             "repetition_penalty": self.repetition_penalty,
             "seed": self.seed,
         }
+        if self.first_token_ids:
+            kwargs["first_token_ids"] = list(self.first_token_ids)
+        return kwargs
 
 
 # --------------------------------------------------------------------------- tokenizer access
@@ -93,6 +100,8 @@ class _Tokens:
         # Models may have more ids than the tokenizer (vocab padded to a round size);
         # those ids have no text and decode to nothing.
         self.n_tokens: int = int(self.tokenizer.vocab_size)
+        # Every id's text, special tokens as b"" (built on the first token-healed prompt).
+        self._texts: list[bytes] | None = None
 
     def encode(self, text: str) -> list[int]:
         return [int(i) for i in self.tokenizer.encode(text)]
@@ -105,6 +114,22 @@ class _Tokens:
             return b""
         return bytes(self.tokenizer.token_bytes(int(token_id)))
 
+    def heal(self, ids: list[int]) -> tuple[list[int], tuple[int, ...], int]:
+        """Token healing of a prompt: ``(ids without their last token, the ids whose text starts
+        with that token's text, its length in bytes)``; the ids unchanged, ``()`` and 0 when
+        the last token is special or the only one (besides BOS)."""
+        if self._texts is None:
+            special = {i for i, _ in self.tokenizer.special_tokens()}
+            self._texts = [b"" if i in special else self.token_bytes(i) for i in range(self.n_tokens)]
+        texts = self._texts
+        body = ids[1:] if ids and ids[0] == self.bos_id else ids
+        last = ids[-1] if len(body) >= 2 else -1
+        prefix = texts[last] if 0 <= last < self.n_tokens else b""
+        if not prefix:
+            return ids, (), 0
+        allowed = tuple(i for i, t in enumerate(texts) if t.startswith(prefix))
+        return ids[:-1], allowed, len(prefix)
+
 
 class _TextAssembler:
     """Turns token ids into text pieces that are always whole UTF-8 characters.
@@ -114,12 +139,17 @@ class _TextAssembler:
     bytes become U+FFFD).
     """
 
-    def __init__(self, tokens: _Tokens) -> None:
+    def __init__(self, tokens: _Tokens, skip: int = 0) -> None:
         self._tokens = tokens
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        # Leading bytes not to output: what a healed first token repeats of the prompt.
+        self._skip = skip
 
     def add(self, token_id: int) -> str:
-        return self._decoder.decode(self._tokens.token_bytes(token_id))
+        data = self._tokens.token_bytes(token_id)
+        if self._skip:
+            data, self._skip = data[self._skip :], max(0, self._skip - len(data))
+        return self._decoder.decode(data)
 
     def finish(self) -> str:
         return self._decoder.decode(b"", final=True)
@@ -419,6 +449,7 @@ class TernaryModel:
         streamer: Streamer | None = None,
         truncate: bool = False,
         add_bos: bool | None = None,
+        token_healing: bool | None = None,
     ) -> str | list[str]:
         """Continue ``prompt`` (a str -> str, a list of str -> list of str; the prompt is not repeated).
 
@@ -429,7 +460,12 @@ class TernaryModel:
         (default: ``generation_config["max_new_tokens"]``, capped by the room left in the context).
         ``streamer`` receives text pieces as they are made (single prompts only). A prompt longer
         than the context raises ValueError unless ``truncate=True``, which keeps its tail.
-        ``seed`` makes sampling reproducible.
+        ``seed`` makes sampling reproducible. ``token_healing`` (None: ``generation_config``'s
+        ``token_healing``, else off) drops the prompt's last token and lets the model pick the
+        first token among those whose text starts with it, so a prompt cut at an unusual token
+        boundary (code prompts ending in ``"{\\n"``, which training text tokenizes as ``"{"``
+        + ``"\\n    "``) does not push the model off its training distribution; the returned text
+        still continues the prompt as given.
         """
         single = isinstance(prompt, str)
         prompts = [prompt] if single else list(prompt)  # type: ignore[list-item]
@@ -439,7 +475,10 @@ class TernaryModel:
             raise ValueError("streamer= works with a single prompt, not a list")
         stops = _stop_list(stop)
         batches = [
-            self._prepare(p, max_new_tokens, do_sample, temperature, top_k, top_p, min_p, repetition_penalty, seed, truncate, add_bos)
+            self._prepare(
+                p, max_new_tokens, do_sample, temperature, top_k, top_p, min_p, repetition_penalty, seed, truncate, add_bos,
+                token_healing,
+            )
             for p in prompts
         ]
         if streamer is not None or stops:
@@ -453,7 +492,7 @@ class TernaryModel:
         out: list[str] = [""] * len(batches)
         if self._torch is not None:
             for index, (ids, params) in enumerate(batches):
-                out[index] = self._text(list(self._token_stream(ids, params)))
+                out[index] = self._text(list(self._token_stream(ids, params)), params.healed_bytes)
             return out[0] if single else out
         for params, indices in groups.items():
             new_ids = self._engine.generate(
@@ -463,7 +502,7 @@ class TernaryModel:
                 **params.engine_kwargs(),
             )
             for i, ids in zip(indices, new_ids):
-                out[i] = self._text(ids)
+                out[i] = self._text(ids, params.healed_bytes)
         return out[0] if single else out
 
     def stream(
@@ -480,13 +519,15 @@ class TernaryModel:
         seed: int = 0,
         truncate: bool = False,
         add_bos: bool | None = None,
+        token_healing: bool | None = None,
     ) -> Iterator[str]:
         """Like :meth:`generate` for one prompt, but yields text pieces as they are produced.
         Arguments are validated when called, before the first piece."""
         if not isinstance(prompt, str):
             raise TypeError(f"stream() takes one str prompt, got {type(prompt).__name__}")
         ids, params = self._prepare(
-            prompt, max_new_tokens, do_sample, temperature, top_k, top_p, min_p, repetition_penalty, seed, truncate, add_bos
+            prompt, max_new_tokens, do_sample, temperature, top_k, top_p, min_p, repetition_penalty, seed, truncate, add_bos,
+            token_healing,
         )
         return self._stream_ids(ids, params, _stop_list(stop), None)
 
@@ -498,7 +539,7 @@ class TernaryModel:
         # Stop strings are matched here on the text, not in the engine, so that text
         # held back as a possible stop prefix is released exactly when it isn't one.
         tokens = self._token_stream(ids, params)
-        text = _TextAssembler(self._tokens)
+        text = _TextAssembler(self._tokens, params.healed_bytes)
         stop_filter = _StopFilter(stops)
         for token in tokens:
             if token == self._tokens.eos_id:
@@ -526,9 +567,9 @@ class TernaryModel:
     def _stop_ids(self) -> list[int]:
         return [] if self._tokens.eos_id is None else [self._tokens.eos_id]
 
-    def _text(self, ids: Sequence[int]) -> str:
+    def _text(self, ids: Sequence[int], skip: int = 0) -> str:
         ids = [i for i in ids if i != self._tokens.eos_id]
-        text = _TextAssembler(self._tokens)
+        text = _TextAssembler(self._tokens, skip)
         return "".join(text.add(i) for i in ids) + text.finish()
 
     def _prepare(
@@ -544,6 +585,7 @@ class TernaryModel:
         seed: int,
         truncate: bool,
         add_bos: bool | None,
+        token_healing: bool | None = None,
     ) -> tuple[list[int], SamplingParams]:
         if not isinstance(prompt, str):
             raise TypeError(f"prompts must be str, got {type(prompt).__name__}")
@@ -594,6 +636,13 @@ class TernaryModel:
             ids = ids[len(ids) - budget :]
         if max_new_tokens is None:
             max_new_tokens = max(1, min(int(gen.get("max_new_tokens", 256)), context - len(ids)))
+        heal = gen.get("token_healing", False) if token_healing is None else token_healing
+        if not isinstance(heal, bool):
+            raise ValueError(f"token_healing must be True or False, got {heal!r}")
+        first_ids: tuple[int, ...] = ()
+        healed = 0
+        if heal:
+            ids, first_ids, healed = self._tokens.heal(ids)
         params = SamplingParams(
             max_new_tokens=max_new_tokens,
             temperature=temperature if do_sample else 0.0,
@@ -602,6 +651,8 @@ class TernaryModel:
             min_p=min_p,
             repetition_penalty=penalty,
             seed=seed,
+            first_token_ids=first_ids,
+            healed_bytes=healed,
         )
         return ids, params
 

@@ -66,6 +66,7 @@ fn sampling(
         stop_ids: ids_from_py(stop_ids, "stop_ids")?,
         stop_strings,
         ignore_eos: false,
+        first_token_ids: Vec::new(),
     };
     p.validate().map_err(to_py_err)?;
     Ok(p)
@@ -139,9 +140,11 @@ impl PyEngine {
         Ok(a.into_pyarray(py))
     }
 
-    /// New ids for each prompt (stop id / stop string excluded).
+    /// New ids for each prompt (stop id / stop string excluded). `first_token_ids`: when not
+    /// empty, the first new token of every prompt is one of these (token healing).
     #[pyo3(signature = (prompts, max_new_tokens, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
-                        repetition_penalty=1.0, seed=0, stop_ids=Vec::new(), stop_strings=Vec::new()))]
+                        repetition_penalty=1.0, seed=0, stop_ids=Vec::new(), stop_strings=Vec::new(),
+                        first_token_ids=Vec::new()))]
     #[allow(clippy::too_many_arguments)]
     fn generate(
         &self,
@@ -156,17 +159,20 @@ impl PyEngine {
         seed: i64,
         stop_ids: Vec<i64>,
         stop_strings: Vec<String>,
+        first_token_ids: Vec<i64>,
     ) -> PyResult<Vec<Vec<u32>>> {
-        let params =
+        let mut params =
             sampling(max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, seed, &stop_ids, stop_strings)?;
+        params.first_token_ids = ids_from_py(&first_token_ids, "first_token_ids")?;
         let prompts = prompts.iter().map(|p| ids_from_py(p, "prompt")).collect::<PyResult<Vec<_>>>()?;
         let model = self.0.clone();
         py.detach(|| engine::generate(&model, &prompts, &params)).map_err(to_py_err)
     }
 
-    /// A streaming iterator of new ids for one prompt.
+    /// A streaming iterator of new ids for one prompt (`first_token_ids` as in `generate`).
     #[pyo3(signature = (prompt, max_new_tokens, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
-                        repetition_penalty=1.0, seed=0, stop_ids=Vec::new(), stop_strings=Vec::new()))]
+                        repetition_penalty=1.0, seed=0, stop_ids=Vec::new(), stop_strings=Vec::new(),
+                        first_token_ids=Vec::new()))]
     #[allow(clippy::too_many_arguments)]
     fn stream(
         &self,
@@ -180,9 +186,11 @@ impl PyEngine {
         seed: i64,
         stop_ids: Vec<i64>,
         stop_strings: Vec<String>,
+        first_token_ids: Vec<i64>,
     ) -> PyResult<PyTokenStream> {
-        let params =
+        let mut params =
             sampling(max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, seed, &stop_ids, stop_strings)?;
+        params.first_token_ids = ids_from_py(&first_token_ids, "first_token_ids")?;
         let prompt = ids_from_py(&prompt, "prompt")?;
         let generation = Generation::new(self.0.clone(), &prompt, params).map_err(to_py_err)?;
         Ok(PyTokenStream(Mutex::new(generation)))

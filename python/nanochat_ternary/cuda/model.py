@@ -340,13 +340,19 @@ def generate_tokens(
     min_p: float = 0.0,
     repetition_penalty: float = 1.0,
     seed: int = 0,
+    first_token_ids: list[int] | None = None,
 ) -> Any:
     """Yields up to ``max_new_tokens`` new ids after ``ids`` (a stop id is yielded, then it ends),
-    prefilling the prompt in one pass and decoding one token per pass over the KV cache."""
+    prefilling the prompt in one pass and decoding one token per pass over the KV cache. The first
+    new id is one of ``first_token_ids`` when given (token healing, as the CPU engine)."""
     cache = fwd.new_cache()
     generator = torch.Generator().manual_seed(seed)
     history = list(ids)
     logits = fwd(torch.tensor(ids, dtype=torch.int64), cache, all_logits=False)[0]
+    if first_token_ids:
+        allowed = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
+        allowed[torch.tensor(first_token_ids, dtype=torch.int64, device=logits.device)] = True
+        logits = logits.masked_fill(~allowed, float("-inf"))
     for _ in range(max_new_tokens):
         token = sample_next(logits, history, temperature, top_k, top_p, min_p, repetition_penalty, generator)
         yield token

@@ -35,6 +35,8 @@ def _sampling_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="with --model; sample j uses seed + j")
     parser.add_argument("--repetition-penalty", type=float, default=None,
                         help="with --model (default: the model's generation_config; 1 = off)")
+    parser.add_argument("--token-healing", choices=["on", "off"], default=None,
+                        help="with --model (default: the model's generation_config)")
 
 
 def _model_generator(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
@@ -54,6 +56,8 @@ def _model_generator(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         if not (math.isfinite(args.repetition_penalty) and args.repetition_penalty > 0):
             raise ValueError(f"--repetition-penalty must be a finite number > 0, got {args.repetition_penalty}")
         sampling["repetition_penalty"] = args.repetition_penalty
+    if args.token_healing is not None:
+        sampling["token_healing"] = args.token_healing == "on"
     return model, sampling
 
 

@@ -25,7 +25,7 @@ use crate::generate::check_request;
 use crate::linear::{forward_many, Input};
 use kernels::for_each_chunk;
 use crate::model::{Layer, Model};
-use crate::sampling::{sample, Rng, SamplingParams};
+use crate::sampling::{restrict_to, sample, Rng, SamplingParams};
 
 /// The new tokens of one sequence in a batched forward.
 pub struct Segment<'a> {
@@ -362,6 +362,9 @@ impl Scheduler {
                 }
                 for_each_chunk(&mut draws, 1, |_, d| {
                     let d = &mut d[0];
+                    if d.seq.generated == 0 {
+                        restrict_to(&mut d.logits, &d.seq.params.first_token_ids);
+                    }
                     d.report = d.seq.logprobs.map(|k| log_probs(&d.logits, k));
                     d.token = sample(&mut d.logits, &d.seq.history, &d.seq.params, &mut d.seq.rng);
                 });

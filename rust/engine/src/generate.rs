@@ -10,7 +10,7 @@ use std::sync::Arc;
 use crate::error::{invalid_arg, EngineError, Result};
 use crate::forward::KvCache;
 use crate::model::Model;
-use crate::sampling::{sample, Rng, SamplingParams};
+use crate::sampling::{restrict_to, sample, Rng, SamplingParams};
 
 pub struct Generation {
     model: Arc<Model>,
@@ -47,6 +47,9 @@ pub fn check_request(model: &Model, prompt: &[u32], params: &SamplingParams) -> 
             params.max_new_tokens,
             c.max_seq_len
         )));
+    }
+    if let Some(&bad) = params.first_token_ids.iter().find(|&&id| id as usize >= c.vocab_size) {
+        return Err(invalid_arg(format!("first_token_ids: id {bad} is outside the vocabulary (size {})", c.vocab_size)));
     }
     if !params.stop_strings.is_empty() && model.vocab.is_none() {
         return Err(invalid_arg("stop_strings need a tokenizer, and this model has none"));
@@ -91,6 +94,9 @@ impl Generation {
             let last = *self.generated.last().ok_or_else(|| EngineError::Numerical("empty generation state".into()))?;
             self.model.forward(&mut self.cache, &[last], false)?
         };
+        if self.generated.is_empty() {
+            restrict_to(&mut logits, &self.params.first_token_ids);
+        }
         let token = sample(&mut logits, &self.history, &self.params, &mut self.rng);
         let is_eos = !self.params.ignore_eos && self.model.eos_id == Some(token);
         if is_eos || self.params.stop_ids.contains(&token) {

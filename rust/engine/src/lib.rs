@@ -34,5 +34,5 @@ pub use generate::{check_request, generate, Generation};
 pub use linear::{Input, Linear};
 pub use load::{load, load_gguf, load_hf_dir};
 pub use model::{Embedding, ExitKv, Layer, Model};
-pub use sampling::{apply_repetition_penalty, argmax, filtered_distribution, sample, Rng, SamplingParams};
+pub use sampling::{apply_repetition_penalty, argmax, filtered_distribution, restrict_to, sample, Rng, SamplingParams};
 pub use vocab::Vocab;

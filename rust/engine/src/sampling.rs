@@ -25,6 +25,12 @@ pub struct SamplingParams {
     pub stop_strings: Vec<String>,
     /// Keep going past the model's EOS token (benchmarks).
     pub ignore_eos: bool,
+    /// When not empty, the first new token is one of these (every other logit is set to −∞
+    /// before sampling). Token healing uses it: the caller drops the prompt's last token and
+    /// allows only the tokens whose text starts with that token's text, so the model is not
+    /// stuck with a token boundary the training text rarely had (a prompt ending in `"{\n"`
+    /// where training always saw `"{"` + `"\n    "`).
+    pub first_token_ids: Vec<u32>,
 }
 
 impl Default for SamplingParams {
@@ -40,6 +46,7 @@ impl Default for SamplingParams {
             stop_ids: Vec::new(),
             stop_strings: Vec::new(),
             ignore_eos: false,
+            first_token_ids: Vec::new(),
         }
     }
 }
@@ -86,6 +93,25 @@ impl Rng {
     /// Uniform in [0, 1) with 53 random bits.
     pub fn next_f64(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Sets every logit whose id is not in `allowed` to −∞ (nothing when `allowed` is empty; ids
+/// outside the vocabulary are ignored, `check_request` rejects them first).
+pub fn restrict_to(logits: &mut [f32], allowed: &[u32]) {
+    if allowed.is_empty() {
+        return;
+    }
+    let mut keep = vec![false; logits.len()];
+    for &id in allowed {
+        if let Some(k) = keep.get_mut(id as usize) {
+            *k = true;
+        }
+    }
+    for (l, k) in logits.iter_mut().zip(keep) {
+        if !k {
+            *l = f32::NEG_INFINITY;
+        }
     }
 }
 

@@ -394,6 +394,50 @@ fn stop_ids_eos_and_stop_strings_end_generation() {
 }
 
 #[test]
+fn first_token_ids_restrict_only_the_first_token() {
+    let (_dir, model) = small_model();
+    let prompt = vec![1u32, 2, 3];
+    let base = SamplingParams { max_new_tokens: 5, ignore_eos: true, ..Default::default() };
+    let free = engine::generate(&model, std::slice::from_ref(&prompt), &base).unwrap().remove(0);
+    // Allow two ids the free greedy run did not start with: the first token is the likelier of
+    // them, and the rest is the free greedy continuation of prompt + that token.
+    let logits = model.logits(&prompt).unwrap();
+    let last = &logits[(prompt.len() - 1) * 72..];
+    let (a, b) = ((free[0] + 5) % 72, (free[0] + 9) % 72);
+    let expect = if last[a as usize] >= last[b as usize] { a } else { b };
+    let healed = SamplingParams { first_token_ids: vec![b, a], ..base.clone() };
+    let out = engine::generate(&model, std::slice::from_ref(&prompt), &healed).unwrap().remove(0);
+    assert_eq!(out[0], expect);
+    let mut extended = prompt.clone();
+    extended.push(expect);
+    let rest = engine::generate(&model, &[extended], &SamplingParams { max_new_tokens: 4, ..base.clone() }).unwrap().remove(0);
+    assert_eq!(out[1..], rest[..]);
+    // Sampled at a high temperature the first token is still always allowed.
+    for seed in 0..20 {
+        let p = SamplingParams { temperature: 5.0, seed, max_new_tokens: 1, first_token_ids: vec![a, b], ..base.clone() };
+        let t = engine::generate(&model, std::slice::from_ref(&prompt), &p).unwrap()[0][0];
+        assert!(t == a || t == b, "{t}");
+    }
+    // The streaming path and the batching scheduler restrict it the same way.
+    let streamed: Vec<u32> = Generation::new(model.clone(), &prompt, healed.clone()).unwrap().map(|r| r.unwrap()).collect();
+    assert_eq!(streamed, out);
+    let mut s = engine::Scheduler::new(model.clone(), engine::SchedulerConfig::default()).unwrap();
+    let id = s.add(&prompt, healed.clone(), None).unwrap();
+    let mut batched = Vec::new();
+    while !s.is_idle() {
+        for e in s.step() {
+            assert_eq!(e.id, id);
+            batched.extend(e.tokens.iter().map(|t| t.id));
+        }
+    }
+    assert_eq!(batched, out);
+    // Ids outside the vocabulary are a clear error.
+    let bad = SamplingParams { first_token_ids: vec![72], ..base };
+    let err = engine::generate(&model, std::slice::from_ref(&prompt), &bad).unwrap_err().to_string();
+    assert!(err.contains("first_token_ids"), "{err}");
+}
+
+#[test]
 fn bad_requests_are_errors() {
     let (_dir, model) = small_model();
     let ok = SamplingParams { max_new_tokens: 4, ..Default::default() };

@@ -1,18 +1,20 @@
-//! Kernel benchmark: `cargo run --release -p kernels --example bench_kernels [-- --quick] [--gemv | --gemm]
-//! [--variant avx512]`.
+//! Kernel benchmark: `cargo run --release -p kernels --example bench_kernels [-- --quick] [--gemv | --gemm |
+//! --few] [--variant avx512]`.
 //!
 //! GEMV: GOPS (2·rows·cols per call), weight bytes/s, and the streaming-read bandwidth of a buffer of
 //! the same size measured in this process with the same thread count, alternating with the kernel
 //! runs so both see the same load, with their ratio; once with one matrix (in cache, also against
 //! the VNNI peak) and once from DRAM (a new copy of the matrix on every call, as in decode).
 //! GEMM: GOPS at batch 1/8/64/512 against the int8 dot-product peak of a tight `vpdpbusd` loop.
+//! Few tokens (`--few`, the batched decode of a server): the float GEMM of 1–16 tokens on the
+//! matrices of a nano-125m block, against as many one-token GEMVs.
 //! Every figure is the best of several runs (the machine is shared; the best run is the least
 //! disturbed one).
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use kernels::{gemm_i32, gemv_i32_into, gemv_quantized_into_with, set_num_threads, QuantizedActivations, Residency, Variant};
+use kernels::{gemm_i32, gemm_quantized, gemv_i32_into, gemv_quantized_into_with, set_num_threads, QuantizedActivations, Residency, Variant};
 use ternary::planar::PlanarMatrix;
 
 const SHAPES: [(usize, usize); 4] = [(2048, 2048), (4096, 4096), (4096, 11008), (11008, 4096)];
@@ -189,12 +191,13 @@ fn vnni_peak_one_core() -> Option<f64> {
     None
 }
 
-/// Command-line options: `--quick` (shorter runs, one GEMM shape), `--gemv` / `--gemm` (one section
-/// only), `--variant NAME` (one variant instead of every supported one).
+/// Command-line options: `--quick` (shorter runs, one GEMM shape), `--gemv` / `--gemm` / `--few` (one
+/// section only), `--variant NAME` (one variant instead of every supported one).
 struct Options {
     quick: bool,
     gemv: bool,
     gemm: bool,
+    few: bool,
     variants: Vec<Variant>,
 }
 
@@ -211,8 +214,9 @@ fn options() -> Options {
         },
         None => Variant::supported(),
     };
-    let (gemv, gemm) = (has("--gemv"), has("--gemm"));
-    Options { quick: has("--quick"), gemv: gemv || !gemm, gemm: gemm || !gemv, variants }
+    let (gemv, gemm, few) = (has("--gemv"), has("--gemm"), has("--few"));
+    let all = !(gemv || gemm || few);
+    Options { quick: has("--quick"), gemv: gemv || all, gemm: gemm || all, few: few || all, variants }
 }
 
 fn main() {
@@ -234,6 +238,41 @@ fn main() {
     if opts.gemm {
         let shapes: &[(usize, usize)] = if opts.quick { &SHAPES[1..2] } else { &SHAPES };
         bench_gemm(&opts.variants, &thread_counts, budget, shapes);
+    }
+    if opts.few {
+        bench_few(&opts.variants, &thread_counts, budget);
+    }
+}
+
+/// The float GEMM of a few tokens (what one batched decode step runs per matrix) on the three
+/// matrix shapes of a nano-125m block (attention 768×768, up/gate 3072×768, down 768×3072), in
+/// cache as in the engine; against the same tokens as one-token GEMVs, same variant, same run.
+fn bench_few(variants: &[Variant], thread_counts: &[usize], budget: Duration) {
+    println!("\n## Few tokens (batched decode): float GEMM vs one GEMV per token, weights in cache\n");
+    println!("| shape | tokens | variant | threads | GEMM µs | µs per token | GEMVs µs | GEMM vs GEMVs |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for &(rows, cols) in &[(768, 768), (3072, 768), (768, 3072)] {
+        let w = random_matrix(rows, cols, 3);
+        for &threads in thread_counts {
+            set_num_threads(threads).expect("pool");
+            for &v in variants.iter().filter(|&&v| v != Variant::Scalar) {
+                for n in [1usize, 2, 3, 4, 6, 8, 12, 16] {
+                    let x = activations(n, cols);
+                    let singles: Vec<QuantizedActivations> = (0..n).map(|t| QuantizedActivations::from_i8(x.token(t), 1, cols, &[1.0]).expect("token")).collect();
+                    let mut out = vec![0f32; rows];
+                    let t_gemm = best_time(budget, 5, || {
+                        black_box(gemm_quantized(&w, &x, Some(v)).expect("gemm"));
+                    });
+                    let t_gemv = best_time(budget, 5, || {
+                        for s in &singles {
+                            gemv_quantized_into_with(&w, s, &mut out, Some(v), Residency::Cached).expect("gemv");
+                        }
+                    });
+                    let us = |t: f64| t * 1e6;
+                    println!("| {rows}x{cols} | {n} | {v} | {threads} | {:.1} | {:.1} | {:.1} | {:.2}x |", us(t_gemm), us(t_gemm) / n as f64, us(t_gemv), t_gemv / t_gemm);
+                }
+            }
+        }
     }
 }
 
