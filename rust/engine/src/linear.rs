@@ -114,6 +114,12 @@ impl Linear {
                     let mut out = vec![0.0; rows];
                     kernels::gemv_quantized_into_with(m, q, &mut out, None, residency)?;
                     Ok(out)
+                } else if per_token_gemv(n, residency) {
+                    let mut out = vec![0.0; n * rows];
+                    for (t, dst) in out.chunks_exact_mut(rows).enumerate() {
+                        kernels::gemv_quantized_into_with(m, &input.token(t)?, dst, None, residency)?;
+                    }
+                    Ok(out)
                 } else {
                     Ok(kernels::gemm_quantized(m, q, None)?)
                 }
@@ -152,20 +158,42 @@ impl Linear {
     }
 }
 
+/// Most tokens a product of in-cache ternary weights runs as one GEMV per token rather than as a
+/// GEMM. GEMV and GEMM give bit-identical rows, so this only changes speed. `bench_kernels --few`
+/// (2 threads, nano-125m block shapes, AMX CPU): 2 tokens as GEMVs took 0.4–0.8× the GEMM's time,
+/// 3 tokens 0.7–0.9×, 4 tokens 0.9–1.5×. Weights streamed from DRAM keep the GEMM, which reads
+/// them once.
+const PER_TOKEN_GEMV_MAX: usize = 3;
+
+fn per_token_gemv(n: usize, residency: Residency) -> bool {
+    n <= PER_TOKEN_GEMV_MAX && residency == Residency::Cached
+}
+
 /// The products of several matrices with the same input (Q, K and V; gate and up). One token
 /// through ternary matrices runs as one parallel GEMV job (one hand-off to the kernel team
-/// instead of one per matrix); anything else runs the products one after another.
+/// instead of one per matrix), and so does each of a few tokens (see [`PER_TOKEN_GEMV_MAX`]);
+/// anything else runs the products one after another.
 pub fn forward_many(linears: &[&Linear], input: &Input<'_>, residency: Residency) -> Result<Vec<Vec<f32>>> {
     let ternary: Option<Vec<&PlanarMatrix>> = linears.iter().map(|l| if let Linear::Ternary(m) = l { Some(m) } else { None }).collect();
+    let n = input.n;
     match ternary {
-        Some(mats) if input.n == 1 => {
-            if let Some(m) = mats.iter().find(|m| m.cols() != input.x.len()) {
-                return Err(EngineError::Numerical(format!("linear input has {} values, expected 1 x {}", input.x.len(), m.cols())));
+        Some(mats) if n == 1 || per_token_gemv(n, residency) => {
+            if let Some(m) = mats.iter().find(|m| n * m.cols() != input.x.len()) {
+                return Err(EngineError::Numerical(format!("linear input has {} values, expected {n} x {}", input.x.len(), m.cols())));
             }
-            let q = input.quantized()?;
-            let mut outs: Vec<Vec<f32>> = mats.iter().map(|m| vec![0.0; m.rows()]).collect();
-            let mut products: Vec<(&PlanarMatrix, &mut [f32])> = mats.iter().copied().zip(outs.iter_mut().map(|o| &mut o[..])).collect();
-            kernels::gemv_quantized_many_into_with(&mut products, q, None, residency)?;
+            let mut outs: Vec<Vec<f32>> = mats.iter().map(|m| vec![0.0; n * m.rows()]).collect();
+            for t in 0..n {
+                let single;
+                let q = if n == 1 {
+                    input.quantized()?
+                } else {
+                    single = input.token(t)?;
+                    &single
+                };
+                let mut products: Vec<(&PlanarMatrix, &mut [f32])> =
+                    mats.iter().copied().zip(outs.iter_mut()).map(|(m, o)| (m, &mut o[t * m.rows()..][..m.rows()])).collect();
+                kernels::gemv_quantized_many_into_with(&mut products, q, None, residency)?;
+            }
             Ok(outs)
         }
         _ => linears.iter().map(|l| l.forward_input(input, residency)).collect(),
@@ -192,6 +220,12 @@ impl<'a> Input<'a> {
         let cols = self.x.len().checked_div(self.n).unwrap_or(0);
         let q = kernels::QuantizedActivations::quantize(self.x, self.n, cols)?;
         Ok(self.quantized.get_or_init(|| q))
+    }
+
+    /// Token `t` of the quantized input on its own (the same int8 values and scale).
+    fn token(&self, t: usize) -> Result<kernels::QuantizedActivations> {
+        let q = self.quantized()?;
+        Ok(kernels::QuantizedActivations::from_i8(q.token(t), 1, q.cols(), &q.scales()[t..t + 1])?)
     }
 }
 
@@ -263,3 +297,39 @@ fn quantize_q8(x: &[f32]) -> Result<(Vec<i8>, Vec<f32>)> {
 pub(crate) use crate::simd::dot as dot_f32;
 use crate::q8x16::{self, Q8x16};
 use crate::simd::{q8_dots, q8_dots_tokens};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ternary(rows: usize, cols: usize, seed: u64) -> Linear {
+        let mut s = seed;
+        let trits: Vec<i8> = (0..rows * cols)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 33) % 3) as i8 - 1
+            })
+            .collect();
+        Linear::Ternary(PlanarMatrix::from_trits_per_tensor(&trits, rows, cols, 0.37).expect("matrix"))
+    }
+
+    #[test]
+    fn a_few_tokens_as_gemvs_equal_the_gemm_bit_for_bit() {
+        // 40 rows: a partial last row tile; 96 columns: not a multiple of 64.
+        let (a, b) = (ternary(40, 96, 1), ternary(24, 96, 2));
+        for n in 1..=PER_TOKEN_GEMV_MAX + 2 {
+            let x: Vec<f32> = (0..n * 96).map(|i| ((i * 7919) % 201) as f32 / 50.0 - 2.0).collect();
+            let input = Input::new(&x, n);
+            let Linear::Ternary(m) = &a else { unreachable!() };
+            let gemm = kernels::gemm_quantized(m, input.quantized().unwrap(), None).unwrap();
+            for residency in [Residency::Cached, Residency::Streamed] {
+                assert_eq!(a.forward(&x, n, residency).unwrap(), gemm, "n = {n}");
+                let both = forward_many(&[&a, &b], &Input::new(&x, n), residency).unwrap();
+                assert_eq!(both[0], gemm, "n = {n}");
+                assert_eq!(both[1], b.forward(&x, n, residency).unwrap());
+            }
+        }
+        // A wrong input length is an error on the per-token path too.
+        assert!(forward_many(&[&a, &b], &Input::new(&[0.0; 95 * 2], 2), Residency::Cached).is_err());
+    }
+}
