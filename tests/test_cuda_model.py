@@ -63,6 +63,8 @@ def test_shipped_model_greedy_generation_matches_the_engine():
     # Token healing restricts the first token on this path as in the engine.
     healed = cpu.generate(prompt, max_new_tokens=12, token_healing=True)
     assert gpu_path.generate(prompt, max_new_tokens=12, token_healing=True) == healed
+    no_repeat = cpu.generate(prompt, max_new_tokens=24, no_repeat_ngram_size=2)
+    assert gpu_path.generate(prompt, max_new_tokens=24, no_repeat_ngram_size=2) == no_repeat
     sampled = gpu_path.generate(prompt, max_new_tokens=6, do_sample=True, temperature=0.8, top_p=0.9, seed=3)
     assert sampled == gpu_path.generate(prompt, max_new_tokens=6, do_sample=True, temperature=0.8, top_p=0.9, seed=3)
 

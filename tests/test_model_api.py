@@ -175,6 +175,8 @@ def test_prompt_longer_than_context(model):
         (dict(min_p=1.0), "min_p"),
         (dict(repetition_penalty=0.0), "repetition_penalty"),
         (dict(seed=-1), "seed"),
+        (dict(no_repeat_ngram_size=-1), "no_repeat_ngram_size"),
+        (dict(no_repeat_ngram_size=2.5), "no_repeat_ngram_size"),
         (dict(stop=""), "stop"),
         (dict(stop=[None]), "stop"),
     ],
@@ -281,6 +283,29 @@ def test_token_healing(files, model, tmp_path):
     # A prompt of one token (after BOS) has nothing to heal: the same as without.
     one = model._tokens.tokenizer.decode([ids[-1]])
     assert model.generate(one, max_new_tokens=6, token_healing=True) == model.generate(one, max_new_tokens=6)
+
+
+def test_no_repeat_ngram_size(files, model, tmp_path):
+    ids = model.encode(PROMPT)
+    eos = model.eos_token_id
+    for n in (1, 2, 3):
+        out = model._engine.generate([ids], 40, stop_ids=[eos], no_repeat_ngram_size=n)[0]
+        seq = ids + [i for i in out if i != eos]
+        grams = [tuple(seq[i : i + n]) for i in range(len(seq) - n + 1)]
+        # The prompt may repeat itself; nothing the model added repeats an n-gram seen before.
+        for end in range(len(ids), len(seq)):
+            assert tuple(seq[end + 1 - n : end + 1]) not in grams[: end + 1 - n], (n, seq)
+        text = model._text(out)
+        assert model.generate(PROMPT, max_new_tokens=40, no_repeat_ngram_size=n) == text
+        assert "".join(model.stream(PROMPT, max_new_tokens=40, no_repeat_ngram_size=n)) == text
+    target = tmp_path / "hf-ngram"
+    shutil.copytree(files["hf"], target)
+    gen = json.loads((target / "generation_config.json").read_text())
+    (target / "generation_config.json").write_text(json.dumps({**gen, "no_repeat_ngram_size": 2}))
+    assert TernaryModel.from_pretrained(target).generate(PROMPT, max_new_tokens=40) == model.generate(
+        PROMPT, max_new_tokens=40, no_repeat_ngram_size=2
+    )
+    assert cli.main([PROMPT, "--model", str(files["gguf"]), "--max-new-tokens", "40", "--no-stream", "--no-repeat-ngram-size", "2"]) == 0
 
 
 def test_generation_config_defaults(files, tmp_path):

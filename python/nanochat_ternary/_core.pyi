@@ -359,6 +359,7 @@ class Engine:
         stop_ids: list[int] = ...,
         stop_strings: list[str] = ...,
         first_token_ids: list[int] = ...,
+        no_repeat_ngram_size: int = 0,
     ) -> list[list[int]]: ...
     def stream(
         self,
@@ -373,6 +374,7 @@ class Engine:
         stop_ids: list[int] = ...,
         stop_strings: list[str] = ...,
         first_token_ids: list[int] = ...,
+        no_repeat_ngram_size: int = 0,
     ) -> TokenStream: ...
     @property
     def exit_threshold(self) -> float:

@@ -35,6 +35,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stop", action="append", default=None, help="stop string (repeatable)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--truncate", action="store_true", help="keep the tail of a prompt longer than the context")
+    p.add_argument("--no-repeat-ngram-size", type=int, default=None,
+                   help="ban repeating any n-gram of this many tokens (0 = off; default: generation_config)")
     p.add_argument("--token-healing", action=argparse.BooleanOptionalAction, default=None,
                    help="re-choose the prompt's last token (default: the model's generation_config)")
     p.add_argument("--threads", type=int, default=None, help="inference threads (default: all cores)")
@@ -64,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             truncate=args.truncate,
             token_healing=args.token_healing,
+            no_repeat_ngram_size=args.no_repeat_ngram_size,
         )
         if args.no_stream:
             print(model.generate(args.prompt, **kwargs))

@@ -60,6 +60,7 @@ class SamplingParams:
     min_p: float
     repetition_penalty: float
     seed: int
+    no_repeat_ngram_size: int = 0
     # Token healing (see ``TernaryModel.generate``): the ids the first new token must be one of,
     # and how many bytes of its text repeat the end of the prompt (dropped from the output).
     first_token_ids: tuple[int, ...] = ()
@@ -76,6 +77,8 @@ class SamplingParams:
         }
         if self.first_token_ids:
             kwargs["first_token_ids"] = list(self.first_token_ids)
+        if self.no_repeat_ngram_size:
+            kwargs["no_repeat_ngram_size"] = self.no_repeat_ngram_size
         return kwargs
 
 
@@ -450,6 +453,7 @@ class TernaryModel:
         truncate: bool = False,
         add_bos: bool | None = None,
         token_healing: bool | None = None,
+        no_repeat_ngram_size: int | None = None,
     ) -> str | list[str]:
         """Continue ``prompt`` (a str -> str, a list of str -> list of str; the prompt is not repeated).
 
@@ -460,7 +464,9 @@ class TernaryModel:
         (default: ``generation_config["max_new_tokens"]``, capped by the room left in the context).
         ``streamer`` receives text pieces as they are made (single prompts only). A prompt longer
         than the context raises ValueError unless ``truncate=True``, which keeps its tail.
-        ``seed`` makes sampling reproducible. ``token_healing`` (None: ``generation_config``'s
+        ``seed`` makes sampling reproducible. ``no_repeat_ngram_size`` (None: ``generation_config``'s,
+        else 0 = off) bans every token that would repeat an n-gram of that many tokens of prompt and
+        output, as in transformers. ``token_healing`` (None: ``generation_config``'s
         ``token_healing``, else off) drops the prompt's last token and lets the model pick the
         first token among those whose text starts with it, so a prompt cut at an unusual token
         boundary (code prompts ending in ``"{\\n"``, which training text tokenizes as ``"{"``
@@ -477,7 +483,7 @@ class TernaryModel:
         batches = [
             self._prepare(
                 p, max_new_tokens, do_sample, temperature, top_k, top_p, min_p, repetition_penalty, seed, truncate, add_bos,
-                token_healing,
+                token_healing, no_repeat_ngram_size,
             )
             for p in prompts
         ]
@@ -520,6 +526,7 @@ class TernaryModel:
         truncate: bool = False,
         add_bos: bool | None = None,
         token_healing: bool | None = None,
+        no_repeat_ngram_size: int | None = None,
     ) -> Iterator[str]:
         """Like :meth:`generate` for one prompt, but yields text pieces as they are produced.
         Arguments are validated when called, before the first piece."""
@@ -527,7 +534,7 @@ class TernaryModel:
             raise TypeError(f"stream() takes one str prompt, got {type(prompt).__name__}")
         ids, params = self._prepare(
             prompt, max_new_tokens, do_sample, temperature, top_k, top_p, min_p, repetition_penalty, seed, truncate, add_bos,
-            token_healing,
+            token_healing, no_repeat_ngram_size,
         )
         return self._stream_ids(ids, params, _stop_list(stop), None)
 
@@ -586,6 +593,7 @@ class TernaryModel:
         truncate: bool,
         add_bos: bool | None,
         token_healing: bool | None = None,
+        no_repeat_ngram_size: int | None = None,
     ) -> tuple[list[int], SamplingParams]:
         if not isinstance(prompt, str):
             raise TypeError(f"prompts must be str, got {type(prompt).__name__}")
@@ -614,6 +622,11 @@ class TernaryModel:
         seed = _integer("seed", seed)
         if seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
+        ngram = _integer(
+            "no_repeat_ngram_size", gen.get("no_repeat_ngram_size", 0) if no_repeat_ngram_size is None else no_repeat_ngram_size
+        )
+        if ngram < 0:
+            raise ValueError(f"no_repeat_ngram_size must be >= 0 (0 = off), got {ngram}")
 
         ids = self.encode(prompt, add_bos=add_bos, add_eos=False)
         context = self.context_length
@@ -651,6 +664,7 @@ class TernaryModel:
             min_p=min_p,
             repetition_penalty=penalty,
             seed=seed,
+            no_repeat_ngram_size=ngram,
             first_token_ids=first_ids,
             healed_bytes=healed,
         )

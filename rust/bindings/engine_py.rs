@@ -67,6 +67,7 @@ fn sampling(
         stop_strings,
         ignore_eos: false,
         first_token_ids: Vec::new(),
+        no_repeat_ngram_size: 0,
     };
     p.validate().map_err(to_py_err)?;
     Ok(p)
@@ -142,9 +143,10 @@ impl PyEngine {
 
     /// New ids for each prompt (stop id / stop string excluded). `first_token_ids`: when not
     /// empty, the first new token of every prompt is one of these (token healing).
+    /// `no_repeat_ngram_size`: 0 = off, else no n-gram of that many tokens repeats.
     #[pyo3(signature = (prompts, max_new_tokens, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
                         repetition_penalty=1.0, seed=0, stop_ids=Vec::new(), stop_strings=Vec::new(),
-                        first_token_ids=Vec::new()))]
+                        first_token_ids=Vec::new(), no_repeat_ngram_size=0))]
     #[allow(clippy::too_many_arguments)]
     fn generate(
         &self,
@@ -160,10 +162,12 @@ impl PyEngine {
         stop_ids: Vec<i64>,
         stop_strings: Vec<String>,
         first_token_ids: Vec<i64>,
+        no_repeat_ngram_size: usize,
     ) -> PyResult<Vec<Vec<u32>>> {
         let mut params =
             sampling(max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, seed, &stop_ids, stop_strings)?;
         params.first_token_ids = ids_from_py(&first_token_ids, "first_token_ids")?;
+        params.no_repeat_ngram_size = no_repeat_ngram_size;
         let prompts = prompts.iter().map(|p| ids_from_py(p, "prompt")).collect::<PyResult<Vec<_>>>()?;
         let model = self.0.clone();
         py.detach(|| engine::generate(&model, &prompts, &params)).map_err(to_py_err)
@@ -172,7 +176,7 @@ impl PyEngine {
     /// A streaming iterator of new ids for one prompt (`first_token_ids` as in `generate`).
     #[pyo3(signature = (prompt, max_new_tokens, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
                         repetition_penalty=1.0, seed=0, stop_ids=Vec::new(), stop_strings=Vec::new(),
-                        first_token_ids=Vec::new()))]
+                        first_token_ids=Vec::new(), no_repeat_ngram_size=0))]
     #[allow(clippy::too_many_arguments)]
     fn stream(
         &self,
@@ -187,10 +191,12 @@ impl PyEngine {
         stop_ids: Vec<i64>,
         stop_strings: Vec<String>,
         first_token_ids: Vec<i64>,
+        no_repeat_ngram_size: usize,
     ) -> PyResult<PyTokenStream> {
         let mut params =
             sampling(max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty, seed, &stop_ids, stop_strings)?;
         params.first_token_ids = ids_from_py(&first_token_ids, "first_token_ids")?;
+        params.no_repeat_ngram_size = no_repeat_ngram_size;
         let prompt = ids_from_py(&prompt, "prompt")?;
         let generation = Generation::new(self.0.clone(), &prompt, params).map_err(to_py_err)?;
         Ok(PyTokenStream(Mutex::new(generation)))

@@ -300,11 +300,19 @@ def sample_next(
     min_p: float,
     repetition_penalty: float,
     generator: torch.Generator,
+    no_repeat_ngram_size: int = 0,
 ) -> int:
-    """The engine's rules (``rust/engine/src/sampling.rs``): repetition penalty on every id seen,
+    """The engine's rules (``rust/engine/src/sampling.rs``): ids that would repeat an n-gram of
+    ``no_repeat_ngram_size`` tokens banned, repetition penalty on every id seen,
     then greedy (temperature 0, lowest id on ties) or temperature -> top-k -> top-p -> min-p -> a
     draw from ``generator`` (seeded; the draws differ from the CPU engine's SplitMix64)."""
     logits = logits.float().clone()
+    n = no_repeat_ngram_size
+    if n > 0 and len(history) + 1 >= n:
+        key = history[len(history) + 1 - n :]
+        banned = {history[i + n - 1] for i in range(len(history) + 1 - n) if history[i : i + n - 1] == key}
+        if banned:
+            logits[torch.tensor(sorted(banned), device=logits.device)] = float("-inf")
     if repetition_penalty != 1.0 and history:
         seen = torch.tensor(sorted(set(history)), device=logits.device)
         v = logits[seen]
@@ -341,6 +349,7 @@ def generate_tokens(
     repetition_penalty: float = 1.0,
     seed: int = 0,
     first_token_ids: list[int] | None = None,
+    no_repeat_ngram_size: int = 0,
 ) -> Any:
     """Yields up to ``max_new_tokens`` new ids after ``ids`` (a stop id is yielded, then it ends),
     prefilling the prompt in one pass and decoding one token per pass over the KV cache. The first
@@ -354,7 +363,7 @@ def generate_tokens(
         allowed[torch.tensor(first_token_ids, dtype=torch.int64, device=logits.device)] = True
         logits = logits.masked_fill(~allowed, float("-inf"))
     for _ in range(max_new_tokens):
-        token = sample_next(logits, history, temperature, top_k, top_p, min_p, repetition_penalty, generator)
+        token = sample_next(logits, history, temperature, top_k, top_p, min_p, repetition_penalty, generator, no_repeat_ngram_size)
         yield token
         history.append(token)
         if token in stop_ids or cache.length >= fwd.config.max_seq_len:

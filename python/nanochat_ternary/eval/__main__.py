@@ -35,6 +35,8 @@ def _sampling_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="with --model; sample j uses seed + j")
     parser.add_argument("--repetition-penalty", type=float, default=None,
                         help="with --model (default: the model's generation_config; 1 = off)")
+    parser.add_argument("--no-repeat-ngram-size", type=int, default=None,
+                        help="with --model: ban repeating n-grams of this many tokens (0 = off; default: generation_config)")
     parser.add_argument("--token-healing", choices=["on", "off"], default=None,
                         help="with --model (default: the model's generation_config)")
 
@@ -56,6 +58,10 @@ def _model_generator(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         if not (math.isfinite(args.repetition_penalty) and args.repetition_penalty > 0):
             raise ValueError(f"--repetition-penalty must be a finite number > 0, got {args.repetition_penalty}")
         sampling["repetition_penalty"] = args.repetition_penalty
+    if args.no_repeat_ngram_size is not None:
+        if args.no_repeat_ngram_size < 0:
+            raise ValueError(f"--no-repeat-ngram-size must be >= 0, got {args.no_repeat_ngram_size}")
+        sampling["no_repeat_ngram_size"] = args.no_repeat_ngram_size
     if args.token_healing is not None:
         sampling["token_healing"] = args.token_healing == "on"
     return model, sampling

@@ -18,6 +18,10 @@ pub struct SamplingParams {
     pub min_p: f32,
     /// 1 = off.
     pub repetition_penalty: f32,
+    /// 0 = off; else no n-gram of this many tokens occurs twice in prompt + output (HF's
+    /// `no_repeat_ngram_size`): a token that would complete an n-gram already in the history is
+    /// never chosen. Small models loop on one line of code; a ban of line-sized n-grams stops it.
+    pub no_repeat_ngram_size: usize,
     pub seed: u64,
     /// Generation ends on any of these ids (not included in the output).
     pub stop_ids: Vec<u32>,
@@ -42,6 +46,7 @@ impl Default for SamplingParams {
             top_p: 1.0,
             min_p: 0.0,
             repetition_penalty: 1.0,
+            no_repeat_ngram_size: 0,
             seed: 0,
             stop_ids: Vec::new(),
             stop_strings: Vec::new(),
@@ -115,6 +120,23 @@ pub fn restrict_to(logits: &mut [f32], allowed: &[u32]) {
     }
 }
 
+/// Sets to −∞ the logit of every token that would complete an n-gram (`n` tokens) already in
+/// `history` (HF's `no_repeat_ngram_size`); nothing when `n` is 0 or the history is shorter
+/// than `n − 1`. With `n` = 1 every token seen is banned.
+pub fn ban_repeated_ngrams(logits: &mut [f32], history: &[u32], n: usize) {
+    if n == 0 || history.len() + 1 < n {
+        return;
+    }
+    let key = &history[history.len() + 1 - n..];
+    for start in 0..history.len() + 1 - n {
+        if history[start..start + n - 1] == *key {
+            if let Some(l) = logits.get_mut(history[start + n - 1] as usize) {
+                *l = f32::NEG_INFINITY;
+            }
+        }
+    }
+}
+
 /// HF / llama.cpp rule: for every id already seen, a positive logit is divided by the penalty
 /// and a negative one multiplied, so the penalty always makes the token less likely (for p > 1).
 pub fn apply_repetition_penalty(logits: &mut [f32], history: &[u32], penalty: f32) {
@@ -175,6 +197,7 @@ pub fn filtered_distribution(logits: &[f32], p: &SamplingParams) -> Vec<(u32, f6
 
 /// Picks the next token from raw logits (modified in place by the repetition penalty).
 pub fn sample(logits: &mut [f32], history: &[u32], p: &SamplingParams, rng: &mut Rng) -> u32 {
+    ban_repeated_ngrams(logits, history, p.no_repeat_ngram_size);
     apply_repetition_penalty(logits, history, p.repetition_penalty);
     if p.temperature == 0.0 {
         return argmax(logits);
@@ -237,6 +260,38 @@ mod tests {
     fn greedy_takes_the_argmax_and_the_lowest_id_on_ties() {
         let mut l = vec![0.1, 2.0, -1.0, 2.0];
         assert_eq!(sample(&mut l, &[], &params(0.0), &mut Rng::new(1)), 1);
+    }
+
+    #[test]
+    fn repeated_ngrams_are_banned() {
+        // History 1 2 3 1 2: the 3-grams ending next would be (1 2 ?): 3 is banned, nothing else.
+        let history = [1u32, 2, 3, 1, 2];
+        let mut l = vec![0.5f32; 6];
+        ban_repeated_ngrams(&mut l, &history, 3);
+        assert_eq!(l, [0.5, 0.5, 0.5, f32::NEG_INFINITY, 0.5, 0.5]);
+        // 2-grams after (2 ?): 3 (from 2 3); 1-grams: everything seen.
+        let mut l = vec![0.5f32; 6];
+        ban_repeated_ngrams(&mut l, &history, 2);
+        assert_eq!(l, [0.5, 0.5, 0.5, f32::NEG_INFINITY, 0.5, 0.5]);
+        let mut l = vec![0.5f32; 6];
+        ban_repeated_ngrams(&mut l, &history, 1);
+        assert_eq!(l, [0.5, f32::NEG_INFINITY, f32::NEG_INFINITY, f32::NEG_INFINITY, 0.5, 0.5]);
+        // Off, or a history too short for one n-gram: untouched.
+        for n in [0, 7] {
+            let mut l = vec![0.5f32; 6];
+            ban_repeated_ngrams(&mut l, &history, n);
+            assert_eq!(l, [0.5; 6]);
+        }
+        // Greedy decoding takes the best token that is not banned.
+        let p = SamplingParams { no_repeat_ngram_size: 3, ..params(0.0) };
+        let mut l = vec![0.0, 0.1, 0.2, 0.9, 0.3, 0.0];
+        assert_eq!(sample(&mut l, &history, &p, &mut Rng::new(0)), 4);
+        // Sampling never draws a banned token.
+        for seed in 0..50 {
+            let p = SamplingParams { no_repeat_ngram_size: 3, ..params(1.0) };
+            let mut l = vec![0.0, 0.1, 0.2, 3.0, 0.3, 0.0];
+            assert_ne!(sample(&mut l, &history, &p, &mut Rng::new(seed)), 3);
+        }
     }
 
     #[test]
