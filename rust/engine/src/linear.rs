@@ -302,14 +302,8 @@ use crate::simd::{q8_dots, q8_dots_tokens};
 mod tests {
     use super::*;
 
-    fn ternary(rows: usize, cols: usize, seed: u64) -> Linear {
-        let mut s = seed;
-        let trits: Vec<i8> = (0..rows * cols)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 33) % 3) as i8 - 1
-            })
-            .collect();
+    fn ternary(rows: usize, cols: usize, seed: usize) -> Linear {
+        let trits: Vec<i8> = (0..rows * cols).map(|i| ((i * 7919 + seed * 104729) / 13 % 3) as i8 - 1).collect();
         Linear::Ternary(PlanarMatrix::from_trits_per_tensor(&trits, rows, cols, 0.37).expect("matrix"))
     }
 
