@@ -100,13 +100,13 @@ impl Q8x16 {
         let blocks = self.cols / Q8_BLOCK;
         assert!(first.is_multiple_of(LANES) && first + count <= self.rows && n > 0);
         assert!(x.len() == n * self.cols && xd.len() == n * blocks && out.len() == count * n);
-        // −128 · Σx per token and block: where each block's i32 sum starts.
         // A batch prefetches ahead as a streamed matrix does, even from cache: with several
         // tokens' work between weight loads the hardware prefetchers fall behind, and the loads
         // wait on the L3. `bench_batch -- 2` (idle, old/new alternating three times): the head at
         // 4 sequences 2.50 / 1.67 / 1.77 → 1.46 / 1.49 / 1.29 ms, at 8 sequences 3.46 / 3.03 /
         // 2.72 → 1.97 / 1.80 / 2.24 ms; one sequence unchanged (it keeps up without).
         let streamed = streamed || n > 1;
+        // −128 · Σx per token and block: where each block's i32 sum starts.
         let corr: Vec<i32> = x.chunks_exact(Q8_BLOCK).map(|c| -128 * c.iter().map(|&v| v as i32).sum::<i32>()).collect();
         #[cfg(target_arch = "x86_64")]
         if Self::available() {
@@ -277,13 +277,7 @@ mod tests {
                     let count = rows - first;
                     let mut fast = vec![0f32; count * n];
                     m.dots(first, count, &x, &xd, n, &mut fast, n == 9);
-                    // A batch prefetches ahead as a streamed matrix does, even from cache: with several
-        // tokens' work between weight loads the hardware prefetchers fall behind, and the loads
-        // wait on the L3. `bench_batch -- 2` (idle, old/new alternating three times): the head at
-        // 4 sequences 2.50 / 1.67 / 1.77 → 1.46 / 1.49 / 1.29 ms, at 8 sequences 3.46 / 3.03 /
-        // 2.72 → 1.97 / 1.80 / 2.24 ms; one sequence unchanged (it keeps up without).
-        let streamed = streamed || n > 1;
-        let corr: Vec<i32> = x.chunks_exact(Q8_BLOCK).map(|c| -128 * c.iter().map(|&v| v as i32).sum::<i32>()).collect();
+                    let corr: Vec<i32> = x.chunks_exact(Q8_BLOCK).map(|c| -128 * c.iter().map(|&v| v as i32).sum::<i32>()).collect();
                     let mut slow = vec![0f32; count * n];
                     m.dots_portable(first, count, &x, &xd, &corr, n, &mut slow);
                     assert_eq!(fast.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), slow.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "rows {rows} blocks {blocks} n {n} first {first}");
