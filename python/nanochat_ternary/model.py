@@ -469,8 +469,8 @@ class TernaryModel:
         output, as in transformers. ``token_healing`` (None: ``generation_config``'s
         ``token_healing``, else off) drops the prompt's last token and lets the model pick the
         first token among those whose text starts with it, so a prompt cut at an unusual token
-        boundary (code prompts ending in ``"{\\n"``, which training text tokenizes as ``"{"``
-        + ``"\\n    "``) does not push the model off its training distribution; the returned text
+        boundary (code prompts ending in ``"{\\n"``, which training text tokenizes as ``" {"``
+        + ``"\\n   "``) does not push the model off its training distribution; the returned text
         still continues the prompt as given.
         """
         single = isinstance(prompt, str)
