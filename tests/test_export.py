@@ -339,12 +339,14 @@ def test_generation_config_flag_reaches_generate_and_bad_configs_are_refused(tmp
     (tmp_path / "tokenizer.json").write_text(tok, encoding="utf-8")
     common = [str(ckpt), "--tokenizer", str(tmp_path / "tokenizer.json")]
     gen = tmp_path / "gen.json"
-    gen.write_text(json.dumps({"temperature": 0.3, "top_p": 0.9, "repetition_penalty": 1.1, "max_new_tokens": 7}))
+    gen.write_text(json.dumps({"temperature": 0.3, "top_p": 0.9, "repetition_penalty": 1.1, "max_new_tokens": 7,
+                               "no_repeat_ngram_size": 4, "token_healing": True}))
     assert export.main([*common, "--out", str(tmp_path / "g.gguf"), "--generation-config", str(gen)]) == 0
     assert export.main([*common, "--out", str(tmp_path / "hf"), "--format", "hf", "--generation-config", str(gen)]) == 0
     for path in (tmp_path / "g.gguf", tmp_path / "hf"):
         model = TernaryModel.from_pretrained(path)
         assert model.generation_config["temperature"] == 0.3 and model.generation_config["repetition_penalty"] == 1.1
+        assert model.generation_config["no_repeat_ngram_size"] == 4 and model.generation_config["token_healing"] is True
         # max_new_tokens from the file when the caller sets nothing; the caller's value wins otherwise.
         assert len(model.encode(model.generate("fn main() {", stop=[]), add_bos=False)) <= 7
         text = model.generate("fn main() {", max_new_tokens=3, do_sample=False)
@@ -352,7 +354,9 @@ def test_generation_config_flag_reaches_generate_and_bad_configs_are_refused(tmp
     capsys.readouterr()
     for bad, message in (({"temprature": 0.3}, "unknown key 'temprature'"), ({"top_p": 0}, "top_p must be in (0, 1]"),
                          ({"max_new_tokens": 2.5}, "max_new_tokens must be >= 1"), ({"do_sample": 1}, "do_sample"),
-                         ({"do_sample": True, "temperature": 0}, "needs temperature > 0"), ([1], "JSON object")):
+                         ({"do_sample": True, "temperature": 0}, "needs temperature > 0"), ([1], "JSON object"),
+                         ({"no_repeat_ngram_size": -1}, "no_repeat_ngram_size must be >= 0"),
+                         ({"token_healing": "yes"}, "token_healing must be true or false")):
         gen.write_text(json.dumps(bad))
         assert export.main([*common, "--out", str(tmp_path / "b.gguf"), "--generation-config", str(gen)]) == 1
         assert message in capsys.readouterr().err

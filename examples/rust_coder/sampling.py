@@ -1,5 +1,5 @@
 """Sampling settings for code, measured on the dev-visible prompts (the harness's built-in set,
-not HumanEval): greedy against temperature / top-p / repetition-penalty settings; the best one
+not HumanEval): greedy against temperature / top-p / repetition-penalty / n-gram-ban settings; the best one
 (nontrivial compile rate, then compile rate, then parse rate) becomes the model's
 generation_config.
 
@@ -22,6 +22,8 @@ SETTINGS: list[dict[str, Any]] = [
     {"do_sample": False},
     {"do_sample": False, "repetition_penalty": 1.1},
     {"do_sample": False, "repetition_penalty": 1.3},
+    {"do_sample": False, "no_repeat_ngram_size": 10},
+    {"do_sample": False, "repetition_penalty": 1.3, "no_repeat_ngram_size": 10},
     {"do_sample": True, "temperature": 0.2, "top_p": 0.95},
     {"do_sample": True, "temperature": 0.2, "top_p": 0.95, "repetition_penalty": 1.1},
     {"do_sample": True, "temperature": 0.5, "top_p": 0.95},
@@ -35,7 +37,8 @@ def label(setting: dict[str, Any]) -> str:
     else:
         head = f"temperature {setting['temperature']}, top-p {setting['top_p']}"
     penalty = setting.get("repetition_penalty")
-    return head + (f", repetition penalty {penalty}" if penalty else "")
+    ngram = setting.get("no_repeat_ngram_size")
+    return head + (f", repetition penalty {penalty}" if penalty else "") + (f", no repeated {ngram}-grams" if ngram else "")
 
 
 def main() -> None:

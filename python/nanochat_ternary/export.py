@@ -103,7 +103,7 @@ DEFAULT_GENERATION_CONFIG: dict[str, Any] = {
 
 def check_generation_config(config: Any) -> dict[str, Any]:
     """The sampling defaults a model may carry (``max_new_tokens``, ``do_sample``, ``temperature``,
-    ``top_k``, ``top_p``, ``min_p``, ``repetition_penalty``), checked like ``generate`` checks its
+    ``top_k``, ``top_p``, ``min_p``, ``repetition_penalty``, ``no_repeat_ngram_size``, ``token_healing``), checked like ``generate`` checks its
     arguments; anything else is a ValueError naming the key."""
     if not isinstance(config, Mapping):
         raise ValueError(f"generation config must be a JSON object, got {type(config).__name__}")
@@ -115,6 +115,8 @@ def check_generation_config(config: Any) -> dict[str, Any]:
         "top_p": ((int, float), lambda v: 0 < v <= 1, "in (0, 1]"),
         "min_p": ((int, float), lambda v: 0 <= v < 1, "in [0, 1)"),
         "repetition_penalty": ((int, float), lambda v: math.isfinite(v) and v > 0, "finite and > 0"),
+        "no_repeat_ngram_size": (int, lambda v: v >= 0, ">= 0 (0 = off)"),
+        "token_healing": (bool, lambda v: True, "true or false"),
     }
     out: dict[str, Any] = {}
     for key, value in config.items():
