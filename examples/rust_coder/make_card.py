@@ -28,9 +28,11 @@ def load(path: Path) -> Any:
     return json.loads(path.read_text())
 
 
-def run_hours(run: Path) -> float:
-    """Training wall time of a run from its log (gaps over 10 minutes, i.e. between sessions, left out)."""
-    times = [r["time"] for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if "time" in r]
+def run_hours(run: Path, until: int | None = None) -> float:
+    """Training wall time of a run from its log up to step `until` (gaps over 10 minutes, i.e. between
+    sessions, left out)."""
+    rows = map(json.loads, (run / "log.jsonl").read_text().splitlines())
+    times = [r["time"] for r in rows if "time" in r and (until is None or r.get("step", 0) <= until)]
     return sum(b - a for a, b in zip(times, times[1:]) if b - a < 600) / 3600
 
 
@@ -96,7 +98,7 @@ def main() -> None:
     hyper_total = branch[0]["total_steps"] if branch else final_steps[-1]["step"]
     tokens_step = final_steps[-1]["tokens"]
     trained = final_steps[-1]["step"] * tokens_step
-    long_hours = run_hours(runs / "long") + (run_hours(args.final) if branch else 0.0)
+    long_hours = run_hours(runs / "long", branch[0]["step"] if branch else None) + (run_hours(args.final) if branch else 0.0)
     how = (f"the long run (schedule 12,288 steps = 100.7M tokens) stopped at step {branch[0]['step']:,} and branched "
            f"into a {branch[0]['decay_steps']}-step linear decay (warmup-stable-decay), ending at step {hyper_total:,}"
            if branch else f"the full schedule of {hyper_total:,} steps")
@@ -106,6 +108,8 @@ def main() -> None:
     greedy = load(reports / "compile.json")["summary"]
     plain = load(reports / "compile-plain.json")["summary"]
     penalty = model.generation_config.get("repetition_penalty", 1.0)
+    ngram = model.generation_config.get("no_repeat_ngram_size", 0)
+    defaults = f"repetition penalty {penalty}" + (f", no repeated {ngram}-grams" if ngram else "")
     dev = load(reports / "dev.json")["summary"]
     he = load(reports / "humaneval.json")
     sampling = load(reports / "sampling.json")
@@ -172,12 +176,12 @@ compile rates on the harness's built-in prompts (30 completion prompts, not Huma
 | metric | value |
 |---|---|
 | held-out loss (engine, {loss['tokens']:,} validation tokens, windows of {cfg.max_seq_len}) | {loss['mean_loss']:.4f} nats/token, perplexity {loss['perplexity']:.2f}, {loss['bits_per_byte']:.4f} bits per byte |
-| HumanEval-Rust, greedy, 256 new tokens ({greedy['samples']} problems), repetition penalty {penalty} (the model's default) / 1.0: syn parse | {rate(greedy, 'parse_rate')} / {rate(plain, 'parse_rate')} |
+| HumanEval-Rust, greedy, 256 new tokens ({greedy['samples']} problems), the model's defaults ({defaults}) / the same with repetition penalty 1.0: syn parse | {rate(greedy, 'parse_rate')} / {rate(plain, 'parse_rate')} |
 | rustc compile (`--emit=metadata`, edition 2021), same samples | {rate(greedy, 'compile_rate')} / {rate(plain, 'compile_rate')} |
 | **nontrivial** compile (no empty / `todo!` / `unimplemented!` / `unreachable!` / `panic!` body) | {rate(greedy, 'nontrivial_compile_rate')} / {rate(plain, 'nontrivial_compile_rate')} |
-| HumanEval-Rust pass@k ({he['problems']} problems, n = 10, temperature 0.8, top-p 0.95, repetition penalty {penalty}) | {', '.join(f'{k} = {v:.3f}' for k, v in he['pass_at_k'].items())} |
+| HumanEval-Rust pass@k ({he['problems']} problems, n = 10, temperature 0.8, top-p 0.95, {defaults}) | {', '.join(f'{k} = {v:.3f}' for k, v in he['pass_at_k'].items())} |
 | HumanEval-Rust outcomes of those samples | {', '.join(f'{k} {v}' for k, v in he['outcomes'].items())} |
-| dev prompts (built-in, greedy, repetition penalty {penalty}): parse / compile / nontrivial compile | {rate(dev, 'parse_rate')} / {rate(dev, 'compile_rate')} / {rate(dev, 'nontrivial_compile_rate')} |
+| dev prompts (built-in, greedy, {defaults}): parse / compile / nontrivial compile | {rate(dev, 'parse_rate')} / {rate(dev, 'compile_rate')} / {rate(dev, 'nontrivial_compile_rate')} |
 
 The harness cuts each completion at the problem's stop sequences (`\\n}}` …) and closes the function.
 
