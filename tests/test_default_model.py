@@ -78,7 +78,7 @@ def test_it_is_trained_on_rust(model):
     rust = model.nll(model.encode(HELD_OUT, add_bos=False)).mean()
     prose = "The quick brown fox jumps over the lazy dog while the band plays a waltz in the park. " * 3
     english = model.nll(model.encode(prose, add_bos=False)[:100]).mean()
-    assert rust < 3.2, rust  # measured 2.59 for the shipped model (rust-tiny: 3.03 under its own tokenizer)
+    assert rust < 2.4, rust  # measured 1.77 for the shipped model (the 12M-token one before it: 2.59; rust-tiny: 3.03)
     assert rust < english
 
 

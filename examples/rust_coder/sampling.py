@@ -1,5 +1,5 @@
 """Sampling settings for code, measured on the dev-visible prompts (the harness's built-in set,
-not HumanEval): greedy against temperature / top-p / repetition-penalty / n-gram-ban settings; the best one
+not HumanEval): greedy against temperature / top-p / repetition-penalty / n-gram-ban / token-healing settings; the best one
 (nontrivial compile rate, then compile rate, then parse rate) becomes the model's
 generation_config.
 
@@ -24,6 +24,9 @@ SETTINGS: list[dict[str, Any]] = [
     {"do_sample": False, "repetition_penalty": 1.3},
     {"do_sample": False, "no_repeat_ngram_size": 10},
     {"do_sample": False, "repetition_penalty": 1.3, "no_repeat_ngram_size": 10},
+    {"do_sample": False, "token_healing": True},
+    {"do_sample": False, "repetition_penalty": 1.1, "token_healing": True},
+    {"do_sample": False, "repetition_penalty": 1.3, "token_healing": True},
     {"do_sample": True, "temperature": 0.2, "top_p": 0.95},
     {"do_sample": True, "temperature": 0.2, "top_p": 0.95, "repetition_penalty": 1.1},
     {"do_sample": True, "temperature": 0.5, "top_p": 0.95},
@@ -38,7 +41,8 @@ def label(setting: dict[str, Any]) -> str:
         head = f"temperature {setting['temperature']}, top-p {setting['top_p']}"
     penalty = setting.get("repetition_penalty")
     ngram = setting.get("no_repeat_ngram_size")
-    return head + (f", repetition penalty {penalty}" if penalty else "") + (f", no repeated {ngram}-grams" if ngram else "")
+    return (head + (f", repetition penalty {penalty}" if penalty else "") + (f", no repeated {ngram}-grams" if ngram else "")
+            + (", token healing" if setting.get("token_healing") else ""))
 
 
 def main() -> None:
