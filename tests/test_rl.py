@@ -9,14 +9,17 @@ prompt asks for.
 Run: cd tests && ../.venv/bin/python -m pytest -q test_rl.py
 """
 
+import importlib.util
 import json
 import random
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
 
 from nanochat_ternary import _core
+from nanochat_ternary.export import main as export_main
 from nanochat_ternary.model import TernaryModel
 from nanochat_ternary.model_config import ModelConfig
 from nanochat_ternary.rl.__main__ import main as rl_main
@@ -169,13 +172,32 @@ def test_cli_trains_logs_evaluates_and_exports(base, tmp_path):
     out = tmp_path / "cli"
     args = ["--model", str(ckpt), "--tokenizer", str(tokenizer), "--tasks", str(tasks), "--out", str(out),
             "--algo", "maxrl", "--rollouts", "8", "--prompts", "2", "--steps", "2", "--max-new-tokens", "8",
-            "--eval-every", "2", "--eval-tasks", "2", "--eval-samples", "4", "--no-progress", "--kl", "0.05"]  # fmt: skip
+            "--eval-every", "2", "--eval-tasks", "2", "--eval-samples", "4", "--no-progress", "--kl", "0.05",
+            "--save-every", "1", "--keep", "1"]  # fmt: skip
     assert rl_main(args) == 0
     records = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "eval" not in r] == [1, 2]
     assert sum("eval" in r for r in records) >= 2  # before and after
+    assert [p.name for p in out.glob("ckpt-*.safetensors")] == ["ckpt-00000002.safetensors"]  # --keep 1
     model = TernaryModel(out / "final.gguf")
     assert model.generate(TASKS[0].prompt, max_new_tokens=4) is not None
+    # What posttrain.sh does with a run: the best evaluated checkpoint, exported with a generation_config.
+    spec = importlib.util.spec_from_file_location("pick", Path(__file__).parents[1] / "examples/rust_coder/pick_checkpoint.py")
+    pick = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pick)
+    assert pick.pick(out) == out / "ckpt-00000002.safetensors"
+    (tmp_path / "gen.json").write_text(json.dumps({"do_sample": False, "repetition_penalty": 1.1, "max_new_tokens": 64}))
+    assert export_main([str(out / "ckpt-00000002.safetensors"), "--tokenizer", str(out / "tokenizer.json"),
+                        "--out", str(tmp_path / "ship.gguf"), "--generation-config", str(tmp_path / "gen.json")]) == 0
+    shipped = TernaryModel(tmp_path / "ship.gguf", kv_cache="f32")
+    assert shipped.generation_config["repetition_penalty"] == 1.1
+    ids = shipped.encode(TASKS[0].prompt)
+    assert (shipped.logits(ids) == TernaryModel(out / "final.gguf", kv_cache="f32").logits(ids)).all()
+    report = tmp_path / "eval.json"
+    assert rl_main(["eval", "--model", str(out / "final.gguf"), "--tasks", str(tasks), "--limit", "2", "--samples", "2",
+                    "--max-new-tokens", "8", "--output", str(report)]) == 0  # fmt: skip
+    result = json.loads(report.read_text())
+    assert result["tasks"] == 2 and result["samples_per_task"] == 2 and "pass@1" in result and "compile_rate" in result
     assert rl_main(args) == 2  # the run exists: resume it or pick another --out
     assert rl_main(["--out", str(out), "--resume", "--no-progress"]) == 0
     assert rl_main(["--out", str(tmp_path / "none"), "--resume"]) == 2

@@ -2,10 +2,14 @@
 
     python examples/rust_coder/make_card.py --model python/nanochat_ternary/models/rust-coder/model.gguf \
         --runs runs/rust-coder --final runs/rust-coder/branch-2000-d400 --data data/rust-mix-full \
+        [--post runs/rust-coder/post --ckpt runs/rust-coder/post/maxrl/ckpt-00000080.safetensors] \
         --out python/nanochat_ternary/models/rust-coder/README.md
 
-Every number comes from a file pipeline.sh wrote (trainer logs, the data's meta.json, the
-harness's JSON reports in RUNS/eval) or is measured here (decode speed).
+Every number comes from a file pipeline.sh / posttrain.sh wrote (trainer and RL logs, the data's
+meta.json, the harness's JSON reports in RUNS/eval and POST) or is measured here (decode speed).
+Where the pretraining logs are not on this machine (`--final` / `--data` absent), `--pretrain-card`
+names the card written when they were: its Data, Size sweep and Training sections are carried over
+verbatim and its Quality section becomes the "before post-training" section.
 """
 
 from __future__ import annotations
@@ -45,21 +49,78 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--runs", type=Path, required=True)
-    p.add_argument("--final", type=Path, required=True, help="the run directory the shipped file came from")
-    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--final", type=Path, help="the pretraining run directory the shipped file came from")
+    p.add_argument("--data", type=Path, help="the pretraining data (its meta.json)")
+    p.add_argument("--pretrain-card", type=Path, help="card whose pretraining sections are carried over")
+    p.add_argument("--post", type=Path, help="posttrain.sh's directory (SFT + MaxRL)")
+    p.add_argument("--ckpt", type=Path, help="the RL checkpoint the shipped file was exported from")
     p.add_argument("--name", default="rust-coder")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
     runs, reports = args.runs, args.runs / "eval"
+    if args.pretrain_card is None and (args.final is None or args.data is None):
+        p.error("--final and --data are required unless --pretrain-card carries the pretraining sections")
+    if (args.post is None) != (args.ckpt is None):
+        p.error("--post and --ckpt go together")
 
     from nanochat_ternary.model import TernaryModel
+
+    model = TernaryModel.from_pretrained(args.model)
+    if args.pretrain_card is not None:
+        carried = sections(args.pretrain_card.read_text())
+        pretrain = "\n".join(carried[h] for h in ("## Data", "## Size sweep (equal compute)", "## Training"))
+        pretrain += "\n" + carried["## Quality (all from `python -m nanochat_ternary.eval`)"].replace(
+            "## Quality (all from `python -m nanochat_ternary.eval`)",
+            "## Quality before post-training (the pretrained file, carried over from its card)", 1)
+    else:
+        pretrain = pretrain_sections(args, model)
+    post = post_section(args.post, args.ckpt) if args.post is not None else ""
+    card = f"{intro(args, model)}\n{pretrain}\n{post}{quality(args, model, reports)}"
+    write_card(args.out, card)
+
+
+def sections(card: str) -> dict[str, str]:
+    """A card's `## ` sections by heading, each with its heading and text up to the next one."""
+    out, head, lines = {}, None, []
+    for line in card.splitlines(keepends=True):
+        if line.startswith("## "):
+            if head is not None:
+                out[head] = "".join(lines)
+            head, lines = line.strip(), []
+        if head is not None:
+            lines.append(line)
+    if head is not None:
+        out[head] = "".join(lines)
+    return out
+
+
+def intro(args: argparse.Namespace, model: Any) -> str:
+    size_mb = args.model.stat().st_size / 1e6
+    how = ("pretrained from scratch with this package on its function-level, compiler-verified Rust corpus, then\n"
+           "post-trained with the compiler in the loop (an SFT warm start on the RL task set's train families, then\n"
+           "MaxRL)" if args.post is not None else
+           "trained from scratch with this package on its function-level, compiler-verified Rust corpus")
+    return f"""# {args.name}
+
+The default model of `nanochat-ternary`: a {model.param_count / 1e6:.2f}M-parameter ternary (BitNet b1.58) Rust-code
+model {how}, shipped as a {size_mb:.1f} MB GGUF file (`general.architecture = {model.architecture}`; block
+projections TQ2_0, tied embedding/head Q8_0). It is still small and young: read the quality rows before trusting
+its code.
+
+```python
+from nanochat_ternary import TernaryModel
+model = TernaryModel.from_pretrained()          # this model, from package data, sha256-verified
+print(model.generate("/// n-th Fibonacci number.\\npub fn fibonacci(n: u32) -> u64 {{\\n"))
+```
+"""
+
+
+def pretrain_sections(args: argparse.Namespace, model: Any) -> str:
     from nanochat_ternary.model_config import ModelConfig
 
+    runs, reports, cfg = args.runs, args.runs / "eval", model.config
     meta = load(args.data / "meta.json")
     mix = meta["source"]["mix"]
-    model = TernaryModel.from_pretrained(args.model)
-    cfg = model.config
-    size_mb = args.model.stat().st_size / 1e6
 
     # Data.
     views = []
@@ -103,37 +164,7 @@ def main() -> None:
            f"into a {branch[0]['decay_steps']}-step linear decay (warmup-stable-decay), ending at step {hyper_total:,}"
            if branch else f"the full schedule of {hyper_total:,} steps")
 
-    # Quality.
-    loss = load(reports / "loss.json")["loss"]
-    greedy = load(reports / "compile.json")["summary"]
-    plain = load(reports / "compile-plain.json")["summary"]
-    penalty = model.generation_config.get("repetition_penalty", 1.0)
-    ngram = model.generation_config.get("no_repeat_ngram_size", 0)
-    defaults = f"repetition penalty {penalty}" + (f", no repeated {ngram}-grams" if ngram else "")
-    dev = load(reports / "dev.json")["summary"]
-    he = load(reports / "humaneval.json")
-    sampling = load(reports / "sampling.json")
-    gen = model.generation_config
-    sampling_rows = "\n".join(
-        f"| {r['label']} | {r['samples']} | {r['parse_rate']:.1%} | {r['compile_rate']:.1%} | {r['nontrivial_compile_rate']:.1%} |"
-        for r in sampling["rows"]
-    )
-    speed1, speed2 = decode_speed(args.model, 1), decode_speed(args.model, 2)
-
-    card = f"""# {args.name}
-
-The default model of `nanochat-ternary`: a {model.param_count / 1e6:.2f}M-parameter ternary (BitNet b1.58) Rust-code
-model trained from scratch with this package on its function-level, compiler-verified Rust corpus, shipped as a
-{size_mb:.1f} MB GGUF file (`general.architecture = {model.architecture}`; block projections TQ2_0, tied
-embedding/head Q8_0). It is still small and young: read the quality rows before trusting its code.
-
-```python
-from nanochat_ternary import TernaryModel
-model = TernaryModel.from_pretrained()          # this model, from package data, sha256-verified
-print(model.generate("/// n-th Fibonacci number.\\npub fn fibonacci(n: u32) -> u64 {{\\n"))
-```
-
-## Data
+    return f"""## Data
 
 The mix `python/nanochat_ternary/data/mix_rust.json` over ~330 of the most-used crates.io crates and their dependencies
 (vendored by cargo; permissive licences only, recorded per crate) and the std sources: whole files, free functions
@@ -170,13 +201,101 @@ compile rates on the harness's built-in prompts (30 completion prompts, not Huma
 | optimizer | Muon (block projections) + Lion (embedding, norms), int8 forward / bf16 backward QAT path |
 | hardware | {cpu_name()}, CPU only, 2 threads; {long_hours:.2f} h of training |
 | validation loss | {long_evals[0]['val_loss']:.3f} at step {long_evals[0]['step']} → {final_evals[-1]['val_loss']:.4f} at step {final_evals[-1]['step']} (bpb {final_evals[-1]['val_bpb']:.4f}) |
+"""
 
-## Quality (all from `python -m nanochat_ternary.eval`)
+
+def post_section(post: Path, ckpt: Path) -> str:
+    """SFT + MaxRL: the split, both stages' settings and costs from their logs, the chosen checkpoint and
+    task pass@k of the pretrained file, the SFT start and the shipped file."""
+    from nanochat_ternary import _core
+
+    def count(name: str) -> int:
+        return sum(1 for line in (post / name).read_text().splitlines() if line.strip())
+
+    exp_rows = [json.loads(line) for line in (post / "exp_tasks.jsonl").read_text().splitlines() if line.strip()]
+    train_tasks = sum(r["split"] == "train" for r in exp_rows)
+    train_families = len({r["family"] for r in exp_rows if r["split"] == "train"})
+    held_families = len({json.loads(line)["family"] for line in (post / "heldfam.jsonl").read_text().splitlines() if line.strip()})
+    sft1, sft2 = load(post / "sft120" / "sft.json"), load(post / "sft180" / "sft.json")
+    rl_run = ckpt.parent
+    _, state = _core.QatTrainer.load(str(ckpt))
+    c = json.loads(state)["config"]
+    records = [json.loads(line) for line in (rl_run / "log.jsonl").read_text().splitlines() if line.strip()]
+    steps = [r for r in records if "eval" not in r]
+    evals = [r for r in records if r.get("eval") == "heldout"]
+    chosen = json.loads(state)["step"]
+    seconds = sum(sum(r["seconds"].values()) for r in steps)
+    first, last = steps[: min(10, len(steps))], steps[-min(10, len(steps)):]
+    mean = lambda rows, key: sum(r[key] for r in rows) / len(rows)  # noqa: E731
+    dev_evals = ", ".join(f"step {r['step']}: {r['pass@1']:.3f}" for r in evals)
+    rows = []
+    for stage, label in (("pretrained", "pretrained (before post-training)"), ("sft", "+ SFT warm start"),
+                         ("maxrl", f"+ MaxRL, step {chosen} (this file)")):
+        dev, held = load(post / f"tasks-dev-{stage}.json"), load(post / f"tasks-heldfam-{stage}.json")
+        rows.append(f"| {label} | {dev['pass@1']:.4f} | {dev['pass@16']:.3f} | {dev['compile_rate']:.3f} | "
+                    f"{held['pass@1']:.4f} | {held['pass@16']:.3f} | {held['compile_rate']:.3f} |")
+    dev0, held0 = load(post / "tasks-dev-maxrl.json"), load(post / "tasks-heldfam-maxrl.json")
+    return f"""## Post-training (SFT + MaxRL, `examples/rust_coder/posttrain.sh`)
+
+The RL task set `python/nanochat_ternary/rl/data/tasks.jsonl` (procedural typed tasks and tasks mined from the
+compiler-verified corpus, each with `assert_eq!` tests; never HumanEval or MBPP): {train_tasks:,} tasks of {train_families}
+train families train; {count('dev.jsonl')} further instances of those families are dev tasks (never trained on; they choose
+the checkpoint); {count('heldfam.jsonl')} tasks of {held_families} whole held-out families measure generalization.
+
+- **SFT warm start** on the train tasks' reference bodies (cross-entropy on completion tokens): {sft1['steps']} + {sft2['steps']}
+  steps of {sft1['batch']}, completion CE {sft1['ce_first']:.3f} → {sft2['ce_last']:.3f}.
+- **MaxRL** (advantage (r − r̄)/r̄ per prompt group, binary reward: every test passes in the sandbox), {c['prompts_per_step']}
+  prompts × {c['rollouts']} rollouts a step, temperature {c['temperature']}, top-p {c['top_p']}, at most {c['max_new_tokens']} new tokens,
+  Muon {c['lr_muon']} / Lion {c['lr_lion']}, KL coefficient {c['kl_coef']}; {len(steps)} steps ({steps[-1]['samples']:,} samples) in
+  {seconds / 60:.1f} min. Training pass rate of the sampled prompts, first → last 10 steps: {mean(first, 'pass_rate'):.3f} →
+  {mean(last, 'pass_rate'):.3f}; compile rate {mean(first, 'compile_rate'):.3f} → {mean(last, 'compile_rate'):.3f}.
+  Dev pass@1 ({evals[0]['tasks']} tasks × {evals[0]['samples_per_task']} samples) — {dev_evals}: **step {chosen} ships**.
+
+pass@k (unbiased) of {dev0['samples_per_task']} samples per task at temperature 1.0, at most 64 new tokens; dev: {dev0['tasks']} tasks, held-out
+families: {held0['tasks']} tasks:
+
+| model | dev pass@1 | dev pass@16 | dev compile | held-out families pass@1 | pass@16 | compile |
+|---|---|---|---|---|---|---|
+{chr(10).join(rows)}
+
+"""
+
+
+def quality(args: argparse.Namespace, model: Any, reports: Path) -> str:
+    cfg = model.config
+    loss_path = reports / "loss.json"
+    if loss_path.is_file():
+        loss = load(loss_path)["loss"]
+        loss_row = (f"| held-out loss (engine, {loss['tokens']:,} validation tokens, windows of {cfg.max_seq_len}) | "
+                    f"{loss['mean_loss']:.4f} nats/token, perplexity {loss['perplexity']:.2f}, {loss['bits_per_byte']:.4f} bits per byte |\n")
+    else:
+        loss_row = ""
+    greedy = load(reports / "compile.json")["summary"]
+    plain = load(reports / "compile-plain.json")["summary"]
+    penalty = model.generation_config.get("repetition_penalty", 1.0)
+    ngram = model.generation_config.get("no_repeat_ngram_size", 0)
+    healing = model.generation_config.get("token_healing", False)
+    defaults = (f"repetition penalty {penalty}" + (f", no repeated {ngram}-grams" if ngram else "")
+                + (", token healing" if healing else ""))
+    dev = load(reports / "dev.json")["summary"]
+    he = load(reports / "humaneval.json")
+    sampling = load(reports / "sampling.json")
+    gen = model.generation_config
+    sampling_rows = "\n".join(
+        f"| {r['label']} | {r['samples']} | {r['parse_rate']:.1%} | {r['compile_rate']:.1%} | {r['nontrivial_compile_rate']:.1%} |"
+        for r in sampling["rows"]
+    )
+    speed1, speed2 = decode_speed(args.model, 1), decode_speed(args.model, 2)
+    recipe = ("`bash examples/rust_coder/pipeline.sh` (data, sweep, long run, branch, export; then\n"
+              "`examples/rust_coder/posttrain.sh`: SFT, MaxRL, sampling, evaluation, this card, zoo entry; `STOP_AT=N` splits\n"
+              "the long run over sessions)" if args.post is not None else
+              "`bash examples/rust_coder/pipeline.sh` (data, sweep, long run, branch, export, sampling, evaluation, this card,\n"
+              "zoo entry; `STOP_AT=N` splits the long run over sessions)")
+    return f"""## Quality (all from `python -m nanochat_ternary.eval`)
 
 | metric | value |
 |---|---|
-| held-out loss (engine, {loss['tokens']:,} validation tokens, windows of {cfg.max_seq_len}) | {loss['mean_loss']:.4f} nats/token, perplexity {loss['perplexity']:.2f}, {loss['bits_per_byte']:.4f} bits per byte |
-| HumanEval-Rust, greedy, 256 new tokens ({greedy['samples']} problems), the model's defaults ({defaults}) / the same with repetition penalty 1.0: syn parse | {rate(greedy, 'parse_rate')} / {rate(plain, 'parse_rate')} |
+{loss_row}| HumanEval-Rust, greedy, 256 new tokens ({greedy['samples']} problems), the model's defaults ({defaults}) / the same with repetition penalty 1.0: syn parse | {rate(greedy, 'parse_rate')} / {rate(plain, 'parse_rate')} |
 | rustc compile (`--emit=metadata`, edition 2021), same samples | {rate(greedy, 'compile_rate')} / {rate(plain, 'compile_rate')} |
 | **nontrivial** compile (no empty / `todo!` / `unimplemented!` / `unreachable!` / `panic!` body) | {rate(greedy, 'nontrivial_compile_rate')} / {rate(plain, 'nontrivial_compile_rate')} |
 | HumanEval-Rust pass@k ({he['problems']} problems, n = 10, temperature 0.8, top-p 0.95, {defaults}) | {', '.join(f'{k} = {v:.3f}' for k, v in he['pass_at_k'].items())} |
@@ -202,11 +321,9 @@ Greedy decode with the torch-free engine ({cpu_name()}): {speed1:,.0f} tokens/s 
 
 ## Reproduce
 
-`bash examples/rust_coder/pipeline.sh` (data, sweep, long run, branch, export, sampling, evaluation, this card,
-zoo entry; `STOP_AT=N` splits the long run over sessions). Card generated by `examples/rust_coder/make_card.py` on
+{recipe}. Card generated by `examples/rust_coder/make_card.py` on
 {datetime.now(timezone.utc).strftime('%Y-%m-%d')} ({platform.system()}, Python {platform.python_version()}).
 """
-    write_card(args.out, card)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@
 # The whole recipe of the default model `rust-coder` (issue 19):
 # crates + std -> function-level and compiler-verified views -> mix, tokenizer, shards ->
 # equal-compute size sweep (+ full-precision twin) -> long ternary QAT run (resumable, split over
-# sessions with STOP_AT) -> WSD decay branch -> GGUF export -> sampling sweep -> evaluation ->
-# model card -> zoo registration.
+# sessions with STOP_AT) -> WSD decay branch -> GGUF export -> SFT + MaxRL (posttrain.sh) -> sampling
+# sweep -> evaluation -> model card -> zoo registration.
 #
 #     bash examples/rust_coder/pipeline.sh        # inside the project venv; ~9 h of 2 cores in all
 #
@@ -26,6 +26,8 @@ mkdir -p "$RUNS/eval" "$MODEL_DIR"
 #    decontamination against the vendored HumanEval-Rust, whole crates held out) with its own
 #    8192-token BPE. Every step is resumable and skipped once its output exists.
 [ -f "$DATA_ROOT/crates/crates.json" ] || python -m nanochat_ternary.data fetch-crates --out "$DATA_ROOT/crates"
+# The std sources come from rustup's rust-src component (the functions step refuses to run without them).
+command -v rustup > /dev/null && rustup component add rust-src
 [ -f "$DATA_ROOT/rust-fn/stats.json" ] || python -m nanochat_ternary.data functions --crates "$DATA_ROOT/crates" --out "$DATA_ROOT/rust-fn"
 python -m nanochat_ternary.data verify --functions "$DATA_ROOT/rust-fn" --workers "$THREADS"
 [ -f "$MIX/meta.json" ] || python -m nanochat_ternary.data build --mix python/nanochat_ternary/data/mix_rust.json \
@@ -70,28 +72,8 @@ if [ "$DONE" -lt "$TOTAL" ]; then
     --out "$FINAL" --threads "$THREADS" --no-progress > "$FINAL.out"
 fi
 
-# 5. Export, then the sampling defaults measured on the dev-visible prompts, then export again
-#    with them as the model's generation_config.
-python -m nanochat_ternary.export "$FINAL" --out "$RUNS/model.gguf"
-python "$HERE/sampling.py" --model "$RUNS/model.gguf" --n 3 --report "$RUNS/eval/sampling.json" \
-  --out "$RUNS/generation_config.json"
-python -m nanochat_ternary.export "$FINAL" --out "$MODEL_DIR/model.gguf" --generation-config "$RUNS/generation_config.json"
-
-# 6. Evaluation: held-out loss; HumanEval-Rust greedy (the issue's parse / compile / nontrivial
-#    targets; with the model's repetition penalty and without) and pass@k at temperature 0.8; the
-#    dev-visible compile rate of the shipped file.
-MODEL=$MODEL_DIR/model.gguf
-python -m nanochat_ternary.eval loss --model "$MODEL" --data "$MIX" --output "$RUNS/eval/loss.json"
-python -m nanochat_ternary.eval compile-rate --model "$MODEL" --temperature 0 --max-new-tokens 256 \
-  --prompts python/nanochat_ternary/eval/data/humaneval-rs.jsonl --output "$RUNS/eval/compile.json"
-python -m nanochat_ternary.eval compile-rate --model "$MODEL" --temperature 0 --max-new-tokens 256 --repetition-penalty 1 \
-  --prompts python/nanochat_ternary/eval/data/humaneval-rs.jsonl --output "$RUNS/eval/compile-plain.json"
-python -m nanochat_ternary.eval humaneval --model "$MODEL" --temperature 0.8 --top-p 0.95 --max-new-tokens 256 \
-  --n 10 --k 1 10 --output "$RUNS/eval/humaneval.json"
-python -m nanochat_ternary.eval compile-rate --model "$MODEL" --temperature 0 --max-new-tokens 256 \
-  --output "$RUNS/eval/dev.json"
-
-# 7. Model card from those files, then pin the files in the zoo as the default.
-python "$HERE/make_card.py" --model "$MODEL" --runs "$RUNS" --final "$FINAL" --data "$MIX" --out "$MODEL_DIR/README.md"
-python examples/register.py "$MODEL_DIR" --default \
-  --description "ternary Rust-code model trained with this package on its function-level, compiler-verified corpus (see its README.md)"
+# 5. Export of the pretrained model, then post-training and what ships (posttrain.sh): SFT warm start +
+#    MaxRL with the compiler in the loop, sampling defaults measured on the dev prompts, export with them,
+#    evaluation (held-out loss on this mix), the card and the zoo entry.
+python -m nanochat_ternary.export "$FINAL" --out "$RUNS/pretrained.gguf"
+FINAL=$FINAL MIX=$MIX RUNS=$RUNS THREADS=$THREADS bash "$HERE/posttrain.sh" "$RUNS/pretrained.gguf"

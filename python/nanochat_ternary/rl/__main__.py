@@ -4,7 +4,7 @@
     python -m nanochat_ternary.rl --out runs/rl --resume
     python -m nanochat_ternary.rl generate --out python/nanochat_ternary/rl/data/tasks.jsonl \
         --functions /work/data/rust-fn --crates /work/data/crates     # + tasks mined from the verified corpus
-    python -m nanochat_ternary.rl eval --model runs/rl/final.gguf --split heldout --samples 8
+    python -m nanochat_ternary.rl eval --model runs/rl/final.gguf --split heldout --samples 8 [--output r.json]
     python -m nanochat_ternary.rl sft --model MODEL.gguf --out runs/sft     # warm start on train families
 
 Training logs to ``OUT/log.jsonl`` (mean reward, pass rate, compile rate, KL,
@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 import torch
 
+from .._atomic import write_json
 from .advantages import ALGOS
 from .loop import RLConfig, RLRun, eval_subset, evaluate, trainer_from_checkpoint
 from .tasks import load_tasks, split_counts, write_tasks
@@ -62,6 +63,7 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-samples", type=_positive, default=d.eval_samples)
     p.add_argument("--eval-temperature", type=float, default=d.eval_temperature)
     p.add_argument("--save-every", type=_positive, default=d.save_every)
+    p.add_argument("--keep", type=_positive, default=d.keep, help="checkpoints kept (the newest)")
     p.add_argument("--workers", type=_positive, default=d.workers, help="parallel rustc / test runs")
     p.add_argument("--threads", type=_positive, default=None, help="libtorch CPU threads")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -86,7 +88,8 @@ def _train(argv: Sequence[str]) -> int:
                 lr_muon=args.lr_muon, lr_lion=args.lr_lion, warmup=args.warmup, clip=args.clip, kl_coef=args.kl,
                 micro_batch=args.micro_batch, seed=args.seed, families=args.families or None,
                 eval_every=args.eval_every, eval_tasks=args.eval_tasks, eval_samples=args.eval_samples,
-                eval_temperature=args.eval_temperature, save_every=args.save_every, workers=args.workers,
+                eval_temperature=args.eval_temperature, save_every=args.save_every, keep=args.keep,
+                workers=args.workers,
             )  # fmt: skip
             config.validate()
             tasks = load_tasks(args.tasks, verify=True, workers=args.workers)
@@ -156,12 +159,16 @@ def _eval(argv: Sequence[str]) -> int:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--max-new-tokens", type=_positive, default=128)
     p.add_argument("--workers", type=_positive, default=2)
+    p.add_argument("--output", help="also write the result JSON here (atomically)")
     args = p.parse_args(argv)
     tasks = eval_subset(load_tasks(args.tasks).split(args.split), args.limit)
     policy = Policy.from_model(TernaryModel.from_pretrained(args.model, kv_cache="f32"))
     result = evaluate(policy, tasks, args.samples, max_new_tokens=args.max_new_tokens,
                       temperature=args.temperature, workers=args.workers)  # fmt: skip
-    print(json.dumps({"model": args.model, "split": args.split, **result}))
+    record = {"model": args.model, "split": args.split, **result}
+    print(json.dumps(record))
+    if args.output:
+        write_json(args.output, record)
     return 0
 
 
