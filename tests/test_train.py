@@ -385,3 +385,64 @@ def test_resume_with_another_tokenizer_or_mix_is_a_clear_error(tmp_path, data):
             run = tmp_path / "run"
         with pytest.raises(ValueError, match=f"another {what}.*--data"):
             Trainer.resume(run, data_dir=other, progress=False)
+
+
+def test_init_from_a_gguf_export_starts_a_run_as_exactly_that_model(tmp_path, capsys):
+    """--init-from: a new run (own schedule) from one of our GGUF exports, e.g. a zoo model that ships
+    without its trainer checkpoint. Untouched, it exports back to the same model; the file's shape is
+    the run's; data made with another tokenizer, --config beside it, --resume are refused."""
+    from nanochat_ternary.data.__main__ import main as data_main
+    from nanochat_ternary.export import main as export_main
+    from nanochat_ternary.model import TernaryModel
+    from nanochat_ternary.tokenizer import Tokenizer
+
+    rng = np.random.default_rng(0)
+    words = ["fn", "let", "mut", "x", "y", "u32", "return", "if", "else", "for", "in", "0..n", "+", "*", "{", "}", ";"]
+    src = tmp_path / "src"
+    src.mkdir()
+    texts = [" ".join(rng.choice(words, size=120)) + "\n" for _ in range(40)]
+    for i, text in enumerate(texts):
+        (src / f"f{i}.rs").write_text(text)
+    datasets = {}
+    for name, vocab in (("data", 300), ("other", 290)):
+        tok = Tokenizer.train(texts, vocab_size=vocab, min_frequency=1)
+        tok.save(tmp_path / f"{name}.json")
+        assert data_main(["build", "--input", str(src), "--ext", ".rs", "--tokenizer", str(tmp_path / f"{name}.json"),
+                          "--out", str(tmp_path / name), "--quiet"]) in (0, None)  # fmt: skip
+        datasets[name] = tmp_path / name
+    config = ModelConfig(vocab_size=320, dim=256, n_layers=1, n_heads=4, n_kv_heads=4, ffn_hidden=256, max_seq_len=64)
+    (tmp_path / "model.json").write_text(config.to_json())
+    loop = ["--steps", "3", "--batch-size", "2", "--seq-len", "16", "--warmup", "1", "--eval-every", "0",
+            "--save-every", "3", "--log-every", "1", "--threads", "1", "--no-progress"]  # fmt: skip
+    assert main(["--config", str(tmp_path / "model.json"), "--data", str(datasets["data"]), "--out", str(tmp_path / "a"), *loop]) == 0
+    assert export_main([str(tmp_path / "a"), "--out", str(tmp_path / "a.gguf")]) == 0
+    original = TernaryModel(tmp_path / "a.gguf", kv_cache="f32")
+
+    # Untouched, the new run is the file's model.
+    fresh = Trainer(config, datasets["data"], tmp_path / "b", **FAST)
+    fresh.init_from_gguf(tmp_path / "a.gguf")
+    fresh.save()
+    assert export_main([str(tmp_path / "b"), "--out", str(tmp_path / "b.gguf")]) == 0
+    ids = original.encode(texts[0][:80])
+    assert (TernaryModel(tmp_path / "b.gguf", kv_cache="f32").logits(ids) == original.logits(ids)).all()
+
+    # Through the CLI: the shape comes from the file, the run trains on and records where it started.
+    assert main(["--init-from", str(tmp_path / "a.gguf"), "--data", str(datasets["data"]), "--out", str(tmp_path / "c"), *loop]) == 0
+    records = [json.loads(line) for line in (tmp_path / "c" / "log.jsonl").read_text().splitlines()]
+    assert records[0]["init_from"] == str((tmp_path / "a.gguf").resolve()) and len(records[0]["init_sha256"]) == 64
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3] and records[1]["loss"] < 7.0  # not from scratch (ln 320 = 5.8)
+    capsys.readouterr()
+
+    for argv, message in (
+        (["--data", str(datasets["other"])], "tokenizer is not the one"),
+        (["--data", str(datasets["data"]), "--config", str(tmp_path / "model.json")], "leave out --config"),
+        (["--data", str(datasets["data"]), "--resume"], "takes neither --resume"),
+        (["--data", str(datasets["data"]), "--init-from", str(tmp_path / "model.json")], "model.json"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--init-from", str(tmp_path / "a.gguf"), "--out", str(tmp_path / "d"), *loop, *argv])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and message in err and "Traceback" not in err, err
+    with pytest.raises(ValueError, match="another model shape"):
+        Trainer(ModelConfig(**{**json.loads(config.to_json()), "n_layers": 2}), datasets["data"], tmp_path / "e",
+                **FAST).init_from_gguf(tmp_path / "a.gguf")  # fmt: skip

@@ -560,6 +560,62 @@ def hf_config(config: ModelConfig) -> dict[str, Any]:
     return values
 
 
+def gguf_model_config(path: str | os.PathLike[str]) -> ModelConfig:
+    """The model config one of our GGUF exports carries (``nct.config``)."""
+    from .gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(path)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from e
+    if "nct.config" not in reader.metadata:
+        raise ValueError(f"{path}: no nct.config metadata; only this package's GGUF exports can start training")
+    return ModelConfig.from_dict(json.loads(reader.metadata["nct.config"]))
+
+
+def load_gguf_weights(trainer: Any, path: str | os.PathLike[str]) -> None:
+    """Sets a ``_core.QatTrainer``'s latent weights to the model of one of our GGUF exports, so
+    training (RL, fine-tuning, continued pretraining) can start from a model that ships without its
+    trainer checkpoint. Each projection's latent weights are its trits times s / f, s its stored
+    scale and f its fraction of nonzero trits, so absmean ternarization gives back exactly those
+    trits and that scale (the export of the untouched trainer is the same model); the Q/K row
+    permutation of the export is undone; embeddings, norms and an untied head are read as float
+    (a Q8_0 head dequantized). Optimizer moments are not in the file: they start at zero."""
+    import torch
+
+    from . import codec
+    from .gguf import GGUFReader
+
+    reader = GGUFReader(path)
+    model = gguf_model_config(path)
+    q_perm = rope_permutation(model.n_heads, model.head_dim)
+    k_perm = rope_permutation(model.n_kv_heads, model.head_dim)
+    with torch.no_grad():
+        for name, target in trainer.named_parameters():
+            gname = "token_embd.weight" if name == "embed" else gguf_tensor_name(name)
+            try:
+                info = reader.tensor_info(gname)
+            except KeyError as e:
+                raise ValueError(f"{path}: no tensor {gname}: not an export of this model shape") from e
+            if is_ternary_parameter(name):
+                trits, scales = codec.unpack(reader.tensor_bytes(gname), info.shape, info.ggml_type.lower())
+                if scales is None or not np.all(scales == scales[0]):
+                    raise ValueError(f"{path}: {gname} has per-block scales; the trainer ternarizes per tensor")
+                value = np.empty_like(trits)
+                perm = q_perm if name.endswith("attn.wq") else k_perm if name.endswith("attn.wk") else None
+                if perm is not None:
+                    value[perm] = trits
+                else:
+                    value = trits
+                nonzero = float(np.count_nonzero(value)) / value.size
+                latent = value.astype(np.float32) * np.float32(scales[0] / max(nonzero, 1e-12))
+            else:
+                latent = np.asarray(reader.tensor(gname), dtype=np.float32)
+            if tuple(latent.shape) != tuple(target.shape):
+                raise ValueError(f"{path}: {gname} has shape {latent.shape}, the model expects {tuple(target.shape)}")
+            target.copy_(torch.from_numpy(np.ascontiguousarray(latent)).to(target.device))
+
+
 def export_hf(
     model: ExportableModel,
     tokenizer: Any,

@@ -4,6 +4,8 @@ Run:
     python -m nanochat_ternary.train --config tiny --data DATA_DIR --out runs/tiny --steps 300
     python -m nanochat_ternary.train --out runs/tiny --resume        # continue that run
     python -m nanochat_ternary.train --out runs/tiny-d --branch-from runs/tiny --decay-steps 50  # decay it now
+    python -m nanochat_ternary.train --init-from MODEL.gguf --data DATA_DIR --out runs/more --steps 1000
+                                     # a new run from one of our GGUF exports (e.g. a zoo model)
 
 Python:
     from nanochat_ternary.train import Trainer
@@ -83,6 +85,16 @@ DEFAULT_LOOP: dict[str, Any] = {
     "distill_alpha": 0.5,  # alpha in alpha*CE + (1 - alpha)*T^2*KL (with a teacher)
     "distill_temperature": 2.0,  # T (with a teacher)
 }
+
+
+def _file_sha256(path: str | os.PathLike[str]) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 class TokenBatches:
@@ -396,6 +408,34 @@ class Trainer:
                    "decay_steps": decay_steps, "total_steps": self.hyper["total_steps"]})
         return self
 
+    def init_from_gguf(self, path: str | os.PathLike[str]) -> None:
+        """Starts this (new) run from the weights of one of our GGUF exports: continued pretraining
+        or fine-tuning of a model that ships without its trainer checkpoint, such as the zoo's.
+        The model shape must be the file's and the data's tokenizer the file's (every id the same
+        token); latent weights as in :func:`export.load_gguf_weights`, optimizer moments zero, the
+        schedule this run's own."""
+        from .export import gguf_model_config, load_gguf_weights
+        from .model import TernaryModel
+
+        if self.step_count != 0:
+            raise ValueError("init_from_gguf starts a new run; this trainer has already taken steps")
+        theirs = gguf_model_config(path)
+        if json.loads(theirs.to_json()) != json.loads(self.config.to_json()):
+            raise ValueError(f"{path} holds another model shape than this run's config "
+                             f"({theirs.to_json()} vs {self.config.to_json()})")  # fmt: skip
+        if self.data_dir is not None:
+            from .tokenizer import Tokenizer
+
+            data_tok = Tokenizer.from_file(self.data_dir / "tokenizer.json")
+            file_tok = TernaryModel(path).tokenizer
+            if data_tok.vocab_size != file_tok.vocab_size or any(
+                data_tok.id_to_token(i) != file_tok.id_to_token(i) for i in range(data_tok.vocab_size)
+            ):
+                raise ValueError(f"{self.data_dir}'s tokenizer is not the one of {path}: build the data with "
+                                 f"--tokenizer set to the model's (see python -m nanochat_ternary.data build --help)")
+        load_gguf_weights(self._core, path)
+        self._log({"step": 0, "init_from": os.fspath(Path(path).resolve()), "init_sha256": _file_sha256(path)})
+
     # ---- one step -------------------------------------------------------------
 
     def _autocast(self) -> AbstractContextManager[Any]:
@@ -650,7 +690,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m nanochat_ternary.train",
         description="Quantization-aware training of a ternary (BitNet b1.58) transformer.",
     )
-    p.add_argument("--config", default="tiny", help=f"preset ({', '.join(PRESETS)}) or model config JSON file")
+    p.add_argument("--config", default=None, help=f"preset ({', '.join(PRESETS)}) or model config JSON file (default tiny)")
+    p.add_argument("--init-from", metavar="MODEL.gguf", default=None,
+                   help="start a new run from the weights of one of this package's GGUF exports (continued "
+                        "pretraining / fine-tuning; the shape is the file's, the data must use its tokenizer)")
     p.add_argument("--data", help="token data directory (meta.json + shards); required unless --resume")
     p.add_argument("--out", required=True, help="run directory: checkpoints, latest, log.jsonl")
     p.add_argument("--resume", action="store_true",
@@ -710,6 +753,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--teacher applies to a new run; a resumed run keeps its own teacher")
     if (args.branch_from is None) != (args.decay_steps is None):
         parser.error("--branch-from and --decay-steps go together")
+    if args.init_from is not None and (args.resume or args.branch_from is not None):
+        parser.error("--init-from starts a new run; it takes neither --resume nor --branch-from")
     if args.branch_from is not None and (args.resume or args.teacher is not None):
         parser.error("--branch-from starts a branch of an existing run; it takes neither --resume nor --teacher")
     device = args.device
@@ -740,8 +785,16 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, device: str)
                 parser.error("--data is required (unless --resume)")
             if latest_checkpoint(args.out) is not None:
                 parser.error(f"{args.out} already holds a run; pass --resume to continue it or choose a new --out")
+            if args.init_from is not None:
+                if args.config is not None:
+                    parser.error("--init-from takes the model shape from the file; leave out --config")
+                from .export import gguf_model_config
+
+                config: Any = gguf_model_config(args.init_from)
+            else:
+                config = args.config if args.config is not None else "tiny"
             trainer = Trainer(
-                args.config, args.data, args.out, steps=args.steps,
+                config, args.data, args.out, steps=args.steps,
                 batch_size=args.batch_size, seq_len=args.seq_len, grad_accum=args.grad_accum,
                 lr_muon=args.lr_muon, lr_lion=args.lr_lion, weight_decay=args.weight_decay,
                 warmup=args.warmup, decay_frac=args.decay_frac, lr_floor=args.lr_floor, clip=args.clip,
@@ -754,6 +807,8 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, device: str)
                 ),
                 **common,
             )
+            if args.init_from is not None:
+                trainer.init_from_gguf(args.init_from)
     except (ValueError, FileNotFoundError) as e:
         parser.error(str(e))
     stop = args.stop_at is not None and args.stop_at < trainer.hyper["total_steps"]

@@ -344,42 +344,10 @@ def trainer_from_checkpoint(path: str | os.PathLike[str], config: RLConfig, devi
 def trainer_from_gguf(path: str | os.PathLike[str], config: RLConfig, device: str = "cpu") -> Any:
     """A trainer whose forward pass is the model of one of our GGUF exports (e.g.
     the shipped ``rust-tiny``), for RL from a model that ships without its trainer
-    checkpoint. Latent weights: each projection's trits times s / f, s its stored
-    scale and f its fraction of nonzero trits, so absmean ternarization gives back
-    exactly those trits and that scale (the export of the untouched trainer is the
-    same model); the Q/K row permutation of the export is undone; embeddings,
-    norms and an untied head are read as float (a Q8_0 head dequantized)."""
-    from .. import codec
-    from ..export import gguf_tensor_name, is_ternary_parameter, rope_permutation
-    from ..gguf import GGUFReader
-    from ..model_config import ModelConfig
+    checkpoint (see :func:`nanochat_ternary.export.load_gguf_weights`)."""
+    from ..export import gguf_model_config, load_gguf_weights
 
-    reader = GGUFReader(path)
-    if "nct.config" not in reader.metadata:
-        raise ValueError(f"{path}: no nct.config metadata; only this package's GGUF exports can start an RL run")
-    model = ModelConfig.from_dict(json.loads(reader.metadata["nct.config"]))
+    model = gguf_model_config(path)
     trainer = _core.QatTrainer(model.to_json(), config.hyper_json(), device)
-    q_perm = rope_permutation(model.n_heads, model.head_dim)
-    k_perm = rope_permutation(model.n_kv_heads, model.head_dim)
-    with torch.no_grad():
-        for name, target in trainer.named_parameters():
-            gname = "token_embd.weight" if name == "embed" else gguf_tensor_name(name)
-            info = reader.tensor_info(gname)
-            if is_ternary_parameter(name):
-                trits, scales = codec.unpack(reader.tensor_bytes(gname), info.shape, info.ggml_type.lower())
-                if scales is None or not np.all(scales == scales[0]):
-                    raise ValueError(f"{path}: {gname} has per-block scales; the trainer ternarizes per tensor")
-                value = np.empty_like(trits)
-                perm = q_perm if name.endswith("attn.wq") else k_perm if name.endswith("attn.wk") else None
-                if perm is not None:
-                    value[perm] = trits
-                else:
-                    value = trits
-                nonzero = float(np.count_nonzero(value)) / value.size
-                latent = value.astype(np.float32) * np.float32(scales[0] / max(nonzero, 1e-12))
-            else:
-                latent = np.asarray(reader.tensor(gname), dtype=np.float32)
-            if tuple(latent.shape) != tuple(target.shape):
-                raise ValueError(f"{path}: {gname} has shape {latent.shape}, the model expects {tuple(target.shape)}")
-            target.copy_(torch.from_numpy(np.ascontiguousarray(latent)))
+    load_gguf_weights(trainer, path)
     return trainer
