@@ -432,11 +432,23 @@ def test_init_from_a_gguf_export_starts_a_run_as_exactly_that_model(tmp_path, ca
     assert records[0]["init_from"] == str((tmp_path / "a.gguf").resolve()) and len(records[0]["init_sha256"]) == 64
     assert [r["step"] for r in records if "loss" in r] == [1, 2, 3] and records[1]["loss"] < 7.0  # not from scratch (ln 320 = 5.8)
     capsys.readouterr()
+    # --data-start: the new run reads on where another stopped (the window after step 3 of run a).
+    window = 2 * 17
+    assert main(["--init-from", str(tmp_path / "a.gguf"), "--data", str(datasets["data"]), "--out", str(tmp_path / "s"),
+                 "--data-start", str(3 * window), *loop]) == 0  # fmt: skip
+    resumed = Trainer.resume(tmp_path / "s", progress=False)
+    assert resumed.train_batches.state() == {"position": 6 * window, "epoch": 0}
+    split = resumed.train_batches.shards.tokens
+    wrapped = Trainer(config, datasets["data"], tmp_path / "w", **FAST)
+    wrapped.start_data_at(2 * split + 5)
+    assert wrapped.train_batches.state() == {"position": 5, "epoch": 2}
+    capsys.readouterr()
 
     for argv, message in (
         (["--data", str(datasets["other"])], "tokenizer is not the one"),
         (["--data", str(datasets["data"]), "--config", str(tmp_path / "model.json")], "leave out --config"),
         (["--data", str(datasets["data"]), "--resume"], "takes neither --resume"),
+        (["--data", str(datasets["data"]), "--data-start", "-1"], "--data-start"),
         (["--data", str(datasets["data"]), "--init-from", str(tmp_path / "model.json")], "model.json"),
     ):
         with pytest.raises(SystemExit) as exit_info:

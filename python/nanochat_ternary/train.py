@@ -436,7 +436,17 @@ class Trainer:
         load_gguf_weights(self._core, path)
         self._log({"step": 0, "init_from": os.fspath(Path(path).resolve()), "init_sha256": _file_sha256(path)})
 
-    # ---- one step -------------------------------------------------------------
+    def start_data_at(self, tokens: int) -> None:
+        """A new run reads its train split from token offset `tokens` on (modulo the split's length,
+        counting the wraps as epochs), e.g. to continue where the run it was initialized from stopped."""
+        if self.step_count != 0 or self.train_batches is None:
+            raise ValueError("start_data_at needs a new run with data")
+        if tokens < 0:
+            raise ValueError(f"data start must be >= 0, got {tokens}")
+        epoch, position = divmod(tokens, self.train_batches.shards.tokens)
+        self.train_batches.load_state({"position": position, "epoch": epoch})
+        self._log({"step": 0, "data_start": tokens, "position": position, "epoch": epoch})
+
 
     def _autocast(self) -> AbstractContextManager[Any]:
         # The Rust step enables autocast on CUDA; this picks bf16 as its dtype.
@@ -694,6 +704,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-from", metavar="MODEL.gguf", default=None,
                    help="start a new run from the weights of one of this package's GGUF exports (continued "
                         "pretraining / fine-tuning; the shape is the file's, the data must use its tokenizer)")
+    p.add_argument("--data-start", metavar="TOKENS", type=_non_negative_int, default=None,
+                   help="a new run reads the train split from this token offset on (wrapped to the split), e.g. "
+                        "where the run that made the --init-from file stopped reading")
     p.add_argument("--data", help="token data directory (meta.json + shards); required unless --resume")
     p.add_argument("--out", required=True, help="run directory: checkpoints, latest, log.jsonl")
     p.add_argument("--resume", action="store_true",
@@ -753,6 +766,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--teacher applies to a new run; a resumed run keeps its own teacher")
     if (args.branch_from is None) != (args.decay_steps is None):
         parser.error("--branch-from and --decay-steps go together")
+    if args.data_start is not None and (args.resume or args.branch_from is not None):
+        parser.error("--data-start applies to a new run; a resumed run or branch continues its own data position")
     if args.init_from is not None and (args.resume or args.branch_from is not None):
         parser.error("--init-from starts a new run; it takes neither --resume nor --branch-from")
     if args.branch_from is not None and (args.resume or args.teacher is not None):
@@ -809,6 +824,8 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, device: str)
             )
             if args.init_from is not None:
                 trainer.init_from_gguf(args.init_from)
+            if args.data_start is not None:
+                trainer.start_data_at(args.data_start)
     except (ValueError, FileNotFoundError) as e:
         parser.error(str(e))
     stop = args.stop_at is not None and args.stop_at < trainer.hyper["total_steps"]
