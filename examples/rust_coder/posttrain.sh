@@ -74,6 +74,7 @@ for stage in "pretrained $PRE" "sft $POST/sft180/sft.gguf" "maxrl $MODEL"; do
 done
 if [ -n "${MIX:-}" ] && [ -f "$MIX/meta.json" ]; then
   python -m nanochat_ternary.eval loss --model "$MODEL" --data "$MIX" --output "$RUNS/eval/loss.json"
+  python -m nanochat_ternary.eval loss --model "$PRE" --data "$MIX" --output "$RUNS/eval/loss-pretrained.json"
 fi
 python -m nanochat_ternary.eval compile-rate --model "$MODEL" --temperature 0 --max-new-tokens 256 \
   --prompts "$HE" --output "$RUNS/eval/compile.json"
