@@ -163,6 +163,15 @@ def test_resume_is_exact(base, tmp_path):
         assert torch.equal(got[name], value), name
     lines = [json.loads(x) for x in (tmp_path / "part" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [1, 2, 3]
+    # A run planned for 2 steps and extended on resume is the run planned for 3 (constant LR after warmup).
+    short = _start(base, tmp_path / "short", algo="grpo", steps=2, save_every=1)
+    short.step(), short.step()
+    short.policy.close()
+    extended = RLRun.resume(tmp_path / "short", steps=3)
+    assert extended.config.steps == 3 and _comparable(extended.step()) == _comparable(expected[-1])
+    extended.policy.close()
+    with pytest.raises(ValueError, match="has taken 3 steps"):
+        RLRun.resume(tmp_path / "short", steps=2)
 
 
 def test_cli_trains_logs_evaluates_and_exports(base, tmp_path):

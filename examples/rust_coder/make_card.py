@@ -266,8 +266,14 @@ def quality(args: argparse.Namespace, model: Any, reports: Path) -> str:
     loss_path = reports / "loss.json"
     if loss_path.is_file():
         loss = load(loss_path)["loss"]
+        before = ""
+        if (reports / "loss-pretrained.json").is_file():
+            pre = load(reports / "loss-pretrained.json")["loss"]
+            if pre["tokens"] != loss["tokens"]:
+                raise SystemExit("loss.json and loss-pretrained.json scored different token counts")
+            before = f" (the pretrained file on the same tokens: {pre['mean_loss']:.4f} nats, {pre['bits_per_byte']:.4f} bits per byte)"
         loss_row = (f"| held-out loss (engine, {loss['tokens']:,} validation tokens, windows of {cfg.max_seq_len}) | "
-                    f"{loss['mean_loss']:.4f} nats/token, perplexity {loss['perplexity']:.2f}, {loss['bits_per_byte']:.4f} bits per byte |\n")
+                    f"{loss['mean_loss']:.4f} nats/token, perplexity {loss['perplexity']:.2f}, {loss['bits_per_byte']:.4f} bits per byte{before} |\n")
     else:
         loss_row = ""
     greedy = load(reports / "compile.json")["summary"]

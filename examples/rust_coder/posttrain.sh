@@ -6,7 +6,7 @@
 #
 #     bash examples/rust_coder/posttrain.sh runs/rust-coder/pretrained.gguf   # inside the venv; ~45 min on 2 cores
 #
-# Environment: RUNS (default runs/rust-coder), RL_STEPS (default 120), THREADS (default 2), MIX (the
+# Environment: RUNS (default runs/rust-coder), RL_STEPS (default 240; rerunning with more extends the run), THREADS (default 2), MIX (the
 # pretraining data, for the held-out loss; skipped when absent), PRETRAIN_CARD (when pipeline.sh's
 # pretraining logs are not on this machine: the card whose Data / Size sweep / Training sections are
 # carried over, e.g. the card of the pretrained file from git).
@@ -17,7 +17,7 @@ cd "$(dirname "$0")/../.."
 HERE=examples/rust_coder
 PRE=${1:?usage: posttrain.sh PRETRAINED.gguf}
 RUNS=${RUNS:-runs/rust-coder}
-RL_STEPS=${RL_STEPS:-120}
+RL_STEPS=${RL_STEPS:-240}
 THREADS=${THREADS:-2}
 POST=$RUNS/post
 MODEL_DIR=python/nanochat_ternary/models/rust-coder
@@ -42,15 +42,14 @@ python examples/rl/make_dev_split.py python/nanochat_ternary/rl/data/tasks.jsonl
 
 # 3. MaxRL, 8 prompts x 16 rollouts a step, dev pass@k (64 tasks x 16 samples) every 40 steps; every
 #    evaluated checkpoint kept, the best on dev pass@1 ships.
-if [ ! -f "$POST/maxrl/final.gguf" ]; then
-  if [ -f "$POST/maxrl/log.jsonl" ]; then
-    python -m nanochat_ternary.rl --out "$POST/maxrl" --resume --no-progress
-  else
-    python -m nanochat_ternary.rl --model "$POST/sft180/sft.safetensors" --tokenizer "$POST/sft180/tokenizer.json" \
-      --tasks "$POST/exp_tasks.jsonl" --out "$POST/maxrl" --algo maxrl --rollouts 16 --prompts 8 --steps "$RL_STEPS" \
-      --max-new-tokens 64 --lr-muon 5e-3 --lr-lion 2e-4 --eval-every 40 --eval-tasks 64 --eval-samples 16 \
-      --save-every 40 --keep 100 --threads "$THREADS" --no-progress
-  fi
+if [ -f "$POST/maxrl/latest" ]; then
+  # Resumes an interrupted run, or extends a finished one to RL_STEPS (exact: constant LR after warmup).
+  python -m nanochat_ternary.rl --out "$POST/maxrl" --resume --steps "$RL_STEPS" --threads "$THREADS" --no-progress
+else
+  python -m nanochat_ternary.rl --model "$POST/sft180/sft.safetensors" --tokenizer "$POST/sft180/tokenizer.json" \
+    --tasks "$POST/exp_tasks.jsonl" --out "$POST/maxrl" --algo maxrl --rollouts 16 --prompts 8 --steps "$RL_STEPS" \
+    --max-new-tokens 64 --lr-muon 5e-3 --lr-lion 2e-4 --eval-every 40 --eval-tasks 64 --eval-samples 16 \
+    --save-every 40 --keep 100 --threads "$THREADS" --no-progress
 fi
 CKPT=$(python "$HERE/pick_checkpoint.py" "$POST/maxrl")
 

@@ -46,7 +46,8 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument("--algo", choices=ALGOS, default=d.algo)
     p.add_argument("--rollouts", type=_positive, default=d.rollouts, help="N rollouts per prompt (8-64)")
     p.add_argument("--prompts", type=_positive, default=d.prompts_per_step, help="prompts per step")
-    p.add_argument("--steps", type=_positive, default=d.steps)
+    p.add_argument("--steps", type=_positive, default=None,
+                   help=f"steps of the run (default {d.steps}); with --resume: extend the run to this many")
     p.add_argument("--max-new-tokens", type=_positive, default=d.max_new_tokens)
     p.add_argument("--temperature", type=float, default=d.temperature)
     p.add_argument("--top-p", type=float, default=d.top_p)
@@ -78,12 +79,13 @@ def _train(argv: Sequence[str]) -> int:
         torch.set_num_threads(args.threads)
     try:
         if args.resume:
-            run = RLRun.resume(args.out)
+            run = RLRun.resume(args.out, steps=args.steps)
         else:
             if not args.model:
                 parser.error("--model is required unless --resume")
             config = RLConfig(
-                algo=args.algo, rollouts=args.rollouts, prompts_per_step=args.prompts, steps=args.steps,
+                algo=args.algo, rollouts=args.rollouts, prompts_per_step=args.prompts,
+                steps=args.steps if args.steps is not None else RLConfig().steps,
                 max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                 lr_muon=args.lr_muon, lr_lion=args.lr_lion, warmup=args.warmup, clip=args.clip, kl_coef=args.kl,
                 micro_batch=args.micro_batch, seed=args.seed, families=args.families or None,

@@ -206,7 +206,10 @@ class RLRun:
         return cls(trainer, out / "tokenizer.json", bos_token_id, tasks, out, config, state)
 
     @classmethod
-    def resume(cls, out: str | os.PathLike[str]) -> RLRun:
+    def resume(cls, out: str | os.PathLike[str], steps: int | None = None) -> RLRun:
+        """Continues the run in ``out`` from its newest checkpoint. ``steps`` (at least the steps
+        taken) moves the end of the run: the RL schedule is constant after warmup, so a run
+        extended this way is exactly the run planned that long."""
         out = Path(out)
         latest = out / "latest"
         if not latest.is_file():
@@ -219,6 +222,14 @@ class RLRun:
         tasks = load_tasks(out / "tasks.jsonl")
         if tasks.sha256 != state["tasks_sha256"]:
             raise ValueError(f"{out / 'tasks.jsonl'} changed since the run started (sha256 differs); resuming would not be exact")
+        if steps is not None:
+            if steps < state["step"]:
+                raise ValueError(f"{out} has taken {state['step']} steps; --steps {steps} would end it before that")
+            warmup = state["config"]["warmup"]
+            if warmup > state["config"]["steps"] or steps < warmup:
+                raise ValueError(f"{out}: a warmup of {warmup} steps does not fit both {state['config']['steps']} and "
+                                 f"{steps} steps, so the runs would differ; start a new run")
+            state["config"]["steps"] = steps
         config = RLConfig(**state["config"])
         # Drop log records written after the checkpoint (the resumed run writes them again).
         log = out / "log.jsonl"
