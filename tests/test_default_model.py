@@ -78,8 +78,21 @@ def test_it_is_trained_on_rust(model):
     rust = model.nll(model.encode(HELD_OUT, add_bos=False)).mean()
     prose = "The quick brown fox jumps over the lazy dog while the band plays a waltz in the park. " * 3
     english = model.nll(model.encode(prose, add_bos=False)[:100]).mean()
-    assert rust < 2.4, rust  # measured 1.77 for the shipped model (the 12M-token one before it: 2.59; rust-tiny: 3.03)
+    # Measured 2.12 for the shipped, post-trained model; its pretrained base 1.77 (the 12M-token model before:
+    # 2.59; rust-tiny: 3.03): post-training on function tasks costs some loss on general crate code.
+    assert rust < 2.4, rust
     assert rust < english
+
+
+def test_the_pretrained_base_ships_beside_it(model):
+    """`rust-coder-base`: the file post-training started from (posttrain.sh / continue.sh take it): the
+    same shape and tokenizer, other weights, a lower loss on plain crate code than the post-trained default."""
+    base = TernaryModel.from_pretrained("rust-coder-base")
+    assert base.config.to_json() == model.config.to_json()
+    assert all(base.tokenizer.id_to_token(i) == model.tokenizer.id_to_token(i) for i in range(model.vocab_size))
+    ids = model.encode(HELD_OUT, add_bos=False)
+    assert base.nll(ids).mean() < model.nll(ids).mean()  # measured 1.77 vs 2.12
+    assert base.generation_config != model.generation_config
 
 
 def test_it_generates_deterministic_rust_looking_text(model):
@@ -110,7 +123,8 @@ def test_a_modified_file_is_refused(tmp_path):
 def test_model_card_ships_beside_the_weights():
     entry = zoo.entry(zoo.default_name())
     card = (zoo.PACKAGE_MODELS / entry["package"] / "README.md").read_text()
-    for needle in ("bits per byte", "HumanEval-Rust", "pass@1", "pass@10", "compile rate", "full precision", "tokens/s"):
+    for needle in ("bits per byte", "HumanEval-Rust", "pass@1", "pass@10", "compile rate", "full precision", "tokens/s",
+                   "MaxRL", "held-out families"):
         assert needle in card
 
 

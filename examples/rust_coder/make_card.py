@@ -281,10 +281,15 @@ def quality(args: argparse.Namespace, model: Any, reports: Path) -> str:
     penalty = model.generation_config.get("repetition_penalty", 1.0)
     ngram = model.generation_config.get("no_repeat_ngram_size", 0)
     healing = model.generation_config.get("token_healing", False)
-    defaults = (f"repetition penalty {penalty}" + (f", no repeated {ngram}-grams" if ngram else "")
-                + (", token healing" if healing else ""))
+    defaults = ", ".join([f"repetition penalty {penalty}"] * (penalty != 1.0) + [f"no repeated {ngram}-grams"] * bool(ngram)
+                         + ["token healing"] * bool(healing)) or "nothing else"
     dev = load(reports / "dev.json")["summary"]
     he = load(reports / "humaneval.json")
+    he_plain = load(reports / "humaneval-plain.json") if (reports / "humaneval-plain.json").is_file() else None
+    plain_pass = "" if he_plain is None else (
+        f"| the same, plain (no repetition penalty, n-gram ban or token healing) | "
+        f"{', '.join(f'{k} = {v:.3f}' for k, v in he_plain['pass_at_k'].items())}; outcomes "
+        f"{', '.join(f'{k} {v}' for k, v in he_plain['outcomes'].items())} |\n")
     sampling = load(reports / "sampling.json")
     gen = model.generation_config
     sampling_rows = "\n".join(
@@ -301,12 +306,12 @@ def quality(args: argparse.Namespace, model: Any, reports: Path) -> str:
 
 | metric | value |
 |---|---|
-{loss_row}| HumanEval-Rust, greedy, 256 new tokens ({greedy['samples']} problems), the model's defaults ({defaults}) / the same with repetition penalty 1.0: syn parse | {rate(greedy, 'parse_rate')} / {rate(plain, 'parse_rate')} |
+{loss_row}| HumanEval-Rust, greedy, 256 new tokens ({greedy['samples']} problems), the model's defaults ({defaults}) / plain greedy (no repetition penalty, n-gram ban or token healing): syn parse | {rate(greedy, 'parse_rate')} / {rate(plain, 'parse_rate')} |
 | rustc compile (`--emit=metadata`, edition 2021), same samples | {rate(greedy, 'compile_rate')} / {rate(plain, 'compile_rate')} |
 | **nontrivial** compile (no empty / `todo!` / `unimplemented!` / `unreachable!` / `panic!` body) | {rate(greedy, 'nontrivial_compile_rate')} / {rate(plain, 'nontrivial_compile_rate')} |
 | HumanEval-Rust pass@k ({he['problems']} problems, n = 10, temperature 0.8, top-p 0.95, {defaults}) | {', '.join(f'{k} = {v:.3f}' for k, v in he['pass_at_k'].items())} |
 | HumanEval-Rust outcomes of those samples | {', '.join(f'{k} {v}' for k, v in he['outcomes'].items())} |
-| dev prompts (built-in, greedy, {defaults}): parse / compile / nontrivial compile | {rate(dev, 'parse_rate')} / {rate(dev, 'compile_rate')} / {rate(dev, 'nontrivial_compile_rate')} |
+{plain_pass}| dev prompts (built-in, greedy, {defaults}): parse / compile / nontrivial compile | {rate(dev, 'parse_rate')} / {rate(dev, 'compile_rate')} / {rate(dev, 'nontrivial_compile_rate')} |
 
 The harness cuts each completion at the problem's stop sequences (`\\n}}` …) and closes the function.
 

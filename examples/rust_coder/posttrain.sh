@@ -61,8 +61,8 @@ python -m nanochat_ternary.export "$CKPT" --tokenizer "$POST/maxrl/tokenizer.jso
   --generation-config "$RUNS/generation_config.json"
 
 # 5. Evaluation: task pass@k before / after each stage (dev tasks; 256 held-out-family tasks), held-out
-#    loss (when the corpus is here), HumanEval-Rust greedy with the defaults and without, pass@k at
-#    temperature 0.8, the dev prompts.
+#    loss (when the corpus is here), HumanEval-Rust greedy and pass@k at temperature 0.8, each with the
+#    model's sampling defaults and plain (no penalty, n-gram ban or token healing), the dev prompts.
 MODEL=$MODEL_DIR/model.gguf
 for stage in "pretrained $PRE" "sft $POST/sft180/sft.gguf" "maxrl $MODEL"; do
   set -- $stage
@@ -77,10 +77,13 @@ if [ -n "${MIX:-}" ] && [ -f "$MIX/meta.json" ]; then
 fi
 python -m nanochat_ternary.eval compile-rate --model "$MODEL" --temperature 0 --max-new-tokens 256 \
   --prompts "$HE" --output "$RUNS/eval/compile.json"
-python -m nanochat_ternary.eval compile-rate --model "$MODEL" --temperature 0 --max-new-tokens 256 --repetition-penalty 1 \
+PLAIN=(--repetition-penalty 1 --no-repeat-ngram-size 0 --token-healing off)
+python -m nanochat_ternary.eval compile-rate --model "$MODEL" --temperature 0 --max-new-tokens 256 "${PLAIN[@]}" \
   --prompts "$HE" --output "$RUNS/eval/compile-plain.json"
 python -m nanochat_ternary.eval humaneval --model "$MODEL" --temperature 0.8 --top-p 0.95 --max-new-tokens 256 \
   --n 10 --k 1 10 --output "$RUNS/eval/humaneval.json"
+python -m nanochat_ternary.eval humaneval --model "$MODEL" --temperature 0.8 --top-p 0.95 --max-new-tokens 256 \
+  --n 10 --k 1 10 "${PLAIN[@]}" --output "$RUNS/eval/humaneval-plain.json"
 python -m nanochat_ternary.eval compile-rate --model "$MODEL" --temperature 0 --max-new-tokens 256 \
   --output "$RUNS/eval/dev.json"
 
