@@ -1,7 +1,7 @@
 #!/bin/bash
 # MaxRL vs GRPO from one base model, same samples (README "RL" section has the numbers).
 #   bash examples/rl/experiment.sh /tmp/rl-exp        (~45 min on 2 shared CPU cores from rust-tiny)
-#   BASE=python/nanochat_ternary/models/rust-coder/model.gguf bash examples/rl/experiment.sh /tmp/rl-coder
+#   BASE=python/nanochat_ternary/models/rust-coder-base/model.gguf bash examples/rl/experiment.sh /tmp/rl-coder
 # BASE: the GGUF to start from (default the shipped rust-tiny). Every model of the experiment is also
 # measured on the vendored HumanEval-Rust (greedy compile rates; pass@1 at temperature 0.8), the
 # issue's before/after check: measured only, never trained or tuned on.
