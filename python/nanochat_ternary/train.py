@@ -60,7 +60,7 @@ import torch
 
 from . import _atomic, _core
 from . import distributed as ddp
-from .data.shards import TokenShards
+from .data.shards import TokenShards, sha256_file
 from .model_config import PRESETS, ModelConfig
 from .qat import QatModel
 
@@ -85,16 +85,6 @@ DEFAULT_LOOP: dict[str, Any] = {
     "distill_alpha": 0.5,  # alpha in alpha*CE + (1 - alpha)*T^2*KL (with a teacher)
     "distill_temperature": 2.0,  # T (with a teacher)
 }
-
-
-def _file_sha256(path: str | os.PathLike[str]) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class TokenBatches:
@@ -434,7 +424,7 @@ class Trainer:
                 raise ValueError(f"{self.data_dir}'s tokenizer is not the one of {path}: build the data with "
                                  f"--tokenizer set to the model's (see python -m nanochat_ternary.data build --help)")
         load_gguf_weights(self._core, path)
-        self._log({"step": 0, "init_from": os.fspath(Path(path).resolve()), "init_sha256": _file_sha256(path)})
+        self._log({"step": 0, "init_from": os.fspath(Path(path).resolve()), "init_sha256": sha256_file(path)})
 
     def start_data_at(self, tokens: int) -> None:
         """A new run reads its train split from token offset `tokens` on (modulo the split's length,
