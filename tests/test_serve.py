@@ -99,8 +99,8 @@ def test_health_models_and_page_need_no_key(server: Server, model: TernaryModel)
 
 def test_completion_plain_equals_the_engine_greedy(client: openai.OpenAI, model: TernaryModel) -> None:
     r = client.completions.create(model=model.name, prompt=PROMPT, max_tokens=20, temperature=0)
-    # The server keeps OpenAI's defaults (no repetition penalty), not the model's generation_config.
-    expected = model.generate(PROMPT, max_new_tokens=20, temperature=0, repetition_penalty=1.0)
+    # The server keeps OpenAI's defaults (no repetition penalty, no token healing), not the model's generation_config.
+    expected = model.generate(PROMPT, max_new_tokens=20, temperature=0, repetition_penalty=1.0, token_healing=False)
     assert r.object == "text_completion"
     assert r.choices[0].text == expected
     assert r.choices[0].finish_reason in ("length", "stop")
@@ -139,7 +139,8 @@ def test_chat_plain_and_stream(client: openai.OpenAI, model: TernaryModel) -> No
     # The documented base template (the shipped model has no chat template of its own).
     prompt = "System: You write Rust.\n\nUser: A hello world, please.\n\nAssistant:"
     assert plain.usage.prompt_tokens == len(model.encode(prompt))
-    expected = model.generate(prompt, max_new_tokens=16, temperature=0, stop="\nUser:", repetition_penalty=1.0)
+    expected = model.generate(prompt, max_new_tokens=16, temperature=0, stop="\nUser:", repetition_penalty=1.0,
+                              token_healing=False)
     assert plain.choices[0].message.content == expected
     chunks = list(client.chat.completions.create(model=model.name, messages=messages, max_tokens=16, temperature=0,
                                                  stream=True, stream_options={"include_usage": True}))
