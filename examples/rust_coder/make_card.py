@@ -57,7 +57,7 @@ def main() -> None:
     p.add_argument("--name", default="rust-coder")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
-    runs, reports = args.runs, args.runs / "eval"
+    reports = args.runs / "eval"
     if args.pretrain_card is None and (args.final is None or args.data is None):
         p.error("--final and --data are required unless --pretrain-card carries the pretraining sections")
     if (args.post is None) != (args.ckpt is None):

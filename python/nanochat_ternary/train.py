@@ -437,6 +437,7 @@ class Trainer:
         self.train_batches.load_state({"position": position, "epoch": epoch})
         self._log({"step": 0, "data_start": tokens, "position": position, "epoch": epoch})
 
+    # ---- one step -------------------------------------------------------------
 
     def _autocast(self) -> AbstractContextManager[Any]:
         # The Rust step enables autocast on CUDA; this picks bf16 as its dtype.
