@@ -36,7 +36,8 @@ Both workers import the same modules first, torch._dynamo included (which
 torch.optim.Optimizer pulls in, ~115 MB), so the baselines are equal.
 
 `--profile` adds a torch.profiler table of the timed steps per worker (ops
-dispatched by the Rust trainer are recorded too: it calls the same libtorch).
+dispatched by the Rust trainer are recorded too: it calls the same libtorch);
+PROF_SHAPES=1 splits its rows by input shapes, PROF_ROWS=N sets its length.
 """
 
 from __future__ import annotations
@@ -181,7 +182,7 @@ def run_worker(implementation: str, w: Workload) -> Result:
     if w.profile:
         from torch.profiler import ProfilerActivity, profile
 
-        profiler = profile(activities=[ProfilerActivity.CPU])
+        profiler = profile(activities=[ProfilerActivity.CPU], record_shapes=bool(os.environ.get("PROF_SHAPES")))
         profiler.__enter__()
     for micro in batches[w.warmup :]:
         start = time.perf_counter()
@@ -189,7 +190,7 @@ def run_worker(implementation: str, w: Workload) -> Result:
         times.append(time.perf_counter() - start)
     if profiler is not None:
         profiler.__exit__(None, None, None)
-        table = profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
+        table = profiler.key_averages(group_by_input_shape=bool(os.environ.get("PROF_SHAPES"))).table(sort_by="self_cpu_time_total", row_limit=int(os.environ.get("PROF_ROWS", "25")))
         print(f"== torch.profiler: {implementation}, {w.config}, {w.steps} timed steps\n{table}", file=sys.stderr)
     tokens = w.steps * w.accum * w.batch * w.seq
     return Result(

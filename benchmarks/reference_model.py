@@ -250,7 +250,9 @@ def newton_schulz_dtype(device: torch.device | str = "cpu") -> torch.dtype:
 
 def newton_schulz(g: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
     """≈ U·Vᵀ of a 2-D matrix by the quintic iteration, on the wide
-    orientation, normalized in f32 and iterated in `dtype`."""
+    orientation, normalized in f32 and iterated in `dtype`; each step as two
+    scaled GEMMs (`torch.addmm` with beta / alpha), the form of PyTorch's own
+    `torch.optim.Muon` and of the Rust trainer."""
     a, b, c = NEWTON_SCHULZ_COEFFS
     x = g.float()
     tall = x.shape[0] > x.shape[1]
@@ -259,8 +261,8 @@ def newton_schulz(g: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
     x = (x / (x.norm() + 1e-7)).to(dtype)
     for _ in range(NEWTON_SCHULZ_STEPS):
         gram = x @ x.T
-        poly = gram * b + (gram @ gram) * c
-        x = x * a + poly @ x
+        poly = torch.addmm(gram, gram, gram, beta=b, alpha=c)
+        x = torch.addmm(x, poly, x, beta=a)
     return (x.T if tall else x).to(g.dtype)
 
 

@@ -413,4 +413,15 @@ char* nct_cross_entropy(const Tensor* logits, const Tensor* targets, Tensor** ou
   }
 }
 
+// beta·input + alpha·(m1 · m2) as one libtorch addmm (tch's addmm has no beta / alpha): the
+// scalings and the sum happen inside the GEMM, before its result is rounded to the tensors' kind.
+char* nct_addmm(const Tensor* input, const Tensor* m1, const Tensor* m2, double beta, double alpha, Tensor** out) {
+  try {
+    *out = new Tensor(at::addmm(*input, *m1, *m2, beta, alpha));
+    return nullptr;
+  } catch (const std::exception& e) {
+    return copy_error(e.what());
+  }
+}
+
 }  // extern "C"

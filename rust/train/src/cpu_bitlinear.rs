@@ -53,6 +53,26 @@ extern "C" {
         out: *mut *mut C_tensor,
     ) -> *mut c_char;
     fn nct_cross_entropy(logits: *const C_tensor, targets: *const C_tensor, out: *mut *mut C_tensor) -> *mut c_char;
+    fn nct_addmm(
+        input: *const C_tensor,
+        m1: *const C_tensor,
+        m2: *const C_tensor,
+        beta: f64,
+        alpha: f64,
+        out: *mut *mut C_tensor,
+    ) -> *mut c_char;
+}
+
+/// beta·input + alpha·(m1 · m2) in one libtorch `addmm` (any device; tch's
+/// `addmm` has no scalars): the scaled sum is formed inside the GEMM, before
+/// rounding to the tensors' kind, so in bf16 it is both faster and closer to
+/// exact than a product followed by element-wise passes.
+pub fn addmm(input: &Tensor, m1: &Tensor, m2: &Tensor, beta: f64, alpha: f64) -> Result<Tensor> {
+    let mut out: *mut C_tensor = ptr::null_mut();
+    // SAFETY: all tensors are live; on success `out` is a fresh tensor we own.
+    let error = unsafe { nct_addmm(input.as_ptr(), m1.as_ptr(), m2.as_ptr(), beta, alpha, &mut out) };
+    check(error, "addmm")?;
+    Ok(unsafe { Tensor::from_ptr(out) })
 }
 
 /// Turns a C++ error string (owned by us) into a `TrainError`.
