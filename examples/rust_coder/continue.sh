@@ -4,14 +4,17 @@
 # corpus is rebuilt with pipeline.sh's step 1 but tokenized with the model's own tokenizer, and the run
 # reads the train split on from where the run behind the file stopped reading.
 #
-#     bash examples/rust_coder/continue.sh runs/rust-coder/pretrained.gguf   # inside the venv
+#     START_CARD=start-card.md bash examples/rust_coder/continue.sh runs/rust-coder/pretrained.gguf   # in the venv
 #
-# Time: the corpus ~10 min; the run 70 min at the long run's 6,500 tokens/s, 2.4 h at the 3,100 tokens/s
-# measured here on 2026-12-06 (same 2-core kind, another day).
+# START_CARD is the card of PRETRAINED.gguf (e.g. `git show <rev>:python/nanochat_ternary/models/rust-coder-base/README.md`):
+# its Data / Size sweep / Training sections and its Quality section are carried into the new card.
+# After the run: export, the sampling sweep, evaluation (reports in RUNS/eval-base), the card, and the
+# zoo entry `rust-coder-base` replaced by the continued file. Then post-training and shipping the default:
+#     MIX=data/rust-mix-cont RUNS=runs/rust-coder PRETRAIN_CARD=python/nanochat_ternary/models/rust-coder-base/README.md \
+#         bash examples/rust_coder/posttrain.sh python/nanochat_ternary/models/rust-coder-base/model.gguf
 #
-# then post-training and shipping: MIX=data/rust-mix-cont RUNS=runs/rust-coder PRETRAIN_CARD=<the file's card> \
-#     bash examples/rust_coder/posttrain.sh runs/rust-coder/continued.gguf
-# (make_card.py does not yet write a section for the continuation: its log and eval/cont-loss-*.json hold it).
+# Time: the corpus ~10 min; the run 70 min at the long run's 6,500 tokens/s, 2.2-2.4 h at the 3,100-3,500
+# tokens/s measured here on 2026-12-06 (same 2-core kind, another day); evaluation ~30 min.
 #
 # Environment: DATA_ROOT (default data), RUNS (default runs/rust-coder), STEPS (default 3,250 steps of
 # 8 x 1024 tokens = 26.6M tokens: with the file's 73.7M, 100.4M in all), DATA_START (default 9,000
@@ -25,7 +28,15 @@ STEPS=${STEPS:-3250}
 DATA_START=${DATA_START:-$((9000 * 8 * 1025))}
 THREADS=${THREADS:-2}
 MIX=$DATA_ROOT/rust-mix-cont
+REPORTS=$RUNS/eval-base
+BASE_DIR=python/nanochat_ternary/models/rust-coder-base
+HE=python/nanochat_ternary/eval/data/humaneval-rs.jsonl
+START_CARD=${START_CARD:?START_CARD: the card of PRETRAINED.gguf (its Data / Size sweep / Training sections are carried over)}
 mkdir -p "$RUNS"
+if [ -f "$RUNS/cont/log.jsonl" ]; then  # a rerun: the same start file, or the comparisons below would be wrong
+  WANT=$(head -1 "$RUNS/cont/log.jsonl" | python -c "import json, sys; print(json.load(sys.stdin).get('init_sha256', ''))")
+  [ "$WANT" = "$(sha256sum "$PRE" | cut -d' ' -f1)" ] || { echo "error: $RUNS/cont continues another file than $PRE" >&2; exit 2; }
+fi
 
 # 1. The corpus, as pipeline.sh step 1, tokenized with the file's tokenizer (train checks it id by id).
 [ -f "$DATA_ROOT/crates/crates.json" ] || python -m nanochat_ternary.data fetch-crates --out "$DATA_ROOT/crates"
@@ -48,13 +59,34 @@ else
     > "$RUNS/cont.out"
 fi
 
-# 3. Export.
+# 3. Export, the sampling defaults measured on the built-in dev prompts, the export with them.
 python -m nanochat_ternary.export "$RUNS/cont" --out "$RUNS/continued.gguf"
+mkdir -p "$REPORTS"
+python examples/rust_coder/sampling.py --model "$RUNS/continued.gguf" --n 3 --report "$REPORTS/sampling.json" \
+  --out "$RUNS/continued-generation_config.json"
+python -m nanochat_ternary.export "$RUNS/cont" --out "$RUNS/continued.gguf" \
+  --generation-config "$RUNS/continued-generation_config.json"
 
-# 4. Held-out loss of the start file and the continued one on the same validation tokens (the first
-#    524,288 of the rebuilt mix's held-out crates; posttrain.sh measures the whole split for what ships).
-mkdir -p "$RUNS/eval"
-for which in "start $PRE" "end $RUNS/continued.gguf"; do
-  set -- $which
-  python -m nanochat_ternary.eval loss --model "$2" --data "$MIX" --max-tokens 524288 --output "$RUNS/eval/cont-loss-$1.json"
-done
+# 4. Evaluation: held-out loss of the start file and the continued one on the whole validation split
+#    (the start file's skipped when measured already), HumanEval-Rust greedy with the file's defaults
+#    and plain, pass@k at temperature 0.8, the dev prompts.
+MODEL=$RUNS/continued.gguf
+python -m nanochat_ternary.eval loss --model "$MODEL" --data "$MIX" --output "$REPORTS/loss.json"
+[ -f "$REPORTS/loss-pretrained.json" ] || \
+  python -m nanochat_ternary.eval loss --model "$PRE" --data "$MIX" --output "$REPORTS/loss-pretrained.json"
+python -m nanochat_ternary.eval compile-rate --model "$MODEL" --temperature 0 --max-new-tokens 256 \
+  --prompts "$HE" --output "$REPORTS/compile.json"
+python -m nanochat_ternary.eval compile-rate --model "$MODEL" --temperature 0 --max-new-tokens 256 \
+  --repetition-penalty 1 --no-repeat-ngram-size 0 --token-healing off --prompts "$HE" --output "$REPORTS/compile-plain.json"
+python -m nanochat_ternary.eval humaneval --model "$MODEL" --temperature 0.8 --top-p 0.95 --max-new-tokens 256 \
+  --n 10 --k 1 10 --output "$REPORTS/humaneval.json"
+python -m nanochat_ternary.eval compile-rate --model "$MODEL" --temperature 0 --max-new-tokens 256 \
+  --output "$REPORTS/dev.json"
+
+# 5. The card (the start file's Data / Size sweep / Training sections carried over from its card) and
+#    the zoo entry `rust-coder-base`, the file posttrain.sh starts from next.
+cp "$MODEL" "$BASE_DIR/model.gguf"
+python examples/rust_coder/make_card.py --model "$BASE_DIR/model.gguf" --runs "$RUNS" --reports "$REPORTS" \
+  --pretrain-card "$START_CARD" --continuation "$RUNS/cont" --name rust-coder-base --out "$BASE_DIR/README.md"
+python examples/register.py "$BASE_DIR" \
+  --description "the pretrained base of rust-coder, before SFT + MaxRL post-training, continued pretraining included (see its README.md)"

@@ -26,6 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from cards import cpu_name, decode_speed, read_log, write_card  # noqa: E402
 
 SWEEP = ("s", "m", "l")
+QUALITY = "## Quality (all from `python -m nanochat_ternary.eval`)"
+CONTINUED = "## Continued pretraining"
 
 
 def load(path: Path) -> Any:
@@ -54,25 +56,36 @@ def main() -> None:
     p.add_argument("--pretrain-card", type=Path, help="card whose pretraining sections are carried over")
     p.add_argument("--post", type=Path, help="posttrain.sh's directory (SFT + MaxRL)")
     p.add_argument("--ckpt", type=Path, help="the RL checkpoint the shipped file was exported from")
+    p.add_argument("--continuation", type=Path,
+                   help="continue.sh's run directory: continued pretraining of the --pretrain-card's file")
+    p.add_argument("--reports", type=Path, help="the evaluation reports (default RUNS/eval)")
     p.add_argument("--name", default="rust-coder")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
-    reports = args.runs / "eval"
+    reports = args.reports if args.reports is not None else args.runs / "eval"
     if args.pretrain_card is None and (args.final is None or args.data is None):
         p.error("--final and --data are required unless --pretrain-card carries the pretraining sections")
     if (args.post is None) != (args.ckpt is None):
         p.error("--post and --ckpt go together")
+    if args.continuation is not None and args.pretrain_card is None:
+        p.error("--continuation needs --pretrain-card (the card of the file the run continued from)")
 
     from nanochat_ternary.model import TernaryModel
 
     model = TernaryModel.from_pretrained(args.model)
     if args.pretrain_card is not None:
         carried = sections(args.pretrain_card.read_text())
-        pretrain = "\n".join(carried[h] for h in ("## Data", "## Size sweep (equal compute)", "## Training"))
-        pretrain += "\n" + carried["## Quality (all from `python -m nanochat_ternary.eval`)"].replace(
-            "## Quality (all from `python -m nanochat_ternary.eval`)",
-            "## Quality before post-training (the pretrained file, carried over from its card)", 1)
+        args.continued = CONTINUED in carried
+        pretrain = "\n".join(carried[h] for h in ("## Data", "## Size sweep (equal compute)", "## Training", CONTINUED)
+                             if h in carried)
+        if args.continuation is not None:
+            pretrain += "\n" + continuation_section(args.continuation, carried["## Training"], reports)
+        before = ("## Quality of the file the continuation started from (carried over from its card)"
+                  if args.continuation is not None else
+                  "## Quality before post-training (the pretrained file, carried over from its card)")
+        pretrain += "\n" + carried[QUALITY].replace(QUALITY, before, 1)
     else:
+        args.continued = False
         pretrain = pretrain_sections(args, model)
     post = post_section(args.post, args.ckpt) if args.post is not None else ""
     card = f"{intro(args, model)}\n{pretrain}\n{post}{quality(args, model, reports)}"
@@ -96,20 +109,27 @@ def sections(card: str) -> dict[str, str]:
 
 def intro(args: argparse.Namespace, model: Any) -> str:
     size_mb = args.model.stat().st_size / 1e6
-    how = ("pretrained from scratch with this package on its function-level, compiler-verified Rust corpus, then\n"
-           "post-trained with the compiler in the loop (an SFT warm start on the RL task set's train families, then\n"
-           "MaxRL)" if args.post is not None else
+    how = (f"pretrained from scratch{' (and continued)' if args.continued else ''} with this package on its function-level,\n"
+           "compiler-verified Rust corpus, then post-trained with the compiler in the loop (an SFT warm start on the RL task\n"
+           "set's train families, then MaxRL)" if args.post is not None else
            "trained from scratch with this package on its function-level, compiler-verified Rust corpus")
+    if args.continuation is not None:
+        how = ("trained from scratch with this package on its function-level, compiler-verified Rust\n"
+               "corpus, then on more of it (continued pretraining)")
+    role = ("The default model of `nanochat-ternary`" if args.post is not None or args.continuation is None else
+            "The pretrained base of the Rust models, before post-training (the starting point of\n"
+            "`examples/rust_coder/posttrain.sh`, which makes the default `rust-coder`)")
+    name_arg = "" if args.name == "rust-coder" else f'"{args.name}"'
     return f"""# {args.name}
 
-The default model of `nanochat-ternary`: a {model.param_count / 1e6:.2f}M-parameter ternary (BitNet b1.58) Rust-code
+{role}: a {model.param_count / 1e6:.2f}M-parameter ternary (BitNet b1.58) Rust-code
 model {how}, shipped as a {size_mb:.1f} MB GGUF file (`general.architecture = {model.architecture}`; block
 projections TQ2_0, tied embedding/head Q8_0). It is still small and young: read the quality rows before trusting
 its code.
 
 ```python
 from nanochat_ternary import TernaryModel
-model = TernaryModel.from_pretrained()          # this model, from package data, sha256-verified
+model = TernaryModel.from_pretrained({name_arg})  # this model, from package data, sha256-verified
 print(model.generate("/// n-th Fibonacci number.\\npub fn fibonacci(n: u32) -> u64 {{\\n"))
 ```
 """
@@ -204,6 +224,53 @@ compile rates on the harness's built-in prompts (30 completion prompts, not Huma
 """
 
 
+def continuation_section(run: Path, training: str, reports: Path) -> str:
+    """Continued pretraining (continue.sh): the start file (its sha256 from the run's log, its tokens from
+    the carried Training section), the new schedule and tokens from the run's newest checkpoint and log,
+    and the held-out loss of the start and end files on the same validation tokens (REPORTS/loss-pretrained.json,
+    REPORTS/loss.json)."""
+    import re
+
+    from nanochat_ternary import _core
+
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
+    init = next((r for r in records if "init_from" in r), None)
+    start = next((r for r in records if "data_start" in r), None)
+    if init is None or start is None:
+        raise SystemExit(f"{run}: not a continued run (its log has no init_from / data_start record)")
+    match = re.search(r"^\| tokens \| .*= ([\d,]+) \|$", training, re.M)
+    if match is None:
+        raise SystemExit("the carried Training section has no '| tokens | ... = N |' row")
+    before_tokens = int(match.group(1).replace(",", ""))
+    core, state = _core.QatTrainer.load(str(run / (run / "latest").read_text().strip()), "cpu")
+    hyper, loop = json.loads(core.hyper_json()), json.loads(state)["loop"]
+    steps, evals = read_log(run)
+    if not steps or not evals:
+        raise SystemExit(f"{run}: no logged steps or evaluations")
+    done, tokens_step = steps[-1]["step"], steps[-1]["tokens"]
+    if done != hyper["total_steps"]:
+        raise SystemExit(f"{run}: stopped at step {done} of {hyper['total_steps']}; finish it first")
+    tokens = done * tokens_step
+    loss_a, loss_b = (load(reports / name)["loss"] for name in ("loss-pretrained.json", "loss.json"))
+    if loss_a["tokens"] != loss_b["tokens"]:
+        raise SystemExit("loss-pretrained.json and loss.json scored different token counts")
+    return f"""{CONTINUED}
+
+The long run's checkpoints were lost with its machine; `examples/rust_coder/continue.sh` continues from the exported
+file instead (`train --init-from`: every weight as in the file, sha256 `{init['init_sha256'][:16]}…`; new optimizer
+state), reading the train split on from token position {start['data_start']:,} (where the first run stopped) of the
+corpus rebuilt by the same pipeline and tokenized with the file's tokenizer.
+
+| | |
+|---|---|
+| schedule | {done:,} steps, warmup {hyper['warmup']}, Muon {hyper['lr_muon']} / Lion {hyper['lr_lion']} (half the long run's peak rates), linear decay over the last {hyper['decay_frac']:.0%} |
+| tokens | {done:,} steps × {tokens_step:,} = {tokens:,}; with the start file's {before_tokens:,}: **{tokens + before_tokens:,}** in all |
+| hardware | {cpu_name()}, CPU only; {run_hours(run):.2f} h of training |
+| validation loss (trainer, {loop['eval_batches']} batches) | {evals[0]['val_loss']:.4f} at step {evals[0]['step']} → {evals[-1]['val_loss']:.4f} at step {evals[-1]['step']} (bpb {evals[-1]['val_bpb']:.4f}) |
+| held-out loss (engine, {loss_a['tokens']:,} validation tokens) | start file {loss_a['mean_loss']:.4f} → this file {loss_b['mean_loss']:.4f} nats/token ({loss_a['bits_per_byte']:.4f} → {loss_b['bits_per_byte']:.4f} bits per byte) |
+"""
+
+
 def post_section(post: Path, ckpt: Path) -> str:
     """SFT + MaxRL: the split, both stages' settings and costs from their logs, the chosen checkpoint and
     task pass@k of the pretrained file, the SFT start and the shipped file."""
@@ -271,7 +338,8 @@ def quality(args: argparse.Namespace, model: Any, reports: Path) -> str:
             pre = load(reports / "loss-pretrained.json")["loss"]
             if pre["tokens"] != loss["tokens"]:
                 raise SystemExit("loss.json and loss-pretrained.json scored different token counts")
-            before = f" (the pretrained file on the same tokens: {pre['mean_loss']:.4f} nats, {pre['bits_per_byte']:.4f} bits per byte)"
+            which = "the file the continuation started from" if args.continuation is not None else "the pretrained file"
+            before = f" ({which} on the same tokens: {pre['mean_loss']:.4f} nats, {pre['bits_per_byte']:.4f} bits per byte)"
         loss_row = (f"| held-out loss (engine, {loss['tokens']:,} validation tokens, windows of {cfg.max_seq_len}) | "
                     f"{loss['mean_loss']:.4f} nats/token, perplexity {loss['perplexity']:.2f}, {loss['bits_per_byte']:.4f} bits per byte{before} |\n")
     else:
@@ -284,12 +352,16 @@ def quality(args: argparse.Namespace, model: Any, reports: Path) -> str:
     defaults = ", ".join([f"repetition penalty {penalty}"] * (penalty != 1.0) + [f"no repeated {ngram}-grams"] * bool(ngram)
                          + ["token healing"] * bool(healing)) or "nothing else"
     dev = load(reports / "dev.json")["summary"]
-    he = load(reports / "humaneval.json")
+    he = load(reports / "humaneval.json") if (reports / "humaneval.json").is_file() else None
     he_plain = load(reports / "humaneval-plain.json") if (reports / "humaneval-plain.json").is_file() else None
     plain_pass = "" if he_plain is None else (
         f"| the same, plain (no repetition penalty, n-gram ban or token healing) | "
         f"{', '.join(f'{k} = {v:.3f}' for k, v in he_plain['pass_at_k'].items())}; outcomes "
         f"{', '.join(f'{k} {v}' for k, v in he_plain['outcomes'].items())} |\n")
+    sampled = "" if he is None else (
+        f"| HumanEval-Rust pass@k ({he['problems']} problems, n = 10, temperature 0.8, top-p 0.95, {defaults}) | "
+        f"{', '.join(f'{k} = {v:.3f}' for k, v in he['pass_at_k'].items())} |\n"
+        f"| HumanEval-Rust outcomes of those samples | {', '.join(f'{k} {v}' for k, v in he['outcomes'].items())} |\n")
     sampling = load(reports / "sampling.json")
     gen = model.generation_config
     sampling_rows = "\n".join(
@@ -302,6 +374,13 @@ def quality(args: argparse.Namespace, model: Any, reports: Path) -> str:
               "the long run over sessions)" if args.post is not None else
               "`bash examples/rust_coder/pipeline.sh` (data, sweep, long run, branch, export, sampling, evaluation, this card,\n"
               "zoo entry; `STOP_AT=N` splits the long run over sessions)")
+    if args.continuation is not None:
+        recipe = ("`bash examples/rust_coder/continue.sh START.gguf` on the file of the carried sections (corpus rebuilt,\n"
+                  "continued run, export, sampling, evaluation, this card, zoo entry)")
+    elif args.continued and args.post is not None:
+        recipe = ("`bash examples/rust_coder/pipeline.sh` (data, sweep, long run, branch, export), then `continue.sh` (continued\n"
+                  "pretraining, the base's own card and zoo entry), then `posttrain.sh` on the continued base (SFT, MaxRL,\n"
+                  "sampling, evaluation, this card, zoo entry)")
     return f"""## Quality (all from `python -m nanochat_ternary.eval`)
 
 | metric | value |
@@ -309,9 +388,7 @@ def quality(args: argparse.Namespace, model: Any, reports: Path) -> str:
 {loss_row}| HumanEval-Rust, greedy, 256 new tokens ({greedy['samples']} problems), the model's defaults ({defaults}) / plain greedy (no repetition penalty, n-gram ban or token healing): syn parse | {rate(greedy, 'parse_rate')} / {rate(plain, 'parse_rate')} |
 | rustc compile (`--emit=metadata`, edition 2021), same samples | {rate(greedy, 'compile_rate')} / {rate(plain, 'compile_rate')} |
 | **nontrivial** compile (no empty / `todo!` / `unimplemented!` / `unreachable!` / `panic!` body) | {rate(greedy, 'nontrivial_compile_rate')} / {rate(plain, 'nontrivial_compile_rate')} |
-| HumanEval-Rust pass@k ({he['problems']} problems, n = 10, temperature 0.8, top-p 0.95, {defaults}) | {', '.join(f'{k} = {v:.3f}' for k, v in he['pass_at_k'].items())} |
-| HumanEval-Rust outcomes of those samples | {', '.join(f'{k} {v}' for k, v in he['outcomes'].items())} |
-{plain_pass}| dev prompts (built-in, greedy, {defaults}): parse / compile / nontrivial compile | {rate(dev, 'parse_rate')} / {rate(dev, 'compile_rate')} / {rate(dev, 'nontrivial_compile_rate')} |
+{sampled}{plain_pass}| dev prompts (built-in, greedy, {defaults}): parse / compile / nontrivial compile | {rate(dev, 'parse_rate')} / {rate(dev, 'compile_rate')} / {rate(dev, 'nontrivial_compile_rate')} |
 
 The harness cuts each completion at the problem's stop sequences (`\\n}}` …) and closes the function.
 
