@@ -223,3 +223,16 @@ def test_bench_train_runs_both_implementations_end_to_end():
     assert bad.returncode != 0 and "unknown config 'huge'" in bad.stderr
     bad = subprocess.run([sys.executable, script, "--impls", "ours,eager"], capture_output=True, text=True)
     assert bad.returncode != 0 and "--impls: unknown ['eager']" in bad.stderr
+
+
+def test_bench_muon_compares_both_newton_schulz_forms():
+    """benchmarks/bench_muon.py on the tiny preset: both forms timed in one run, the fused one (what the
+    trainer runs) no farther from the f64 iteration than the textbook one."""
+    script = os.path.join(BENCH_DIR, "bench_muon.py")
+    proc = subprocess.run([sys.executable, script, "--config", "tiny", "--repeats", "1"], capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    dist = {line.split()[0]: float(line.split()[-1]) for line in proc.stdout.splitlines()
+            if line.startswith(("textbook", "fused"))}  # fmt: skip
+    assert set(dist) == {"textbook", "fused"} and 0 < dist["fused"] <= dist["textbook"] + 1e-5 < 0.1, proc.stdout
+    assert "ratio fused/textbook: time " in proc.stdout
