@@ -17,7 +17,11 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from reference_model import NEWTON_SCHULZ_COEFFS, NEWTON_SCHULZ_STEPS, newton_schulz_dtype  # noqa: E402
+from reference_model import (
+    NEWTON_SCHULZ_COEFFS,
+    NEWTON_SCHULZ_STEPS,
+    newton_schulz_dtype,
+)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -52,7 +56,8 @@ def shapes(config: str) -> list[tuple[int, int]]:
     from nanochat_ternary.model_config import ModelConfig
 
     path = os.path.join(os.path.dirname(HERE), "python", "nanochat_ternary", "configs", f"{config}.json")
-    c = ModelConfig.from_json(open(path).read())
+    with open(path) as f:
+        c = ModelConfig.from_json(f.read())
     head_dim = c.dim // c.n_heads
     kv = c.n_kv_heads * head_dim
     per_layer = [(c.dim, c.dim), (kv, c.dim), (kv, c.dim), (c.dim, c.dim),
@@ -82,8 +87,8 @@ def main() -> None:
             for name, f in (("textbook", textbook), ("fused", fused))}  # fmt: skip
     print(f"{args.config}: {len(grads)} matrices, {dtype}, {args.threads} thread(s), best of {args.repeats}; "
           f"load average {os.getloadavg()[0]:.2f}")  # fmt: skip
-    for name in best:
-        print(f"{name:9s} {best[name] * 1e3:8.1f} ms per step   distance to the f64 iteration {dist[name]:.4f}")
+    for name, seconds in best.items():
+        print(f"{name:9s} {seconds * 1e3:8.1f} ms per step   distance to the f64 iteration {dist[name]:.4f}")
     print(f"ratio fused/textbook: time {best['fused'] / best['textbook']:.2f}x")
 
 
