@@ -59,29 +59,28 @@ else
     > "$RUNS/cont.out"
 fi
 
-# 3. Export, the sampling defaults measured on the built-in dev prompts, the export with them.
-python -m nanochat_ternary.export "$RUNS/cont" --out "$RUNS/continued.gguf"
-mkdir -p "$REPORTS"
-python examples/rust_coder/sampling.py --model "$RUNS/continued.gguf" --n 3 --report "$REPORTS/sampling.json" \
-  --out "$RUNS/continued-generation_config.json"
-python -m nanochat_ternary.export "$RUNS/cont" --out "$RUNS/continued.gguf" \
-  --generation-config "$RUNS/continued-generation_config.json"
-
-# 4. Evaluation: held-out loss of the start file and the continued one on the whole validation split
-#    (the start file's skipped when measured already), HumanEval-Rust greedy with the file's defaults
-#    and plain, pass@k at temperature 0.8, the dev prompts.
+# 3. Export; held-out loss of the continued file and of the start file on the whole validation split
+#    (the start file's skipped when measured already; the weights are those of the final export).
 MODEL=$RUNS/continued.gguf
+python -m nanochat_ternary.export "$RUNS/cont" --out "$MODEL"
+mkdir -p "$REPORTS"
 python -m nanochat_ternary.eval loss --model "$MODEL" --data "$MIX" --output "$REPORTS/loss.json"
 [ -f "$REPORTS/loss-pretrained.json" ] || \
   python -m nanochat_ternary.eval loss --model "$PRE" --data "$MIX" --output "$REPORTS/loss-pretrained.json"
+
+# 4. The sampling defaults measured on the built-in dev prompts, the export with them, then HumanEval-Rust
+#    greedy with the file's defaults and plain, the dev prompts, pass@k at temperature 0.8.
+python examples/rust_coder/sampling.py --model "$MODEL" --n 3 --report "$REPORTS/sampling.json" \
+  --out "$RUNS/continued-generation_config.json"
+python -m nanochat_ternary.export "$RUNS/cont" --out "$MODEL" --generation-config "$RUNS/continued-generation_config.json"
 python -m nanochat_ternary.eval compile-rate --model "$MODEL" --temperature 0 --max-new-tokens 256 \
   --prompts "$HE" --output "$REPORTS/compile.json"
 python -m nanochat_ternary.eval compile-rate --model "$MODEL" --temperature 0 --max-new-tokens 256 \
   --repetition-penalty 1 --no-repeat-ngram-size 0 --token-healing off --prompts "$HE" --output "$REPORTS/compile-plain.json"
-python -m nanochat_ternary.eval humaneval --model "$MODEL" --temperature 0.8 --top-p 0.95 --max-new-tokens 256 \
-  --n 10 --k 1 10 --output "$REPORTS/humaneval.json"
 python -m nanochat_ternary.eval compile-rate --model "$MODEL" --temperature 0 --max-new-tokens 256 \
   --output "$REPORTS/dev.json"
+python -m nanochat_ternary.eval humaneval --model "$MODEL" --temperature 0.8 --top-p 0.95 --max-new-tokens 256 \
+  --n 10 --k 1 10 --output "$REPORTS/humaneval.json"
 
 # 5. The card (the start file's Data / Size sweep / Training sections carried over from its card) and
 #    the zoo entry `rust-coder-base`, the file posttrain.sh starts from next.
