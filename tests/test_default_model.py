@@ -85,14 +85,14 @@ def test_it_is_trained_on_rust(model):
 
 
 def test_the_pretrained_base_ships_beside_it(model):
-    """`rust-coder-base`: the file post-training started from (posttrain.sh / continue.sh take it): the
-    same shape and tokenizer, other weights, a lower loss on plain crate code than the post-trained default."""
+    """`rust-coder-base`: the pretrained base posttrain.sh starts from (continue.sh makes it): the same
+    shape and tokenizer, other weights, a lower loss on plain crate code than the post-trained default."""
     base = TernaryModel.from_pretrained("rust-coder-base")
     assert base.config.to_json() == model.config.to_json()
     assert all(base.tokenizer.id_to_token(i) == model.tokenizer.id_to_token(i) for i in range(model.vocab_size))
     ids = model.encode(HELD_OUT, add_bos=False)
-    assert base.nll(ids).mean() < model.nll(ids).mean()  # measured 1.77 vs 2.12
-    assert base.generation_config != model.generation_config
+    assert not np.array_equal(base.logits(ids), model.logits(ids))
+    assert base.nll(ids).mean() < model.nll(ids).mean()  # measured 1.64 vs 2.12 (the 73.7M-token base: 1.77)
 
 
 def test_it_generates_deterministic_rust_looking_text(model):
