@@ -7,21 +7,29 @@
 // quant.rs: scale = (1 / max(max|x|, eps)) * 127, q = clamp(round(x * scale),
 // -128, 127)), then the exact integer product q · tritsᵀ on oneDNN's int8
 // GEMM (AMX/VNNI; f32 output, exact below 2^24), times s_w / scale per token.
-// This equals the fake-quant f32 forward up to float rounding.
+// This equals the fake-quant f32 forward up to float rounding. The weight may
+// be several projections stacked by rows (q, k, v; gate, up), each row with
+// its own s_w, so their common input is quantized once and multiplied once.
 // Backward (straight-through estimator, as quant.rs): dx = (g · s_w) · trits
 // and dW = (g / scale)ᵀ · q, both bf16 matmuls with f32 accumulation (trits
 // and q are exact in bf16), results in f32.
+// An optional prologue is fused into the quantization pass and its backward
+// into the pass after dx: the sub-layer's RMSNorm (with gain) before q/k/v and
+// gate/up, or SwiGLU's silu(gate)·up before the down projection, so neither
+// the normed nor the hidden activations exist as f32 tensors.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/stack.h>
 #include <torch/csrc/autograd/custom_function.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <exception>
 #include <string>
+#include <vector>
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -52,10 +60,11 @@ inline float quantize_row_generic(const float* x, int8_t* q, c10::BFloat16* qb, 
   return scale;
 }
 
-// One row of the backward's inputs: a[i] = bf16(g[i] * fa), b[i] = bf16(g[i] * fb).
-inline void scale_row_generic(const float* g, float fa, float fb, c10::BFloat16* a, c10::BFloat16* b, int64_t n) {
+// One row of the backward's inputs: a[i] = bf16(g[i] * fa[i]), b[i] = bf16(g[i] * fb).
+inline void scale_row_generic(const float* g, const float* fa, float fb, c10::BFloat16* a, c10::BFloat16* b,
+                              int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
-    a[i] = c10::BFloat16(g[i] * fa);
+    a[i] = c10::BFloat16(g[i] * fa[i]);
     b[i] = c10::BFloat16(g[i] * fb);
   }
 }
@@ -77,15 +86,16 @@ NCT_AVX512 inline __m512 quantize16(__m512 v, __m512 scale) {
   return _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(-kLevels - 1.0f)), _mm512_set1_ps(kLevels));
 }
 
-NCT_AVX512 void scale_row_avx512(const float* g, float fa, float fb, c10::BFloat16* a, c10::BFloat16* b, int64_t n) {
-  const __m512 va = _mm512_set1_ps(fa), vb = _mm512_set1_ps(fb);
+NCT_AVX512 void scale_row_avx512(const float* g, const float* fa, float fb, c10::BFloat16* a, c10::BFloat16* b,
+                                 int64_t n) {
+  const __m512 vb = _mm512_set1_ps(fb);
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) {
     const __m512 v = _mm512_loadu_ps(g + i);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(a + i), to_bf16(_mm512_mul_ps(v, va)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(a + i), to_bf16(_mm512_mul_ps(v, _mm512_loadu_ps(fa + i))));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(b + i), to_bf16(_mm512_mul_ps(v, vb)));
   }
-  if (i < n) scale_row_generic(g + i, fa, fb, a + i, b + i, n - i);
+  if (i < n) scale_row_generic(g + i, fa + i, fb, a + i, b + i, n - i);
 }
 
 // expf on 16 lanes (Cephes polynomial, ~1 ulp); inputs below -87.3 give ~1e-38.
@@ -162,43 +172,231 @@ bool has_avx512() {
 }
 #endif
 
-// x: (rows, cols) contiguous f32 -> q as int8 and bf16 (rows, cols), scale f32 (rows, 1).
-std::tuple<Tensor, Tensor, Tensor> quantize_rows(const Tensor& x) {
-  const int64_t rows = x.size(0), cols = x.size(1);
+// What the forward applies to each row of its input before quantizing it (one pass,
+// no f32 tensor of the result): kNorm is RMSNorm with a gain (the sub-layer's pre-norm),
+// kSwiglu is silu(gate) · up of a (gate | up) row (the FFN's hidden activation).
+enum Prologue : int64_t { kPlain = 0, kNorm = 1, kSwiglu = 2 };
+
+inline float sigmoid1(float v) { return 1.0f / (1.0f + std::exp(-v)); }
+
+// h = x · r · gain with r = 1 / sqrt(mean(x²) + eps); returns r.
+inline float norm_row_generic(const float* x, const float* gain, float eps, float* h, int64_t n) {
+  double ss = 0.0;
+  for (int64_t i = 0; i < n; ++i) ss += static_cast<double>(x[i]) * x[i];
+  const float r = 1.0f / std::sqrt(static_cast<float>(ss / static_cast<double>(n)) + eps);
+  for (int64_t i = 0; i < n; ++i) h[i] = x[i] * r * gain[i];
+  return r;
+}
+
+// h = silu(x[:n]) · x[n:2n].
+inline void swiglu_row_generic(const float* x, float* h, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) h[i] = x[i] * sigmoid1(x[i]) * x[n + i];
+}
+
+// Norm backward of one row: dx = r·u − x·r³·mean(u·x) with u = dh·gain; acc += dh·x·r (the gain's gradient).
+inline void norm_back_row_generic(const float* x, const float* gain, float r, const c10::BFloat16* dh, float* dx,
+                                  float* acc, int64_t n) {
+  double dot = 0.0;
+  for (int64_t i = 0; i < n; ++i) dot += static_cast<double>(static_cast<float>(dh[i]) * gain[i]) * x[i];
+  const float c = r * r * r * static_cast<float>(dot / static_cast<double>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    const float d = static_cast<float>(dh[i]);
+    dx[i] = r * d * gain[i] - x[i] * c;
+    acc[i] += d * x[i] * r;
+  }
+}
+
+// SwiGLU backward of n columns: d gate = dh·up·σ(g)·(1 + g·(1 − σ(g))), d up = dh·silu(g).
+inline void swiglu_back_generic(const float* gate, const float* up, const c10::BFloat16* dh, float* dgate,
+                                float* dup, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float g = gate[i], u = up[i], d = static_cast<float>(dh[i]), s = sigmoid1(g);
+    dgate[i] = d * u * s * (1.0f + g * (1.0f - s));
+    dup[i] = d * g * s;
+  }
+}
+
+#if defined(__x86_64__)
+NCT_AVX512 inline __m512 sigmoid16(__m512 v) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  return _mm512_div_ps(one, _mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), v))));
+}
+
+NCT_AVX512 float norm_row_avx512(const float* x, const float* gain, float eps, float* h, int64_t n) {
+  __m512 acc = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 v = _mm512_loadu_ps(x + i);
+    acc = _mm512_fmadd_ps(v, v, acc);
+  }
+  double ss = _mm512_reduce_add_ps(acc);
+  for (int64_t j = i; j < n; ++j) ss += static_cast<double>(x[j]) * x[j];
+  const float r = 1.0f / std::sqrt(static_cast<float>(ss / static_cast<double>(n)) + eps);
+  const __m512 vr = _mm512_set1_ps(r);
+  for (i = 0; i + 16 <= n; i += 16) {
+    const __m512 v = _mm512_mul_ps(_mm512_loadu_ps(x + i), vr);
+    _mm512_storeu_ps(h + i, _mm512_mul_ps(v, _mm512_loadu_ps(gain + i)));
+  }
+  for (; i < n; ++i) h[i] = x[i] * r * gain[i];
+  return r;
+}
+
+NCT_AVX512 void swiglu_row_avx512(const float* x, float* h, int64_t n) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 g = _mm512_loadu_ps(x + i);
+    _mm512_storeu_ps(h + i, _mm512_mul_ps(_mm512_mul_ps(g, sigmoid16(g)), _mm512_loadu_ps(x + n + i)));
+  }
+  for (; i < n; ++i) h[i] = x[i] * sigmoid1(x[i]) * x[n + i];
+}
+
+NCT_AVX512 void norm_back_row_avx512(const float* x, const float* gain, float r, const c10::BFloat16* dh, float* dx,
+                                     float* acc, int64_t n) {
+  __m512 vdot = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 u = _mm512_mul_ps(load_bf16(dh + i), _mm512_loadu_ps(gain + i));
+    vdot = _mm512_fmadd_ps(u, _mm512_loadu_ps(x + i), vdot);
+  }
+  double dot = _mm512_reduce_add_ps(vdot);
+  for (int64_t j = i; j < n; ++j) dot += static_cast<double>(static_cast<float>(dh[j]) * gain[j]) * x[j];
+  const float c = r * r * r * static_cast<float>(dot / static_cast<double>(n));
+  const __m512 vr = _mm512_set1_ps(r), vc = _mm512_set1_ps(c);
+  for (i = 0; i + 16 <= n; i += 16) {
+    const __m512 d = load_bf16(dh + i), v = _mm512_loadu_ps(x + i);
+    const __m512 u = _mm512_mul_ps(d, _mm512_loadu_ps(gain + i));
+    _mm512_storeu_ps(dx + i, _mm512_fnmadd_ps(v, vc, _mm512_mul_ps(vr, u)));
+    _mm512_storeu_ps(acc + i, _mm512_fmadd_ps(_mm512_mul_ps(d, v), vr, _mm512_loadu_ps(acc + i)));
+  }
+  for (; i < n; ++i) {
+    const float d = static_cast<float>(dh[i]);
+    dx[i] = r * d * gain[i] - x[i] * c;
+    acc[i] += d * x[i] * r;
+  }
+}
+
+NCT_AVX512 void swiglu_back_row_avx512(const float* x, const c10::BFloat16* dh, float* dx, int64_t n) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 g = _mm512_loadu_ps(x + i), u = _mm512_loadu_ps(x + n + i), d = load_bf16(dh + i);
+    const __m512 s = sigmoid16(g);
+    const __m512 ds = _mm512_fmadd_ps(g, _mm512_sub_ps(one, s), one);  // 1 + g·(1 − σ)
+    _mm512_storeu_ps(dx + i, _mm512_mul_ps(_mm512_mul_ps(d, u), _mm512_mul_ps(s, ds)));
+    _mm512_storeu_ps(dx + n + i, _mm512_mul_ps(d, _mm512_mul_ps(g, s)));
+  }
+  swiglu_back_generic(x + i, x + n + i, dh + i, dx + i, dx + n + i, n - i);
+}
+
+NCT_AVX512 void bf16_row_to_f32_avx512(const c10::BFloat16* src, float* dst, int64_t n) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(dst + i, load_bf16(src + i));
+  for (; i < n; ++i) dst[i] = static_cast<float>(src[i]);
+}
+#endif
+
+// x: (rows, xcols) contiguous f32 -> the prologue's rows quantized: q as int8 and bf16 (rows, cols),
+// scale f32 (rows, 1), and for kNorm the per-row r (rows).
+std::tuple<Tensor, Tensor, Tensor, Tensor> quantize_rows(const Tensor& x, int64_t mode, const Tensor& gain,
+                                                          double eps, int64_t cols) {
+  const int64_t rows = x.size(0), xcols = x.size(1);
   Tensor q = at::empty({rows, cols}, x.options().dtype(at::kChar));
   Tensor qb = at::empty({rows, cols}, x.options().dtype(at::kBFloat16));
   Tensor scale = at::empty({rows, 1}, x.options());
+  Tensor rnorm = at::empty({mode == kNorm ? rows : 0}, x.options());
   const float* xp = x.data_ptr<float>();
+  const float* gp = mode == kNorm ? gain.data_ptr<float>() : nullptr;
   int8_t* qp = q.data_ptr<int8_t>();
   c10::BFloat16* qbp = qb.data_ptr<c10::BFloat16>();
   float* sp = scale.data_ptr<float>();
+  float* rp = mode == kNorm ? rnorm.data_ptr<float>() : nullptr;
+  const float eps32 = static_cast<float>(eps);
 #if defined(__x86_64__)
   const bool wide = has_avx512();
 #endif
   at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+    std::vector<float> buf(mode == kPlain ? 0 : cols);
     for (int64_t r = begin; r < end; ++r) {
+      const float* row = xp + r * xcols;
+      const float* h = row;
 #if defined(__x86_64__)
       if (wide) {
-        sp[r] = quantize_row_avx512(xp + r * cols, qp + r * cols, qbp + r * cols, cols);
+        if (mode == kNorm) rp[r] = norm_row_avx512(row, gp, eps32, buf.data(), cols);
+        if (mode == kSwiglu) swiglu_row_avx512(row, buf.data(), cols);
+        if (mode != kPlain) h = buf.data();
+        sp[r] = quantize_row_avx512(h, qp + r * cols, qbp + r * cols, cols);
         continue;
       }
 #endif
-      sp[r] = quantize_row_generic(xp + r * cols, qp + r * cols, qbp + r * cols, cols);
+      if (mode == kNorm) rp[r] = norm_row_generic(row, gp, eps32, buf.data(), cols);
+      if (mode == kSwiglu) swiglu_row_generic(row, buf.data(), cols);
+      if (mode != kPlain) h = buf.data();
+      sp[r] = quantize_row_generic(h, qp + r * cols, qbp + r * cols, cols);
     }
   });
-  return {q, qb, scale};
+  return {q, qb, scale, rnorm};
 }
 
-// g: (rows, n) contiguous f32 -> (bf16(g · fa), bf16(g / scale_row)).
-std::pair<Tensor, Tensor> backward_inputs(const Tensor& g, double fa, const Tensor& scale) {
+// dh: (rows, cols) bf16 -> the gradient of the prologue's input (rows, xcols) f32, and for kNorm the
+// gain's gradient (cols), summed over rows in a fixed order of chunks (deterministic).
+std::pair<Tensor, Tensor> prologue_backward(const Tensor& dh, int64_t mode, const Tensor& x, const Tensor& gain,
+                                            const Tensor& rnorm) {
+  const int64_t rows = dh.size(0), cols = dh.size(1);
+  const int64_t xcols = mode == kSwiglu ? 2 * cols : cols;
+  Tensor dx = at::empty({rows, xcols}, dh.options().dtype(at::kFloat));
+  const int64_t chunks = mode == kNorm ? std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows)) : 1;
+  Tensor partial = at::zeros({mode == kNorm ? chunks : 0, cols}, dx.options());
+  const c10::BFloat16* dp = dh.data_ptr<c10::BFloat16>();
+  float* op = dx.data_ptr<float>();
+  const float* xp = mode == kPlain ? nullptr : x.data_ptr<float>();
+  const float* gp = mode == kNorm ? gain.data_ptr<float>() : nullptr;
+  const float* rp = mode == kNorm ? rnorm.data_ptr<float>() : nullptr;
+  float* pp = mode == kNorm ? partial.data_ptr<float>() : nullptr;
+#if defined(__x86_64__)
+  const bool wide = has_avx512();
+#endif
+  auto run = [&](int64_t begin, int64_t end, float* acc) {
+    for (int64_t r = begin; r < end; ++r) {
+      const c10::BFloat16* d = dp + r * cols;
+      float* o = op + r * xcols;
+#if defined(__x86_64__)
+      if (wide) {
+        if (mode == kPlain) bf16_row_to_f32_avx512(d, o, cols);
+        if (mode == kNorm) norm_back_row_avx512(xp + r * xcols, gp, rp[r], d, o, acc, cols);
+        if (mode == kSwiglu) swiglu_back_row_avx512(xp + r * xcols, d, o, cols);
+        continue;
+      }
+#endif
+      if (mode == kPlain) {
+        for (int64_t i = 0; i < cols; ++i) o[i] = static_cast<float>(d[i]);
+      }
+      if (mode == kNorm) norm_back_row_generic(xp + r * xcols, gp, rp[r], d, o, acc, cols);
+      if (mode == kSwiglu) {
+        const float* row = xp + r * xcols;
+        swiglu_back_generic(row, row + cols, d, o, o + cols, cols);
+      }
+    }
+  };
+  if (mode == kNorm) {
+    at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t c = begin; c < end; ++c) run(c * rows / chunks, (c + 1) * rows / chunks, pp + c * cols);
+    });
+    return {dx, partial.sum(0)};
+  }
+  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) { run(begin, end, nullptr); });
+  return {dx, Tensor()};
+}
+
+// g: (rows, n) contiguous f32 -> (bf16(g · fa[col]), bf16(g / scale_row)).
+std::pair<Tensor, Tensor> backward_inputs(const Tensor& g, const Tensor& fa, const Tensor& scale) {
   const int64_t rows = g.size(0), n = g.size(1);
   Tensor a = at::empty({rows, n}, g.options().dtype(at::kBFloat16));
   Tensor b = at::empty({rows, n}, g.options().dtype(at::kBFloat16));
   const float* gp = g.data_ptr<float>();
+  const float* fp = fa.data_ptr<float>();
   const float* sp = scale.data_ptr<float>();
   c10::BFloat16* ap = a.data_ptr<c10::BFloat16>();
   c10::BFloat16* bp = b.data_ptr<c10::BFloat16>();
-  const float fa32 = static_cast<float>(fa);
 #if defined(__x86_64__)
   const bool wide = has_avx512();
 #endif
@@ -207,11 +405,11 @@ std::pair<Tensor, Tensor> backward_inputs(const Tensor& g, double fa, const Tens
       const float fb = 1.0f / sp[r];
 #if defined(__x86_64__)
       if (wide) {
-        scale_row_avx512(gp + r * n, fa32, fb, ap + r * n, bp + r * n, n);
+        scale_row_avx512(gp + r * n, fp, fb, ap + r * n, bp + r * n, n);
         continue;
       }
 #endif
-      scale_row_generic(gp + r * n, fa32, fb, ap + r * n, bp + r * n, n);
+      scale_row_generic(gp + r * n, fp, fb, ap + r * n, bp + r * n, n);
     }
   });
   return {a, b};
@@ -284,15 +482,15 @@ const c10::OperatorHandle& qlinear_op() {
   return op;
 }
 
-// Exact f32 q · tritsᵀ on oneDNN's int8 GEMM.
-Tensor int8_gemm(const Tensor& q, const Tensor& packed, const Tensor& ones, const Tensor& zeros) {
+// q · tritsᵀ · diag(scales) on oneDNN's int8 GEMM (exact integer sums, f32 output).
+Tensor int8_gemm(const Tensor& q, const Tensor& packed, const Tensor& scales, const Tensor& zeros) {
   torch::jit::Stack stack;
   stack.reserve(13);
   stack.emplace_back(q);
   stack.emplace_back(1.0);
   stack.emplace_back(static_cast<int64_t>(0));
   stack.emplace_back(packed);
-  stack.emplace_back(ones);
+  stack.emplace_back(scales);
   stack.emplace_back(zeros);
   stack.emplace_back(c10::IValue());
   stack.emplace_back(1.0);
@@ -307,36 +505,46 @@ Tensor int8_gemm(const Tensor& q, const Tensor& packed, const Tensor& ones, cons
   return stack.at(0).toTensor();
 }
 
+// y = prologue(x) quantized per token, times the trits, times s_w[row] / scale[token]. `wq` is the
+// ternarized weight (possibly several projections stacked by rows, each with its own scale; a leaf or a
+// concatenation of leaves, which collects the STE gradient); the forward reads only its packed forms.
+// `gain` is the RMSNorm gain for kNorm (an empty tensor otherwise).
 struct BitLinearFn : public torch::autograd::Function<BitLinearFn> {
-  // wq: the ternarized weight (a leaf that collects the STE gradient); the
-  // forward reads only its packed forms.
-  static Tensor forward(AutogradContext* ctx, Tensor x, Tensor wq, Tensor packed, Tensor trits, Tensor ones,
-                        Tensor zeros, double w_scale) {
-    const int64_t cols = x.size(-1), out = trits.size(0);
+  static Tensor forward(AutogradContext* ctx, Tensor x, Tensor gain, Tensor wq, Tensor packed, Tensor trits,
+                        Tensor scales, Tensor zeros, int64_t mode, double eps) {
+    const int64_t cols = trits.size(1), out = trits.size(0), xcols = x.size(-1);
     auto out_shape = x.sizes().vec();
     out_shape.back() = out;
-    Tensor x2 = x.reshape({-1, cols}).contiguous();
-    auto [q, qb, scale] = quantize_rows(x2);
-    Tensor y = int8_gemm(q, packed, ones, zeros);
-    y.mul_(at::reciprocal(scale).mul_(w_scale));
-    ctx->save_for_backward({qb, scale, trits});
-    ctx->saved_data["w_scale"] = w_scale;
+    Tensor x2 = x.reshape({-1, xcols}).contiguous();
+    auto [q, qb, scale, rnorm] = quantize_rows(x2, mode, gain, eps, cols);
+    // oneDNN applies the per-row weight scales s_w; the per-token 1 / scale follows.
+    Tensor y = int8_gemm(q, packed, scales, zeros);
+    y.mul_(at::reciprocal(scale));
+    const Tensor none = at::empty({0}, x.options());
+    ctx->save_for_backward({qb, scale, trits, scales, mode == kPlain ? none : x2, mode == kNorm ? gain : none,
+                            rnorm});
+    ctx->saved_data["mode"] = mode;
     ctx->saved_data["x_shape"] = x.sizes().vec();
     return y.view(out_shape);
   }
 
   static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
     auto saved = ctx->get_saved_variables();
-    const Tensor &qb = saved[0], &scale = saved[1], &trits = saved[2];
-    const double w_scale = ctx->saved_data["w_scale"].toDouble();
+    const Tensor &qb = saved[0], &scale = saved[1], &trits = saved[2], &scales = saved[3];
+    const Tensor &x2 = saved[4], &gain = saved[5], &rnorm = saved[6];
+    const int64_t mode = ctx->saved_data["mode"].toInt();
     const auto x_shape = ctx->saved_data["x_shape"].toIntVector();
     Tensor g = grads[0].reshape({-1, trits.size(0)}).to(at::kFloat).contiguous();
-    // One pass over g: g · s_w for dx, g / scale (per token) for dW.
-    auto [gx, gw] = backward_inputs(g, w_scale, scale);
-    Tensor dx, dw;
-    if (ctx->needs_input_grad(0)) dx = at::mm(gx, trits).to(at::kFloat).view(x_shape);
-    if (ctx->needs_input_grad(1)) dw = at::mm(gw.t(), qb).to(at::kFloat);
-    return {dx, dw, Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+    // One pass over g: g · s_w[row] for dx, g / scale (per token) for dW.
+    auto [gx, gw] = backward_inputs(g, scales, scale);
+    Tensor dx, dgain, dw;
+    if (ctx->needs_input_grad(0) || ctx->needs_input_grad(1)) {
+      auto [d, dg] = prologue_backward(at::mm(gx, trits), mode, x2, gain, rnorm);
+      dx = d.view(x_shape);
+      dgain = dg;
+    }
+    if (ctx->needs_input_grad(2)) dw = at::mm(gw.t(), qb).to(at::kFloat);
+    return {dx, dgain, dw, Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
   }
 };
 
@@ -346,17 +554,18 @@ extern "C" {
 
 void nct_free_error(char* error) { free(error); }
 
-// Packs a ternarized weight (values t·s, t in {-1, 0, 1}) for the int8
-// forward. *ternary = 0 (and no outputs) when the values are not of that form.
-char* nct_ternary_pack(const Tensor* wq, Tensor** packed, Tensor** trits, Tensor** ones, Tensor** zeros,
-                       double* scale, int* ternary) {
+// Packs a ternarized weight (each row's values t·s_row, t in {-1, 0, 1}: one projection, or several
+// stacked by rows) for the int8 forward. *ternary = 0 (and no outputs) when the values are not of that form.
+char* nct_ternary_pack(const Tensor* wq, Tensor** packed, Tensor** trits, Tensor** scales, Tensor** zeros,
+                       int* ternary) {
   try {
     *ternary = 0;
     const Tensor w = wq->detach().contiguous();
-    if (w.dim() != 2 || w.scalar_type() != at::kFloat || !w.device().is_cpu()) return nullptr;
-    const float s = w.abs().max().item<float>();
-    Tensor t = s > 0.0f ? at::div(w, s).round_().clamp_(-1.0, 1.0) : at::zeros_like(w);
-    if (!std::isfinite(s) || !at::equal(t.mul(s), w)) return nullptr;
+    if (w.dim() != 2 || w.scalar_type() != at::kFloat || !w.device().is_cpu() || w.numel() == 0) return nullptr;
+    const Tensor s = w.abs().amax(1, true);  // (rows, 1): s_row, or 0 for an all-zero row
+    if (!at::isfinite(s).all().item<bool>()) return nullptr;
+    Tensor t = at::div(w, at::where(s > 0, s, at::ones_like(s))).round_().clamp_(-1.0, 1.0);
+    if (!at::equal(t.mul(s), w)) return nullptr;
     static const c10::OperatorHandle prepack =
         c10::Dispatcher::singleton().findSchemaOrThrow("onednn::qlinear_prepack", "");
     torch::jit::Stack stack{t.to(at::kChar), c10::IValue()};
@@ -364,9 +573,8 @@ char* nct_ternary_pack(const Tensor* wq, Tensor** packed, Tensor** trits, Tensor
     const int64_t rows = w.size(0);
     *packed = new Tensor(stack.at(0).toTensor());
     *trits = new Tensor(t.to(at::kBFloat16));
-    *ones = new Tensor(at::ones({rows}, w.options()));
+    *scales = new Tensor(s.view({rows}).clone());
     *zeros = new Tensor(at::zeros({rows}, w.options().dtype(at::kLong)));
-    *scale = s;
     *ternary = 1;
     return nullptr;
   } catch (const std::exception& e) {
@@ -374,15 +582,28 @@ char* nct_ternary_pack(const Tensor* wq, Tensor** packed, Tensor** trits, Tensor
   }
 }
 
-char* nct_bit_linear(const Tensor* x, const Tensor* wq, const Tensor* packed, const Tensor* trits,
-                     const Tensor* ones, const Tensor* zeros, double scale, Tensor** out) {
+// mode: 0 plain (x has in features), 1 RMSNorm with `gain` (in) and `eps` first, 2 SwiGLU of a
+// (gate | up) input (x has 2·in features).
+char* nct_bit_linear(const Tensor* x, const Tensor* gain, const Tensor* wq, const Tensor* packed,
+                     const Tensor* trits, const Tensor* scales, const Tensor* zeros, int64_t mode, double eps,
+                     Tensor** out) {
   try {
-    if (x->scalar_type() != at::kFloat || !x->device().is_cpu() || x->size(-1) != trits->size(1)) {
-      return copy_error("bit_linear: expected f32 CPU input with " + std::to_string(trits->size(1)) +
-                        " features, got " + std::string(c10::toString(x->scalar_type())) + " " +
-                        c10::str(x->sizes()) + " on " + x->device().str());
+    const int64_t in = trits->size(1);
+    const int64_t want = mode == kSwiglu ? 2 * in : in;
+    if (mode < kPlain || mode > kSwiglu) return copy_error("bit_linear: unknown prologue " + std::to_string(mode));
+    if (x->scalar_type() != at::kFloat || !x->device().is_cpu() || x->dim() < 1 || x->size(-1) != want) {
+      return copy_error("bit_linear: expected f32 CPU input with " + std::to_string(want) + " features, got " +
+                        std::string(c10::toString(x->scalar_type())) + " " + c10::str(x->sizes()) + " on " +
+                        x->device().str());
     }
-    *out = new Tensor(BitLinearFn::apply(*x, *wq, *packed, *trits, *ones, *zeros, scale));
+    if (mode == kNorm && (gain->scalar_type() != at::kFloat || !gain->device().is_cpu() || gain->dim() != 1 ||
+                          gain->size(0) != in || !gain->is_contiguous() || !(eps > 0.0))) {
+      return copy_error("bit_linear: RMSNorm needs a contiguous f32 CPU gain of " + std::to_string(in) +
+                        " values and eps > 0, got " + std::string(c10::toString(gain->scalar_type())) + " " +
+                        c10::str(gain->sizes()) + ", eps " + std::to_string(eps));
+    }
+    const Tensor g = mode == kNorm ? *gain : at::empty({0}, x->options());
+    *out = new Tensor(BitLinearFn::apply(*x, g, *wq, *packed, *trits, *scales, *zeros, mode, eps));
     return nullptr;
   } catch (const std::exception& e) {
     return copy_error(e.what());

@@ -36,20 +36,21 @@ extern "C" {
         wq: *const C_tensor,
         packed: *mut *mut C_tensor,
         trits: *mut *mut C_tensor,
-        ones: *mut *mut C_tensor,
+        scales: *mut *mut C_tensor,
         zeros: *mut *mut C_tensor,
-        scale: *mut f64,
         ternary: *mut i32,
     ) -> *mut c_char;
     #[allow(clippy::too_many_arguments)]
     fn nct_bit_linear(
         x: *const C_tensor,
+        gain: *const C_tensor,
         wq: *const C_tensor,
         packed: *const C_tensor,
         trits: *const C_tensor,
-        ones: *const C_tensor,
+        scales: *const C_tensor,
         zeros: *const C_tensor,
-        scale: f64,
+        mode: i64,
+        eps: f64,
         out: *mut *mut C_tensor,
     ) -> *mut c_char;
     fn nct_cross_entropy(logits: *const C_tensor, targets: *const C_tensor, out: *mut *mut C_tensor) -> *mut c_char;
@@ -96,62 +97,83 @@ pub fn enabled() -> Result<bool> {
     }
 }
 
+/// What [`PackedTernary::apply`] does to each row of its input before quantizing it, fused into the
+/// quantization pass (and its backward into the pass after dx): no f32 tensor of the result exists.
+#[derive(Debug, Clone, Copy)]
+pub enum Prologue<'a> {
+    /// The input as it is.
+    Plain,
+    /// RMSNorm with a gain: x · rsqrt(mean(x²) + eps) · gain ([`crate::layers::RmsNorm`]).
+    Norm { gain: &'a Tensor, eps: f64 },
+    /// silu(gate) · up of an input (..., 2·in) laid out (gate | up): SwiGLU's hidden activation.
+    Swiglu,
+}
+
 /// A ternarized weight in the forms the CPU BitLinear reads: oneDNN-packed
-/// int8 trits, bf16 trits (backward), the scale s_w.
+/// int8 trits, bf16 trits (backward), the per-row scales s_w. The weight may
+/// be several projections of one input stacked by rows (each with its own
+/// scale): their input is then quantized once and multiplied once.
 #[derive(Debug)]
 pub struct PackedTernary {
     packed: Tensor,
     trits: Tensor,
-    ones: Tensor,
+    scales: Tensor,
     zeros: Tensor,
-    scale: f64,
 }
 
 impl PackedTernary {
-    /// `None` when `wq` is not a 2-D f32 CPU tensor of values t·s.
+    /// `None` when `wq` is not a non-empty 2-D f32 CPU tensor whose rows are
+    /// t·s_row (t in {-1, 0, 1}).
     pub fn pack(wq: &Tensor) -> Result<Option<Self>> {
         let mut out: [*mut C_tensor; 4] = [ptr::null_mut(); 4];
-        let (mut scale, mut ternary) = (0f64, 0i32);
+        let mut ternary = 0i32;
         // SAFETY: `wq` is a live tensor; on success with ternary = 1 the four
         // outputs are fresh heap tensors whose ownership passes to us.
         let error = unsafe {
-            nct_ternary_pack(
-                wq.as_ptr(),
-                &mut out[0],
-                &mut out[1],
-                &mut out[2],
-                &mut out[3],
-                &mut scale,
-                &mut ternary,
-            )
+            nct_ternary_pack(wq.as_ptr(), &mut out[0], &mut out[1], &mut out[2], &mut out[3], &mut ternary)
         };
         check(error, "packing a ternary weight")?;
         if ternary == 0 {
             return Ok(None);
         }
-        let [packed, trits, ones, zeros] = out.map(|p| unsafe { Tensor::from_ptr(p) });
-        Ok(Some(Self { packed, trits, ones, zeros, scale }))
+        let [packed, trits, scales, zeros] = out.map(|p| unsafe { Tensor::from_ptr(p) });
+        Ok(Some(Self { packed, trits, scales, zeros }))
     }
 
-    /// The scale s_w (the weight values are t·s_w).
-    pub fn scale(&self) -> f64 {
-        self.scale
+    /// The per-row scales s_w, (out,) f32 (row i's values are t·s_w[i]).
+    pub fn scales(&self) -> &Tensor {
+        &self.scales
     }
 
     /// y = q_int8(x)·Ŵᵀ for f32 CPU `x` (..., in); gradients flow to `x` and
     /// to `wq` (the tensor this was packed from, typically a leaf).
     pub fn linear(&self, x: &Tensor, wq: &Tensor) -> Result<Tensor> {
+        self.apply(x, Prologue::Plain, wq)
+    }
+
+    /// y = q_int8(prologue(x))·Ŵᵀ for f32 CPU `x`; gradients flow to `x`, to
+    /// `wq` (a tensor with the values this was packed from: a leaf, or a
+    /// concatenation of leaves) and to the norm's gain.
+    pub fn apply(&self, x: &Tensor, prologue: Prologue, wq: &Tensor) -> Result<Tensor> {
+        let empty = Tensor::new();
+        let (mode, gain, eps) = match prologue {
+            Prologue::Plain => (0, &empty, 0.0),
+            Prologue::Norm { gain, eps } => (1, gain, eps),
+            Prologue::Swiglu => (2, &empty, 0.0),
+        };
         let mut out: *mut C_tensor = ptr::null_mut();
         // SAFETY: all tensors are live; on success `out` is a fresh tensor we own.
         let error = unsafe {
             nct_bit_linear(
                 x.as_ptr(),
+                gain.as_ptr(),
                 wq.as_ptr(),
                 self.packed.as_ptr(),
                 self.trits.as_ptr(),
-                self.ones.as_ptr(),
+                self.scales.as_ptr(),
                 self.zeros.as_ptr(),
-                self.scale,
+                mode,
+                eps,
                 &mut out,
             )
         };
@@ -221,13 +243,97 @@ mod tests {
         assert!(max_rel(&wq.grad(), &gw) < 1e-2, "dW {}", max_rel(&wq.grad(), &gw));
         // Exactly the bf16 matmul of bf16(g·s_w) with the trits (the fused
         // f32 -> bf16 rounding matches libtorch's, round to nearest even).
-        let trits = (wq.detach() / packed.scale()).to_kind(Kind::BFloat16);
-        let g_bf16 = (&g * packed.scale()).to_kind(Kind::BFloat16).reshape([-1, 48]);
+        let trits = (wq.detach() / packed.scales().unsqueeze(1)).to_kind(Kind::BFloat16);
+        let g_bf16 = (&g * packed.scales()).to_kind(Kind::BFloat16).reshape([-1, 48]);
         let exact = g_bf16.matmul(&trits).to_kind(Kind::Float).reshape([2, 24, 64]);
         assert!(x.grad().equal(&exact), "dx differs from the bf16 matmul by {}", max_rel(&x.grad(), &exact));
         // Not trivially close: the unquantized x gives a different dW.
         let plain = g.reshape([-1, 48]).tr().matmul(&x.detach().reshape([-1, 64]));
         assert!(max_rel(&plain, &gw) > 1e-3);
+    }
+
+    /// RMSNorm with a gain, as `layers::RmsNorm::forward`.
+    fn rms_norm(x: &Tensor, gain: &Tensor, eps: f64) -> Tensor {
+        x * (x.square().mean_dim([-1i64].as_slice(), true, Kind::Float) + eps).rsqrt() * gain
+    }
+
+    /// Leaves for a prologue test: x (2, tokens, x_cols), two ternarized projections of
+    /// `rows.0` and `rows.1` rows (different scales) stacked by rows, a gain.
+    fn stacked(tokens: i64, x_cols: i64, cols: i64, rows: (i64, i64)) -> (Tensor, Tensor, Tensor, Tensor) {
+        let x = (randn(20, &[2, tokens, x_cols]) * 2.0).set_requires_grad(true);
+        let w1 = ternarize(&randn(21, &[rows.0, cols])).set_requires_grad(true);
+        let w2 = ternarize(&(randn(22, &[rows.1, cols]) * 3.0)).set_requires_grad(true);
+        let gain = (randn(23, &[cols]) * 0.3 + 1.0).set_requires_grad(true);
+        (x, w1, w2, gain)
+    }
+
+    #[test]
+    fn fused_norm_and_stacked_projections_equal_the_unfused_graph() {
+        // Widths with AVX-512 tails (83, 100) and without (256); two projections of one input.
+        for (tokens, cols, rows) in [(9i64, 83i64, (17i64, 5i64)), (33, 256, (96, 32)), (4, 100, (8, 24))] {
+            let (x, w1, w2, gain) = stacked(tokens, cols, cols, rows);
+            let g = randn(24, &[2, tokens, rows.0 + rows.1]);
+            let wcat = Tensor::cat(&[&w1, &w2], 0);
+            let packed = PackedTernary::pack(&wcat).unwrap().expect("stacked ternary rows pack");
+            let ours = packed.apply(&x, Prologue::Norm { gain: &gain, eps: 1e-5 }, &wcat).unwrap();
+            (&ours * &g).sum(Kind::Float).backward();
+            let grads: Vec<Tensor> = [&x, &gain, &w1, &w2].iter().map(|t| t.grad().copy()).collect();
+            for t in [&x, &gain, &w1, &w2] {
+                let _ = t.grad().zero_();
+            }
+            // The unfused f32 graph: norm, then each projection on its own (straight-through).
+            let h = rms_norm(&x, &gain, 1e-5);
+            let reference = Tensor::cat(&[bit_linear_prequantized(&h, &w1), bit_linear_prequantized(&h, &w2)], -1);
+            let rel = max_rel(&ours, &reference);
+            assert!(rel < 1e-5, "{tokens}x{cols}: forward differs by {rel}");
+            (&reference * &g).sum(Kind::Float).backward();
+            for (name, ours, want) in [("x", &grads[0], x.grad()), ("gain", &grads[1], gain.grad()),
+                                       ("w1", &grads[2], w1.grad()), ("w2", &grads[3], w2.grad())] {
+                // The backward's matmuls round g to bf16 (8 significant bits).
+                let rel = max_rel(ours, &want);
+                assert!(rel < 2e-2, "{tokens}x{cols}: d{name} differs by {rel}");
+                assert!(want.abs().max().double_value(&[]) > 0.0, "d{name} is zero");
+            }
+        }
+    }
+
+    #[test]
+    fn fused_swiglu_equals_silu_times_up_then_bitlinear() {
+        for (tokens, hidden, out) in [(7i64, 83i64, 19i64), (40, 768, 256)] {
+            let (x, w1, _, _) = stacked(tokens, 2 * hidden, hidden, (out, 1));
+            let g = randn(25, &[2, tokens, out]);
+            let packed = PackedTernary::pack(&w1).unwrap().unwrap();
+            let ours = packed.apply(&x, Prologue::Swiglu, &w1).unwrap();
+            (&ours * &g).sum(Kind::Float).backward();
+            let (dx, dw) = (x.grad().copy(), w1.grad().copy());
+            let _ = x.grad().zero_();
+            let _ = w1.grad().zero_();
+            let (gate, up) = (x.narrow(-1, 0, hidden), x.narrow(-1, hidden, hidden));
+            let reference = bit_linear_prequantized(&(gate.silu() * up), &w1);
+            // silu through a polynomial exp: a few ulp per value, so a looser bound than the plain forward.
+            let rel = max_rel(&ours, &reference);
+            assert!(rel < 1e-4, "{tokens}x{hidden}: forward differs by {rel}");
+            (&reference * &g).sum(Kind::Float).backward();
+            assert!(max_rel(&dx, &x.grad()) < 2e-2, "dx differs by {}", max_rel(&dx, &x.grad()));
+            assert!(max_rel(&dw, &w1.grad()) < 2e-2, "dW differs by {}", max_rel(&dw, &w1.grad()));
+        }
+    }
+
+    #[test]
+    fn prologue_inputs_are_checked() {
+        let wq = ternarize(&randn(30, &[8, 16]));
+        let packed = PackedTernary::pack(&wq).unwrap().unwrap();
+        let gain = Tensor::ones([16], (Kind::Float, Device::Cpu));
+        let x = randn(31, &[3, 16]);
+        let err = |x: &Tensor, p: Prologue| packed.apply(x, p, &wq).unwrap_err().to_string();
+        assert!(err(&x, Prologue::Swiglu).contains("32 features"));
+        let short = Tensor::ones([15], (Kind::Float, Device::Cpu));
+        assert!(err(&x, Prologue::Norm { gain: &short, eps: 1e-5 }).contains("gain of 16"));
+        assert!(err(&x, Prologue::Norm { gain: &gain, eps: 0.0 }).contains("eps > 0"));
+        // The fused ops equal their unfused forms on the plain path too.
+        let y = packed.apply(&x, Prologue::Norm { gain: &gain, eps: 1e-5 }, &wq).unwrap();
+        let want = packed.linear(&rms_norm(&x, &gain, 1e-5), &wq).unwrap();
+        assert!(max_rel(&y, &want) < 1e-5);
     }
 
     #[test]

@@ -7,34 +7,45 @@ use tch::nn::{Init, Path};
 use tch::{Device, Kind, Tensor};
 
 use crate::config::{FfnActivation, ModelConfig};
-use crate::cpu_bitlinear::{self, PackedTernary};
+use crate::cpu_bitlinear::{self, PackedTernary, Prologue};
 use crate::quant::{bit_linear, bit_linear_prequantized};
 
 /// Ternarized values of a layer's projections, set for the duration of one
 /// optimizer step (see `Transformer::with_prequantized`) so every
 /// micro-batch reuses them instead of ternarizing again. `None`: ternarize
 /// on the fly (the plain STE path). On CPU the values are also packed for
-/// the integer forward of [`crate::cpu_bitlinear`] (once per step).
+/// the integer forward of [`crate::cpu_bitlinear`] (once per step), the
+/// projections of one input stacked into one weight (`groups`).
 #[derive(Debug)]
 struct Prequantized {
     weights: RefCell<Option<Vec<Tensor>>>,
-    /// One entry per weight: its packed forms, or `None` for the fake-quant
-    /// path (CUDA, values that are not t·s, `NCT_QAT_MATMUL=fp32`).
-    packed: RefCell<Vec<Option<PackedTernary>>>,
+    /// Projection indices stacked by rows into one packed weight, in order (e.g. q, k, v).
+    groups: Vec<Vec<usize>>,
+    /// One entry per group, or empty for the fake-quant path (CUDA, values
+    /// that are not t·s, `NCT_QAT_MATMUL=fp32`).
+    packed: RefCell<Vec<PackedTernary>>,
     /// `false`: the full-precision baseline (`ModelConfig::ternary`).
     ternary: bool,
 }
 
 impl Prequantized {
-    fn new(ternary: bool) -> Self {
-        Self { weights: RefCell::new(None), packed: RefCell::new(Vec::new()), ternary }
+    fn new(ternary: bool, groups: Vec<Vec<usize>>) -> Self {
+        Self { weights: RefCell::new(None), groups, packed: RefCell::new(Vec::new()), ternary }
     }
 
     fn set(&self, weights: Option<Vec<Tensor>>) {
         let int8 = self.ternary && cpu_bitlinear::enabled().unwrap_or(false);
         let packed = match (&weights, int8) {
-            // A packing failure (e.g. a libtorch without oneDNN) keeps the fake-quant path.
-            (Some(weights), true) => weights.iter().map(|w| PackedTernary::pack(w).ok().flatten()).collect(),
+            // All groups or none; a packing failure (e.g. a libtorch without oneDNN) keeps the fake-quant path.
+            (Some(weights), true) => self
+                .groups
+                .iter()
+                .map(|group| {
+                    let stacked = Tensor::cat(&group.iter().map(|&i| weights[i].detach()).collect::<Vec<_>>(), 0);
+                    PackedTernary::pack(&stacked).ok().flatten()
+                })
+                .collect::<Option<Vec<_>>>()
+                .unwrap_or_default(),
             _ => Vec::new(),
         };
         *self.packed.borrow_mut() = packed;
@@ -44,18 +55,29 @@ impl Prequantized {
     /// Whether `x` goes through the CPU integer path (packed weights set, an f32 CPU input):
     /// there the rest of the sub-layer runs in bf16 as well, as under CPU bf16 autocast.
     fn int8_cpu(&self, x: &Tensor) -> bool {
-        x.device() == Device::Cpu && x.kind() == Kind::Float && self.packed.borrow().iter().any(Option::is_some)
+        x.device() == Device::Cpu && x.kind() == Kind::Float && !self.packed.borrow().is_empty()
     }
 
-    /// BitLinear of projection number `index`, whose latent weight is `latent`.
-    fn linear(&self, x: &Tensor, index: usize, latent: &Tensor) -> Tensor {
-        if let Some(Some(packed)) = self.packed.borrow().get(index) {
-            if x.device() == Device::Cpu && x.kind() == Kind::Float {
-                let weights = self.weights.borrow();
-                let wq = &weights.as_ref().expect("packed weights come with their values")[index];
-                return packed.linear(x, wq).unwrap_or_else(|e| panic!("{e}"));
-            }
+    /// Group number `group` on the CPU integer path: `prologue(x)` times its stacked projections
+    /// (their outputs side by side); `None` off that path.
+    fn group(&self, x: &Tensor, group: usize, prologue: Prologue) -> Option<Tensor> {
+        if !self.int8_cpu(x) {
+            return None;
         }
+        let weights = self.weights.borrow();
+        let weights = weights.as_ref().expect("packed weights come with their values");
+        let members = &self.groups[group];
+        // The leaves themselves (a concatenation carries the gradient back to each).
+        let stacked = match members.as_slice() {
+            [only] => weights[*only].shallow_clone(),
+            _ => Tensor::cat(&members.iter().map(|&i| &weights[i]).collect::<Vec<_>>(), 0),
+        };
+        Some(self.packed.borrow()[group].apply(x, prologue, &stacked).unwrap_or_else(|e| panic!("{e}")))
+    }
+
+    /// BitLinear of projection number `index`, whose latent weight is `latent` (the
+    /// fake-quant and full-precision paths).
+    fn linear(&self, x: &Tensor, index: usize, latent: &Tensor) -> Tensor {
         match (self.weights.borrow().as_ref(), self.ternary) {
             (Some(quantized), true) => bit_linear_prequantized(x, &quantized[index]),
             (None, true) => bit_linear(x, latent),
@@ -83,6 +105,11 @@ impl RmsNorm {
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let mean_square = x.square().mean_dim([-1i64].as_slice(), true, x.kind());
         x * (mean_square + self.eps).rsqrt() * &self.gain
+    }
+
+    /// The norm as the prologue of the CPU integer BitLinear (fused into its quantization).
+    fn prologue(&self) -> Prologue<'_> {
+        Prologue::Norm { gain: &self.gain, eps: self.eps }
     }
 }
 
@@ -151,7 +178,8 @@ impl Attention {
             n_heads: config.n_heads as i64,
             n_kv_heads: config.n_kv_heads as i64,
             head_dim: config.head_dim() as i64,
-            prequantized: Prequantized::new(config.ternary),
+            // q, k and v read one input: one stacked weight on the CPU integer path.
+            prequantized: Prequantized::new(config.ternary, vec![vec![0, 1, 2], vec![3]]),
         }
     }
 
@@ -166,24 +194,39 @@ impl Attention {
         self.prequantized.set(weights)
     }
 
-    /// `x` is (B, T, dim). On the CPU integer path (see `Prequantized::int8_cpu`) the fused
-    /// attention runs in bf16 (rotated q, k and v rounded once, f32 accumulation inside SDPA),
-    /// as CPU bf16 autocast runs it; the output projection gets f32 back.
-    pub fn forward(&self, x: &Tensor, rope: &Rope) -> Tensor {
+    /// Attention of `norm(x)`; `x` is (B, T, dim). On the CPU integer path (see
+    /// `Prequantized::int8_cpu`) the norm is fused into the quantization of one stacked q/k/v
+    /// projection, and the fused attention runs in bf16 (rotated q, k and v rounded once, f32
+    /// accumulation inside SDPA), as CPU bf16 autocast runs it; the output projection gets f32 back.
+    pub fn forward(&self, x: &Tensor, norm: &RmsNorm, rope: &Rope) -> Tensor {
         let (b, t) = (x.size()[0], x.size()[1]);
         let pq = &self.prequantized;
         let bf16 = pq.int8_cpu(x);
         let half = |y: Tensor| if bf16 { y.to_kind(Kind::BFloat16) } else { y };
-        let q = pq.linear(x, 0, &self.wq).view([b, t, self.n_heads, self.head_dim]);
-        let k = pq.linear(x, 1, &self.wk).view([b, t, self.n_kv_heads, self.head_dim]);
-        let v = pq.linear(x, 2, &self.wv).view([b, t, self.n_kv_heads, self.head_dim]);
+        let (d, kv) = (self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim);
+        let (q, k, v) = match pq.group(x, 0, norm.prologue()) {
+            Some(qkv) => {
+                // One split (its backward is one concatenation; three narrows would each zero-fill a
+                // full-size gradient).
+                let mut parts = qkv.split_with_sizes([d, kv, kv], -1).into_iter();
+                let mut next = || parts.next().expect("three parts");
+                (next(), next(), next())
+            }
+            None => {
+                let h = norm.forward(x);
+                (pq.linear(&h, 0, &self.wq), pq.linear(&h, 1, &self.wk), pq.linear(&h, 2, &self.wv))
+            }
+        };
+        let q = q.view([b, t, self.n_heads, self.head_dim]);
+        let k = k.view([b, t, self.n_kv_heads, self.head_dim]);
+        let v = v.view([b, t, self.n_kv_heads, self.head_dim]);
         let (q, k) = (half(rope.apply(&q)).transpose(1, 2), half(rope.apply(&k)).transpose(1, 2));
         let v = half(v).transpose(1, 2);
         let grouped = self.n_kv_heads != self.n_heads;
         let y = Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, true, None, grouped);
         let y = y.transpose(1, 2).reshape([b, t, self.n_heads * self.head_dim]);
         let y = if bf16 { y.to_kind(Kind::Float) } else { y };
-        pq.linear(&y, 3, &self.wo)
+        pq.group(&y, 1, Prologue::Plain).unwrap_or_else(|| pq.linear(&y, 3, &self.wo))
     }
 }
 
@@ -208,7 +251,15 @@ impl Mlp {
             gate,
             up: projection(&p, "up", h, d, std),
             down: projection(&p, "down", d, h, out_std),
-            prequantized: Prequantized::new(config.ternary),
+            // gate and up read one input: one stacked weight (gate | up) on the CPU integer path,
+            // whose output the down projection's SwiGLU prologue reads.
+            prequantized: Prequantized::new(
+                config.ternary,
+                match config.ffn_activation {
+                    FfnActivation::Swiglu => vec![vec![2, 0], vec![1]],
+                    FfnActivation::Relu2 => vec![vec![0], vec![1]],
+                },
+            ),
         }
     }
 
@@ -225,8 +276,18 @@ impl Mlp {
         self.prequantized.set(weights)
     }
 
-    pub fn forward(&self, x: &Tensor) -> Tensor {
+    /// The FFN of `norm(x)`. On the CPU integer path the norm is fused into the quantization of
+    /// the stacked gate/up projection and SwiGLU into the down projection's.
+    pub fn forward(&self, x: &Tensor, norm: &RmsNorm) -> Tensor {
         let pq = &self.prequantized;
+        if let Some(y) = pq.group(x, 0, norm.prologue()) {
+            let down = match self.gate {
+                Some(_) => pq.group(&y, 1, Prologue::Swiglu),
+                None => pq.group(&y.relu().square(), 1, Prologue::Plain),
+            };
+            return down.expect("the integer path packs every group");
+        }
+        let x = &norm.forward(x);
         let up = pq.linear(x, 0, &self.up);
         let hidden = match &self.gate {
             Some(gate) => pq.linear(x, 2, gate).silu() * up,

@@ -51,8 +51,8 @@ impl Block {
     /// Residual state in, residual state out: (B, T, C) for a plain block,
     /// (B, T, n, C) streams for mHC.
     fn forward(&self, x: &Tensor, rope: &Rope) -> Tensor {
-        let attn = |h: &Tensor| self.attn.forward(&self.attn_norm.forward(h), rope);
-        let mlp = |h: &Tensor| self.mlp.forward(&self.mlp_norm.forward(h));
+        let attn = |h: &Tensor| self.attn.forward(h, &self.attn_norm, rope);
+        let mlp = |h: &Tensor| self.mlp.forward(h, &self.mlp_norm);
         match &self.mhc {
             None => {
                 let x = x + attn(x);
@@ -71,10 +71,10 @@ impl Block {
     fn forward_recording(&self, x: &Tensor, rope: &Rope, maps: &mut Vec<Tensor>) -> Tensor {
         if let Some((c_attn, c_mlp)) = &self.mhc {
             maps.push(c_attn.maps(x).h_res);
-            let attn = |h: &Tensor| self.attn.forward(&self.attn_norm.forward(h), rope);
+            let attn = |h: &Tensor| self.attn.forward(h, &self.attn_norm, rope);
             let x = c_attn.forward(x, attn);
             maps.push(c_mlp.maps(&x).h_res);
-            return c_mlp.forward(&x, |h: &Tensor| self.mlp.forward(&self.mlp_norm.forward(h)));
+            return c_mlp.forward(&x, |h: &Tensor| self.mlp.forward(h, &self.mlp_norm));
         }
         self.forward(x, rope)
     }

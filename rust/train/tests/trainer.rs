@@ -8,7 +8,7 @@ mod common;
 use common::{batch, hyper, serial, MatmulPath};
 use tch::{Device, Kind, Tensor};
 use train::trainer::{clip_grad_norm, read_checkpoint_weights};
-use train::{ModelConfig, TrainHyper, Trainer};
+use train::{FfnActivation, ModelConfig, TrainHyper, Trainer};
 
 fn config(streams: usize) -> ModelConfig {
     common::small_config(64, streams, true)
@@ -60,21 +60,39 @@ fn prequantized_gradients_equal_the_plain_ste_gradients() {
 
 #[test]
 fn int8_path_gradients_equal_the_f32_path_up_to_bf16() {
-    // The default CPU path (int8 forward, bf16 backward and LM head) against
-    // the fake-quant f32 path on the same weights and batch.
+    // The default CPU path (int8 forward with the norms and SwiGLU fused into the quantization,
+    // stacked q/k/v and gate/up projections, bf16 backward and LM head) against the fake-quant f32
+    // path on the same weights and batch: both FFN activations, with and without mHC streams.
     let _serial = serial();
-    let trainer = Trainer::new(&config(2), hyper(), Device::Cpu).unwrap();
+    for (activation, streams) in [(FfnActivation::Swiglu, 2), (FfnActivation::Swiglu, 1), (FfnActivation::Relu2, 1)] {
+        let config = ModelConfig { ffn_activation: activation, ..config(streams) };
+        let trainer = Trainer::new(&config, hyper(), Device::Cpu).unwrap();
+        let (x, y) = batch(4, 3, 12);
+        let run = |mode: &str| {
+            let _path = MatmulPath::set(mode);
+            trainer.gradients(&[(x.shallow_clone(), y.shallow_clone())]).unwrap()
+        };
+        let (int8, f32) = (run("int8"), run("fp32"));
+        assert!((int8.ce - f32.ce).abs() < 1e-2 * f32.ce, "CE {} vs {}", int8.ce, f32.ce);
+        let flat = |g: &[Tensor]| Tensor::cat(&g.iter().map(|t| t.flatten(0, -1)).collect::<Vec<_>>(), 0);
+        let (a, b) = (flat(&int8.grads), flat(&f32.grads));
+        let rel = (&a - &b).norm().double_value(&[]) / b.norm().double_value(&[]);
+        // Measured 1.9 % (SwiGLU, 2 streams), 2.6 % (SwiGLU, 1 stream), 1.6 % (ReLU²), the same with
+        // the unfused projections: bf16 rounding of q, k, v, the logits and the backward's g.
+        assert!(rel > 0.0 && rel < 3e-2, "{activation:?}, {streams} streams: relative gradient difference {rel}");
+        // Every parameter on its own (norm gains included: their gradients come from the fused backward).
+        let (muon, lion) = trainer.param_groups();
+        // (mHC's α gradients are zero at init on both paths: they scale x̂·W with W = 0; H_res's bias
+        // gradients are float noise, ~1e-10, hence the floor relative to the whole gradient.)
+        let floor = 1e-6 * b.norm().double_value(&[]);
+        for (name, (a, b)) in muon.iter().chain(lion).zip(int8.grads.iter().zip(&f32.grads)) {
+            let (norm, diff) = (b.norm().double_value(&[]), (a - b).norm().double_value(&[]));
+            assert!(norm > 0.0 || name.ends_with("alpha"), "{name}: zero gradient");
+            assert!(diff <= 0.1 * norm + floor, "{activation:?}, {streams} streams, {name}: |difference| {diff:e}, |gradient| {norm:e}");
+        }
+    }
+    let trainer = Trainer::new(&config(1), hyper(), Device::Cpu).unwrap();
     let (x, y) = batch(4, 3, 12);
-    let run = |mode: &str| {
-        let _path = MatmulPath::set(mode);
-        trainer.gradients(&[(x.shallow_clone(), y.shallow_clone())]).unwrap()
-    };
-    let (int8, f32) = (run("int8"), run("fp32"));
-    assert!((int8.ce - f32.ce).abs() < 1e-2 * f32.ce, "CE {} vs {}", int8.ce, f32.ce);
-    let flat = |g: &[Tensor]| Tensor::cat(&g.iter().map(|t| t.flatten(0, -1)).collect::<Vec<_>>(), 0);
-    let (a, b) = (flat(&int8.grads), flat(&f32.grads));
-    let rel = (&a - &b).norm().double_value(&[]) / b.norm().double_value(&[]);
-    assert!(rel > 0.0 && rel < 2e-2, "relative gradient difference {rel}");
     let _bad = MatmulPath::set("int4");
     let err = trainer.gradients(&[(x.shallow_clone(), y.shallow_clone())]).unwrap_err().to_string();
     assert!(err.contains("NCT_QAT_MATMUL") && err.contains("fp32"), "{err}");
