@@ -11,10 +11,66 @@
 //! Streams are (B, T, n, C). Parameters start at the official init from
 //! `mhc::MhcParams::official_init` (W = 0, α = 0.01, H_res ≈ I, gate biases
 //! +1 on the home stream and −1 elsewhere, so copies of one input diverge).
-use tch::nn::Path;
-use tch::{Kind, Tensor};
+//!
+//! On f32 CPU streams the two passes over the streams (H_pre·x, and
+//! H_res·x + H_postᵀ ⊗ F) are one pass each way (`csrc/mhc.cpp`), and the three
+//! maps' logits come from one product r·(x·[W_res W_pre W_post]) with r the
+//! row's inverse RMS (= x̂·W), so no normalized copy of the streams exists.
+use std::ffi::{c_char, CStr};
+use std::ptr;
 
-use crate::error::Result;
+use tch::nn::Path;
+use tch::{Device, Kind, Tensor};
+use torch_sys::C_tensor;
+
+use crate::error::{Result, TrainError};
+
+extern "C" {
+    fn nct_free_error(error: *mut c_char);
+    fn nct_mhc_force_generic(on: i32);
+    fn nct_mhc_reduce(s: *const C_tensor, h: *const C_tensor, out: *mut *mut C_tensor) -> *mut c_char;
+    fn nct_mhc_mix(
+        s: *const C_tensor,
+        m: *const C_tensor,
+        p: *const C_tensor,
+        o: *const C_tensor,
+        out: *mut *mut C_tensor,
+    ) -> *mut c_char;
+}
+
+/// A fresh tensor from a C++ call, or its error (a C string we own) as a `TrainError`.
+fn take(error: *mut c_char, out: *mut C_tensor, what: &str) -> Result<Tensor> {
+    if !error.is_null() {
+        // SAFETY: a non-null error is a NUL-terminated strdup'd string that we own.
+        let msg = unsafe { CStr::from_ptr(error) }.to_string_lossy().into_owned();
+        unsafe { nct_free_error(error) };
+        return Err(TrainError::BadInput(format!("{what}: {msg}")));
+    }
+    // SAFETY: on success `out` is a fresh heap tensor whose ownership passes to us.
+    Ok(unsafe { Tensor::from_ptr(out) })
+}
+
+/// y[r] = Σ_i h[r, i] · s[r, i, :] for f32 CPU streams `s` (rows, n, C) and `h` (rows, n), with autograd.
+pub fn stream_reduce(s: &Tensor, h: &Tensor) -> Result<Tensor> {
+    let mut out: *mut C_tensor = ptr::null_mut();
+    // SAFETY: both tensors are live.
+    let error = unsafe { nct_mhc_reduce(s.as_ptr(), h.as_ptr(), &mut out) };
+    take(error, out, "mHC stream reduce")
+}
+
+/// out[r, i] = Σ_j m[r, i, j] · s[r, j, :] + p[r, i] · o[r, :] for f32 CPU `s` (rows, n, C),
+/// `m` (rows, n, n), `p` (rows, n), `o` (rows, C), with autograd.
+pub fn stream_mix(s: &Tensor, m: &Tensor, p: &Tensor, o: &Tensor) -> Result<Tensor> {
+    let mut out: *mut C_tensor = ptr::null_mut();
+    // SAFETY: all tensors are live.
+    let error = unsafe { nct_mhc_mix(s.as_ptr(), m.as_ptr(), p.as_ptr(), o.as_ptr(), &mut out) };
+    take(error, out, "mHC stream mix")
+}
+
+/// Whether the fused stream passes apply: f32 streams on the CPU.
+fn fused(streams: &Tensor) -> bool {
+    streams.device() == Device::Cpu && streams.kind() == Kind::Float
+}
 
 /// The learned map α·x̂W + b (W is (n·C, outputs), as in the `mhc` crate).
 #[derive(Debug)]
@@ -90,6 +146,9 @@ impl MhcConnection {
 
     /// H_res, H_pre and H_post for every token of (B, T, n, C) streams.
     pub fn maps(&self, streams: &Tensor) -> MapTensors {
+        if fused(streams) {
+            return self.maps_fused(streams);
+        }
         let size = streams.size();
         let (b, t) = (size[0], size[1]);
         let flat = streams.flatten(2, 3);
@@ -106,10 +165,40 @@ impl MhcConnection {
         }
     }
 
+    /// [`Self::maps`] on f32 CPU streams: x̂·W = r·(x·W) with r = rsqrt(mean(x²) + ε) from the
+    /// row norm, the three maps' weights in one product.
+    fn maps_fused(&self, streams: &Tensor) -> MapTensors {
+        let size = streams.size();
+        let (b, t) = (size[0], size[1]);
+        let flat = streams.reshape([b * t, -1]);
+        let inputs = flat.size()[1] as f64;
+        let r = (flat.norm_scalaropt_dim(2, [-1i64], true).square() / inputs + mhc::RMS_NORM_EPS).rsqrt();
+        let weights = Tensor::cat(&[&self.res.weight, &self.pre.weight, &self.post.weight], 1);
+        let z = flat.mm(&weights) * &r;
+        let sizes = [self.res.bias.size()[0], self.n, self.n];
+        let mut parts = z.split_with_sizes(sizes, -1).into_iter();
+        let mut logits = |map: &StreamMap| parts.next().expect("three maps") * &map.alpha + &map.bias;
+        let mix = logits(&self.res).softmax(-1, Kind::Float);
+        let h_res = mix.matmul(&self.permutations).view([b, t, self.n, self.n]);
+        let h_pre = logits(&self.pre).sigmoid().view([b, t, self.n]);
+        let h_post = (logits(&self.post).sigmoid() * 2.0).view([b, t, self.n]);
+        MapTensors { h_res, h_pre, h_post }
+    }
+
     /// x' = H_res·x + H_postᵀ ⊗ F(H_pre·x), with `sublayer` mapping (B, T, C)
     /// to (B, T, C).
     pub fn forward(&self, streams: &Tensor, sublayer: impl FnOnce(&Tensor) -> Tensor) -> Tensor {
         let maps = self.maps(streams);
+        if fused(streams) {
+            let size = streams.size();
+            let (rows, n, c) = (size[0] * size[1], size[2], size[3]);
+            let s = streams.reshape([rows, n, c]);
+            let input = stream_reduce(&s, &maps.h_pre.reshape([rows, n])).unwrap_or_else(|e| panic!("{e}"));
+            let output = sublayer(&input.view([size[0], size[1], c]));
+            let (m, p) = (maps.h_res.reshape([rows, n, n]), maps.h_post.reshape([rows, n]));
+            let out = stream_mix(&s, &m, &p, &output.reshape([rows, c])).unwrap_or_else(|e| panic!("{e}"));
+            return out.view([size[0], size[1], n, c]);
+        }
         let input = (maps.h_pre.unsqueeze(-1) * streams).sum_dim_intlist([2i64].as_slice(), false, streams.kind());
         let output = sublayer(&input);
         maps.h_res.matmul(streams) + maps.h_post.unsqueeze(-1) * output.unsqueeze(2)
@@ -205,6 +294,56 @@ mod tests {
             .unwrap();
             assert!(max_abs_diff(&ours, &theirs) < tol, "update n={n} {kind:?}");
         }
+    }
+
+    #[test]
+    fn fused_stream_passes_have_the_gradients_of_the_unfused_graph() {
+        // f32 CPU streams take the fused path, f64 the ATen graph: same parameters, same inputs.
+        // 19 channels exercise the masked tails; each case runs the AVX-512 kernels (where the CPU has
+        // them) and the generic ones.
+        for (n, dim, generic) in [(2usize, 40i64, false), (4, 19, false), (2, 40, true), (4, 19, true)] {
+            // SAFETY: sets an atomic flag; both kernel sets compute the same values.
+            unsafe { nct_mhc_force_generic(generic as i32) };
+            let vs32 = VarStore::new(Device::Cpu);
+            let (c32, _) = random_connection(&vs32, n, dim as usize);
+            let mut vs64 = VarStore::new(Device::Cpu);
+            let (c64, _) = random_connection(&vs64, n, dim as usize);
+            vs64.double();
+            tch::manual_seed(12);
+            let f32_cpu = (Kind::Float, Device::Cpu);
+            let streams = Tensor::randn([2, 3, n as i64, dim], f32_cpu);
+            let (m, g) = (Tensor::randn([dim, dim], f32_cpu), Tensor::randn([2, 3, n as i64, dim], f32_cpu));
+            let s32 = streams.copy().set_requires_grad(true);
+            let s64 = streams.to_kind(Kind::Double).set_requires_grad(true);
+            let y32 = c32.forward(&s32, |h| h.matmul(&m).tanh());
+            let m64 = m.to_kind(Kind::Double);
+            let y64 = c64.forward(&s64, |h| h.matmul(&m64).tanh());
+            assert!(max_abs_diff(&to_vec(&y32), &to_vec(&y64)) < 1e-5, "forward n={n}");
+            (y32 * &g).sum(Kind::Float).backward();
+            (y64 * g.to_kind(Kind::Double)).sum(Kind::Double).backward();
+            assert!(max_abs_diff(&to_vec(&s32.grad()), &to_vec(&s64.grad())) < 1e-4, "d streams n={n}");
+            let (v32, v64) = (vs32.variables(), vs64.variables());
+            for (name, t) in &v32 {
+                let (a, b) = (to_vec(&t.grad()), to_vec(&v64[name].grad()));
+                let scale = b.iter().fold(1.0f64, |m, x| m.max(x.abs()));
+                assert!(max_abs_diff(&a, &b) < 1e-4 * scale, "d{name} n={n}: {a:?} vs {b:?}");
+            }
+        }
+        unsafe { nct_mhc_force_generic(0) };
+    }
+
+    #[test]
+    fn fused_stream_passes_reject_bad_shapes() {
+        let f = (Kind::Float, Device::Cpu);
+        let s = Tensor::zeros([4, 2, 8], f);
+        let err = stream_reduce(&s, &Tensor::zeros([4, 3], f)).unwrap_err().to_string();
+        assert!(err.contains("(rows, n)"), "{err}");
+        let err = stream_reduce(&s.to_kind(Kind::Double), &Tensor::zeros([4, 2], f)).unwrap_err().to_string();
+        assert!(err.contains("f32"), "{err}");
+        let (m, p) = (Tensor::zeros([4, 2, 2], f), Tensor::zeros([4, 2], f));
+        let err = stream_mix(&s, &m, &p, &Tensor::zeros([4, 7], f)).unwrap_err().to_string();
+        assert!(err.contains("output (rows, C)"), "{err}");
+        assert_eq!(stream_mix(&s, &m, &p, &Tensor::zeros([4, 8], f)).unwrap().size(), [4, 2, 8]);
     }
 
     #[test]
