@@ -188,6 +188,11 @@ impl Attention {
         vec![&self.wq, &self.wk, &self.wv, &self.wo]
     }
 
+    /// Whether `x` (any f32 CPU activations of this layer's block) takes the CPU integer path.
+    pub fn integer_path(&self, x: &Tensor) -> bool {
+        self.prequantized.int8_cpu(x)
+    }
+
     /// Use these ternarized values (one per [`Self::projections`] entry)
     /// instead of ternarizing in the forward pass; `None` restores the default.
     pub fn set_prequantized(&self, weights: Option<Vec<Tensor>>) {

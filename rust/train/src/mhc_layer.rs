@@ -12,10 +12,11 @@
 //! `mhc::MhcParams::official_init` (W = 0, α = 0.01, H_res ≈ I, gate biases
 //! +1 on the home stream and −1 elsewhere, so copies of one input diverge).
 //!
-//! On f32 CPU streams the two passes over the streams (H_pre·x, and
-//! H_res·x + H_postᵀ ⊗ F) are one pass each way (`csrc/mhc.cpp`), and the three
-//! maps' logits come from one product r·(x·[W_res W_pre W_post]) with r the
-//! row's inverse RMS (= x̂·W), so no normalized copy of the streams exists.
+//! [`MhcConnection::forward_fused`] (the trainer's CPU integer path, f32 CPU
+//! streams): the two passes over the streams (H_pre·x, and H_res·x + H_postᵀ ⊗ F)
+//! are one pass each way (`csrc/mhc.cpp`), and the three maps' logits come from
+//! one product r·(x·[W_res W_pre W_post]) with r the row's inverse RMS (= x̂·W),
+//! so no normalized copy of the streams exists.
 use std::ffi::{c_char, CStr};
 use std::ptr;
 
@@ -146,9 +147,6 @@ impl MhcConnection {
 
     /// H_res, H_pre and H_post for every token of (B, T, n, C) streams.
     pub fn maps(&self, streams: &Tensor) -> MapTensors {
-        if fused(streams) {
-            return self.maps_fused(streams);
-        }
         let size = streams.size();
         let (b, t) = (size[0], size[1]);
         let flat = streams.flatten(2, 3);
@@ -165,7 +163,7 @@ impl MhcConnection {
         }
     }
 
-    /// [`Self::maps`] on f32 CPU streams: x̂·W = r·(x·W) with r = rsqrt(mean(x²) + ε) from the
+    /// [`Self::maps`] for [`Self::forward_fused`]: x̂·W = r·(x·W) with r = rsqrt(mean(x²) + ε) from the
     /// row norm, the three maps' weights in one product.
     fn maps_fused(&self, streams: &Tensor) -> MapTensors {
         let size = streams.size();
@@ -189,19 +187,27 @@ impl MhcConnection {
     /// to (B, T, C).
     pub fn forward(&self, streams: &Tensor, sublayer: impl FnOnce(&Tensor) -> Tensor) -> Tensor {
         let maps = self.maps(streams);
-        if fused(streams) {
-            let size = streams.size();
-            let (rows, n, c) = (size[0] * size[1], size[2], size[3]);
-            let s = streams.reshape([rows, n, c]);
-            let input = stream_reduce(&s, &maps.h_pre.reshape([rows, n])).unwrap_or_else(|e| panic!("{e}"));
-            let output = sublayer(&input.view([size[0], size[1], c]));
-            let (m, p) = (maps.h_res.reshape([rows, n, n]), maps.h_post.reshape([rows, n]));
-            let out = stream_mix(&s, &m, &p, &output.reshape([rows, c])).unwrap_or_else(|e| panic!("{e}"));
-            return out.view([size[0], size[1], n, c]);
-        }
         let input = (maps.h_pre.unsqueeze(-1) * streams).sum_dim_intlist([2i64].as_slice(), false, streams.kind());
         let output = sublayer(&input);
         maps.h_res.matmul(streams) + maps.h_post.unsqueeze(-1) * output.unsqueeze(2)
+    }
+
+    /// [`Self::forward`] with the stream passes of `csrc/mhc.cpp` and the maps of
+    /// [`Self::maps_fused`] on f32 CPU streams (the same values, summed in another order; the
+    /// trainer's CPU integer path uses it), [`Self::forward`] otherwise.
+    pub fn forward_fused(&self, streams: &Tensor, sublayer: impl FnOnce(&Tensor) -> Tensor) -> Tensor {
+        if !fused(streams) {
+            return self.forward(streams, sublayer);
+        }
+        let maps = self.maps_fused(streams);
+        let size = streams.size();
+        let (rows, n, c) = (size[0] * size[1], size[2], size[3]);
+        let s = streams.reshape([rows, n, c]);
+        let input = stream_reduce(&s, &maps.h_pre.reshape([rows, n])).unwrap_or_else(|e| panic!("{e}"));
+        let output = sublayer(&input.view([size[0], size[1], c]));
+        let (m, p) = (maps.h_res.reshape([rows, n, n]), maps.h_post.reshape([rows, n]));
+        let out = stream_mix(&s, &m, &p, &output.reshape([rows, c])).unwrap_or_else(|e| panic!("{e}"));
+        out.view([size[0], size[1], n, c])
     }
 }
 
@@ -298,7 +304,7 @@ mod tests {
 
     #[test]
     fn fused_stream_passes_have_the_gradients_of_the_unfused_graph() {
-        // f32 CPU streams take the fused path, f64 the ATen graph: same parameters, same inputs.
+        // forward_fused on f32 CPU streams against the ATen graph in f64: same parameters, same inputs.
         // 19 channels exercise the masked tails; each case runs the AVX-512 kernels (where the CPU has
         // them) and the generic ones.
         for (n, dim, generic) in [(2usize, 40i64, false), (4, 19, false), (2, 40, true), (4, 19, true)] {
@@ -315,7 +321,7 @@ mod tests {
             let (m, g) = (Tensor::randn([dim, dim], f32_cpu), Tensor::randn([2, 3, n as i64, dim], f32_cpu));
             let s32 = streams.copy().set_requires_grad(true);
             let s64 = streams.to_kind(Kind::Double).set_requires_grad(true);
-            let y32 = c32.forward(&s32, |h| h.matmul(&m).tanh());
+            let y32 = c32.forward_fused(&s32, |h| h.matmul(&m).tanh());
             let m64 = m.to_kind(Kind::Double);
             let y64 = c64.forward(&s64, |h| h.matmul(&m64).tanh());
             assert!(max_abs_diff(&to_vec(&y32), &to_vec(&y64)) < 1e-5, "forward n={n}");

@@ -58,6 +58,11 @@ impl Block {
                 let x = x + attn(x);
                 &x + mlp(&x)
             }
+            // The CPU integer path fuses the stream passes too (same values, another summation order).
+            Some((c_attn, c_mlp)) if self.attn.integer_path(x) => {
+                let x = c_attn.forward_fused(x, attn);
+                c_mlp.forward_fused(&x, mlp)
+            }
             Some((c_attn, c_mlp)) => {
                 let x = c_attn.forward(x, attn);
                 c_mlp.forward(&x, mlp)
