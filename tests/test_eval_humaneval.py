@@ -150,12 +150,19 @@ def test_cli_with_precomputed_completions(tmp_path: Path, capsys: pytest.Capture
     rows = [{"name": "HumanEval_53_add", "completion": "    x + y\n}"},
             {"name": "HumanEval_53_add", "completion": "    x * y\n}"}]  # fmt: skip
     completions.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    out = tmp_path / "report.json"
+    out = tmp_path / "new" / "dir" / "report.json"  # missing parents are created
     assert main(["humaneval", "--completions", str(completions), "--k", "1", "2", "--output", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["pass_at_k"] == {"pass@1": 0.5, "pass@2": 1.0}
     assert [r["outcome"] for r in report["results"]] == ["pass", "runtime_error"]
     assert "pass@1" in capsys.readouterr().out
+
+
+def test_cli_output_that_is_a_directory_fails_before_running(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["humaneval", "--completions", str(tmp_path / "missing.jsonl"), "--output", str(tmp_path)])
+    assert exit_info.value.code == 2 and "is a directory" in capsys.readouterr().err
 
 
 def test_cli_rejects_bad_flags(capsys: pytest.CaptureFixture[str]) -> None:

@@ -184,6 +184,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
+        if args.output is not None:
+            # Before the (possibly long) run, so a bad path fails at once and a result is never lost.
+            args.output.parent.mkdir(parents=True, exist_ok=True)
+            if args.output.is_dir():
+                raise ValueError(f"--output {args.output} is a directory")
         report = _run(args)
     except (ValueError, OSError, RuntimeError) as exc:
         parser.error(str(exc))
