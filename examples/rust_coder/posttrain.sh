@@ -9,7 +9,8 @@
 # Environment: RUNS (default runs/rust-coder), RL_STEPS (default 240; rerunning with more extends the run), THREADS (default 2), MIX (the
 # pretraining data, for the held-out loss; skipped when absent), PRETRAIN_CARD (when pipeline.sh's
 # pretraining logs are not on this machine: the card whose Data / Size sweep / Training sections are
-# carried over, e.g. the card of the pretrained file from git).
+# carried over, e.g. the card of the pretrained file from git), PRE_LOSS (the pretrained file's held-out loss
+# report on MIX when already measured, e.g. continue.sh's eval-base/loss.json: copied, not measured again).
 # Never trained or tuned on HumanEval-Rust: the checkpoint and the sampling defaults are chosen on dev
 # tasks of the train families and on the harness's built-in prompts.
 set -euo pipefail
@@ -73,7 +74,11 @@ for stage in "pretrained $PRE" "sft $POST/sft180/sft.gguf" "maxrl $MODEL"; do
 done
 if [ -n "${MIX:-}" ] && [ -f "$MIX/meta.json" ]; then
   python -m nanochat_ternary.eval loss --model "$MODEL" --data "$MIX" --output "$RUNS/eval/loss.json"
-  python -m nanochat_ternary.eval loss --model "$PRE" --data "$MIX" --output "$RUNS/eval/loss-pretrained.json"
+  if [ -n "${PRE_LOSS:-}" ]; then
+    cp "$PRE_LOSS" "$RUNS/eval/loss-pretrained.json"
+  else
+    python -m nanochat_ternary.eval loss --model "$PRE" --data "$MIX" --output "$RUNS/eval/loss-pretrained.json"
+  fi
 fi
 python -m nanochat_ternary.eval compile-rate --model "$MODEL" --temperature 0 --max-new-tokens 256 \
   --prompts "$HE" --output "$RUNS/eval/compile.json"
