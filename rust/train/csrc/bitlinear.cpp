@@ -24,6 +24,7 @@
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -165,10 +166,13 @@ NCT_AVX512 float quantize_row_avx512(const float* x, int8_t* q, c10::BFloat16* q
   return scale;
 }
 
+// Set by tests (nct_bitlinear_force_generic) to run the generic row kernels on an AVX-512 CPU.
+std::atomic<bool> force_generic{false};
+
 bool has_avx512() {
   static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-  return yes;
+  return yes && !force_generic.load();
 }
 #endif
 
@@ -553,6 +557,15 @@ struct BitLinearFn : public torch::autograd::Function<BitLinearFn> {
 extern "C" {
 
 void nct_free_error(char* error) { free(error); }
+
+// Tests: 1 runs the generic row kernels even where AVX-512 is available, 0 restores the dispatch.
+void nct_bitlinear_force_generic(int on) {
+#if defined(__x86_64__)
+  force_generic.store(on != 0);
+#else
+  (void)on;
+#endif
+}
 
 // Packs a ternarized weight (each row's values t·s_row, t in {-1, 0, 1}: one projection, or several
 // stacked by rows) for the int8 forward. *ternary = 0 (and no outputs) when the values are not of that form.

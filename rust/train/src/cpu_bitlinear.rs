@@ -32,6 +32,8 @@ pub const MATMUL_ENV: &str = "NCT_QAT_MATMUL";
 
 extern "C" {
     fn nct_free_error(error: *mut c_char);
+    #[cfg(test)]
+    fn nct_bitlinear_force_generic(on: i32);
     fn nct_ternary_pack(
         wq: *const C_tensor,
         packed: *mut *mut C_tensor,
@@ -265,6 +267,32 @@ mod tests {
         let w2 = ternarize(&(randn(22, &[rows.1, cols]) * 3.0)).set_requires_grad(true);
         let gain = (randn(23, &[cols]) * 0.3 + 1.0).set_requires_grad(true);
         (x, w1, w2, gain)
+    }
+
+    /// Runs `f` with the generic row kernels, then restores the dispatch (also on panic).
+    fn with_generic_kernels(f: impl FnOnce()) {
+        struct Restore;
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                // SAFETY: sets an atomic flag.
+                unsafe { nct_bitlinear_force_generic(0) };
+            }
+        }
+        let _restore = Restore;
+        // SAFETY: sets an atomic flag; both kernel sets compute the same values.
+        unsafe { nct_bitlinear_force_generic(1) };
+        f();
+    }
+
+    #[test]
+    fn generic_kernels_equal_the_unfused_graph_too() {
+        // The same checks on the kernels a CPU without AVX-512 runs.
+        with_generic_kernels(|| {
+            forward_equals_the_fake_quant_forward();
+            fused_norm_and_stacked_projections_equal_the_unfused_graph();
+            fused_swiglu_equals_silu_times_up_then_bitlinear();
+            fused_cross_entropy_equals_log_softmax_and_nll();
+        });
     }
 
     #[test]
