@@ -312,8 +312,10 @@ mod tests {
             unsafe { nct_mhc_force_generic(generic as i32) };
             let vs32 = VarStore::new(Device::Cpu);
             let (c32, _) = random_connection(&vs32, n, dim as usize);
+            // The same values by copy (the global RNG is shared with tests running in parallel).
             let mut vs64 = VarStore::new(Device::Cpu);
-            let (c64, _) = random_connection(&vs64, n, dim as usize);
+            let c64 = MhcConnection::new(vs64.root().sub("c"), n, dim as usize, 1).unwrap();
+            vs64.copy(&vs32).unwrap();
             vs64.double();
             tch::manual_seed(12);
             let f32_cpu = (Kind::Float, Device::Cpu);
