@@ -3,9 +3,10 @@
 //!    `cargo test -p train` would need LD_LIBRARY_PATH. The Python extension
 //!    does not need it: `import torch` has loaded libtorch before `_core` is
 //!    imported.
-//! 2. Compiles `csrc/bitlinear.cpp` (the CPU BitLinear autograd function, see
-//!    `src/cpu_bitlinear.rs`) against the same libtorch's headers, with the
-//!    C++ ABI torch-sys uses (`LIBTORCH_CXX11_ABI`, default 1 as in every
+//! 2. Compiles the CPU training shims `csrc/bitlinear.cpp` (BitLinear, see
+//!    `src/cpu_bitlinear.rs`), `csrc/mhc.cpp` (mHC's stream passes) and
+//!    `csrc/attention.cpp` (rotary + causal attention, `src/cpu_attention.rs`)
+//!    against the same libtorch's headers, with the C++ ABI torch-sys uses (`LIBTORCH_CXX11_ABI`, default 1 as in every
 //!    torch >= 2.7 wheel).
 use std::path::PathBuf;
 
@@ -14,6 +15,8 @@ fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     println!("cargo:rerun-if-changed=csrc/bitlinear.cpp");
     println!("cargo:rerun-if-changed=csrc/mhc.cpp");
+    println!("cargo:rerun-if-changed=csrc/attention.cpp");
+    println!("cargo:rerun-if-changed=csrc/common.h");
     let lib = std::env::var("DEP_TCH_LIBTORCH_LIB")
         .expect("torch-sys did not report its libtorch lib dir (DEP_TCH_LIBTORCH_LIB)");
     println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
@@ -31,5 +34,6 @@ fn main() {
         .flag("-DGLOG_USE_GLOG_EXPORT")
         .file("csrc/bitlinear.cpp")
         .file("csrc/mhc.cpp")
+        .file("csrc/attention.cpp")
         .compile("nct_bitlinear");
 }

@@ -17,35 +17,20 @@
 // into the pass after dx: the sub-layer's RMSNorm (with gain) before q/k/v and
 // gate/up, or SwiGLU's silu(gate)·up before the down projection, so neither
 // the normed nor the hidden activations exist as f32 tensors.
-#include <ATen/ATen.h>
-#include <ATen/Parallel.h>
+#include "common.h"
+
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/stack.h>
-#include <torch/csrc/autograd/custom_function.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
-#include <cstdint>
-#include <cstring>
-#include <exception>
-#include <string>
-#include <vector>
-
-#if defined(__x86_64__)
-#include <immintrin.h>
-#endif
 
 namespace {
 
-using at::Tensor;
-using torch::autograd::AutogradContext;
-using torch::autograd::tensor_list;
+using namespace nct;
 
 constexpr float kActivationEps = 1e-5f;  // quant.rs ACTIVATION_EPS
 constexpr float kLevels = 127.0f;        // quant.rs ACTIVATION_LEVELS
-
-char* copy_error(const std::string& msg) { return strdup(msg.c_str()); }
 
 // One token: returns its scale, writes q as int8 and as bf16 (exact).
 inline float quantize_row_generic(const float* x, int8_t* q, c10::BFloat16* qb, int64_t cols) {

@@ -7,26 +7,11 @@
 // S: (rows, n, C) streams, h and p: (rows, n), M: (rows, n, n), O: (rows, C); all f32, CPU. The ATen form
 // of the same (a broadcast multiply and a sum; a batched n×n matmul, a broadcast multiply and an add) makes
 // several passes over the streams each way, and the batched matmul of 2×2 matrices is slow on CPU.
-#include <ATen/ATen.h>
-#include <ATen/Parallel.h>
-#include <torch/csrc/autograd/custom_function.h>
-
-#include <atomic>
-#include <cstdint>
-#include <cstring>
-#include <exception>
-#include <string>
-#include <vector>
-
-#if defined(__x86_64__)
-#include <immintrin.h>
-#endif
+#include "common.h"
 
 namespace {
 
-using at::Tensor;
-using torch::autograd::AutogradContext;
-using torch::autograd::tensor_list;
+using namespace nct;
 
 // Rows go to threads in chunks of this many.
 constexpr int64_t kGrain = 16;
@@ -288,15 +273,6 @@ struct MixFn : public torch::autograd::Function<MixFn> {
     return {ds, dm, dp, dout_o};
   }
 };
-
-char* copy_error(const std::string& msg) { return strdup(msg.c_str()); }
-
-bool cpu_f32(const Tensor& t) { return t.defined() && t.scalar_type() == at::kFloat && t.device().is_cpu(); }
-
-std::string describe(const Tensor& t) {
-  if (!t.defined()) return "undefined";
-  return std::string(c10::toString(t.scalar_type())) + " " + c10::str(t.sizes()) + " on " + t.device().str();
-}
 
 }  // namespace
 

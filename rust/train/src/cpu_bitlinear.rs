@@ -78,6 +78,13 @@ pub fn addmm(input: &Tensor, m1: &Tensor, m2: &Tensor, beta: f64, alpha: f64) ->
     Ok(unsafe { Tensor::from_ptr(out) })
 }
 
+/// A fresh tensor from a C++ call of the training shims, or its error as a `TrainError`.
+pub(crate) fn take(error: *mut c_char, out: *mut C_tensor, what: &str) -> Result<Tensor> {
+    check(error, what)?;
+    // SAFETY: on success `out` is a fresh heap tensor whose ownership passes to us.
+    Ok(unsafe { Tensor::from_ptr(out) })
+}
+
 /// Turns a C++ error string (owned by us) into a `TrainError`.
 fn check(error: *mut c_char, what: &str) -> Result<()> {
     if error.is_null() {

@@ -7,6 +7,7 @@ use tch::nn::{Init, Path};
 use tch::{Device, Kind, Tensor};
 
 use crate::config::{FfnActivation, ModelConfig};
+use crate::cpu_attention;
 use crate::cpu_bitlinear::{self, PackedTernary, Prologue};
 use crate::quant::{bit_linear, bit_linear_prequantized};
 
@@ -201,37 +202,25 @@ impl Attention {
 
     /// Attention of `norm(x)`; `x` is (B, T, dim). On the CPU integer path (see
     /// `Prequantized::int8_cpu`) the norm is fused into the quantization of one stacked q/k/v
-    /// projection, and the fused attention runs in bf16 (rotated q, k and v rounded once, f32
-    /// accumulation inside SDPA), as CPU bf16 autocast runs it; the output projection gets f32 back.
+    /// projection, and rotary + attention are one autograd function ([`cpu_attention`]: q, k
+    /// and v rounded once to bf16, flash attention with f32 accumulation, as CPU bf16 autocast
+    /// runs it); the output projection gets f32 back.
     pub fn forward(&self, x: &Tensor, norm: &RmsNorm, rope: &Rope) -> Tensor {
         let (b, t) = (x.size()[0], x.size()[1]);
         let pq = &self.prequantized;
-        let bf16 = pq.int8_cpu(x);
-        let half = |y: Tensor| if bf16 { y.to_kind(Kind::BFloat16) } else { y };
-        let (d, kv) = (self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim);
-        let (q, k, v) = match pq.group(x, 0, norm.prologue()) {
-            Some(qkv) => {
-                // One split (its backward is one concatenation; three narrows would each zero-fill a
-                // full-size gradient).
-                let mut parts = qkv.split_with_sizes([d, kv, kv], -1).into_iter();
-                let mut next = || parts.next().expect("three parts");
-                (next(), next(), next())
-            }
-            None => {
-                let h = norm.forward(x);
-                (pq.linear(&h, 0, &self.wq), pq.linear(&h, 1, &self.wk), pq.linear(&h, 2, &self.wv))
-            }
-        };
-        let q = q.view([b, t, self.n_heads, self.head_dim]);
-        let k = k.view([b, t, self.n_kv_heads, self.head_dim]);
-        let v = v.view([b, t, self.n_kv_heads, self.head_dim]);
-        let (q, k) = (half(rope.apply(&q)).transpose(1, 2), half(rope.apply(&k)).transpose(1, 2));
-        let v = half(v).transpose(1, 2);
+        if let Some(qkv) = pq.group(x, 0, norm.prologue()) {
+            let y = cpu_attention::attention(&qkv, &rope.cos, &rope.sin, self.n_heads, self.n_kv_heads)
+                .unwrap_or_else(|e| panic!("{e}"));
+            return pq.group(&y, 1, Prologue::Plain).expect("the integer path packs every group");
+        }
+        let h = norm.forward(x);
+        let q = pq.linear(&h, 0, &self.wq).view([b, t, self.n_heads, self.head_dim]);
+        let k = pq.linear(&h, 1, &self.wk).view([b, t, self.n_kv_heads, self.head_dim]);
+        let v = pq.linear(&h, 2, &self.wv).view([b, t, self.n_kv_heads, self.head_dim]);
+        let (q, k, v) = (rope.apply(&q).transpose(1, 2), rope.apply(&k).transpose(1, 2), v.transpose(1, 2));
         let grouped = self.n_kv_heads != self.n_heads;
         let y = Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, true, None, grouped);
-        let y = y.transpose(1, 2).reshape([b, t, self.n_heads * self.head_dim]);
-        let y = if bf16 { y.to_kind(Kind::Float) } else { y };
-        pq.group(&y, 1, Prologue::Plain).unwrap_or_else(|| pq.linear(&y, 3, &self.wo))
+        pq.linear(&y.transpose(1, 2).reshape([b, t, self.n_heads * self.head_dim]), 3, &self.wo)
     }
 }
 

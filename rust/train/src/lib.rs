@@ -4,7 +4,9 @@
 //! - [`quant`]: BitNet b1.58 fake quantization (absmean ternary weights, int8
 //!   per-token activations) with straight-through gradients.
 //! - [`cpu_bitlinear`]: BitLinear on CPU with an int8 forward (oneDNN) and a
-//!   bf16 backward, as a libtorch autograd function (`csrc/bitlinear.cpp`).
+//!   bf16 backward, as a libtorch autograd function (`csrc/bitlinear.cpp`);
+//!   [`cpu_attention`]: rotary + causal attention fused the same way
+//!   (`csrc/attention.cpp`).
 //! - [`layers`], [`mhc_layer`], [`model`]: the transformer (RMSNorm, RoPE, GQA
 //!   attention, SwiGLU/ReLU², BitLinear projections, plain or mHC-lite residual
 //!   streams).
@@ -17,6 +19,7 @@
 mod error;
 
 pub mod config;
+pub mod cpu_attention;
 pub mod cpu_bitlinear;
 pub mod distill;
 pub mod layers;

@@ -17,17 +17,18 @@
 //! are one pass each way (`csrc/mhc.cpp`), and the three maps' logits come from
 //! one product r·(x·[W_res W_pre W_post]) with r the row's inverse RMS (= x̂·W),
 //! so no normalized copy of the streams exists.
-use std::ffi::{c_char, CStr};
+use std::ffi::c_char;
 use std::ptr;
 
 use tch::nn::Path;
 use tch::{Device, Kind, Tensor};
 use torch_sys::C_tensor;
 
-use crate::error::{Result, TrainError};
+use crate::cpu_bitlinear::take;
+use crate::error::Result;
 
 extern "C" {
-    fn nct_free_error(error: *mut c_char);
+    #[cfg(test)]
     fn nct_mhc_force_generic(on: i32);
     fn nct_mhc_reduce(s: *const C_tensor, h: *const C_tensor, out: *mut *mut C_tensor) -> *mut c_char;
     fn nct_mhc_mix(
@@ -37,18 +38,6 @@ extern "C" {
         o: *const C_tensor,
         out: *mut *mut C_tensor,
     ) -> *mut c_char;
-}
-
-/// A fresh tensor from a C++ call, or its error (a C string we own) as a `TrainError`.
-fn take(error: *mut c_char, out: *mut C_tensor, what: &str) -> Result<Tensor> {
-    if !error.is_null() {
-        // SAFETY: a non-null error is a NUL-terminated strdup'd string that we own.
-        let msg = unsafe { CStr::from_ptr(error) }.to_string_lossy().into_owned();
-        unsafe { nct_free_error(error) };
-        return Err(TrainError::BadInput(format!("{what}: {msg}")));
-    }
-    // SAFETY: on success `out` is a fresh heap tensor whose ownership passes to us.
-    Ok(unsafe { Tensor::from_ptr(out) })
 }
 
 /// y[r] = Σ_i h[r, i] · s[r, i, :] for f32 CPU streams `s` (rows, n, C) and `h` (rows, n), with autograd.

@@ -1,0 +1,157 @@
+// Causal self-attention for CPU training, from the stacked q/k/v projection output to the attention output,
+// as one torch::autograd::Function (called over a C ABI from rust/train/src/cpu_attention.rs; compiled by
+// build.rs):
+//
+//   forward:  qkv f32 (B, T, (H + 2·KV)·D) -> rotary q, k and plain v, rounded once to bf16 in the (B, heads,
+//             T, D) layout in one pass -> libtorch's CPU flash attention in bf16 (f32 accumulation) -> y f32
+//             (B, T, H·D)
+//   backward: the flash backward in f32 on the same bf16-rounded q, k, v (exact in f32) -> the inverse
+//             rotation and the (B, T, ·) layout in one pass -> dqkv f32
+//
+// The ATen form of the same (split, views, rope as narrows, products and a concatenation, dtype casts,
+// transposes, and each of their backwards) makes a dozen passes over q and k each way. The flash backward
+// runs in f32 because libtorch's CPU kernel measured ~1.4x faster there than in bf16 (tiny and d20 shapes);
+// its inputs are the forward's values, so it differentiates exactly what the forward computed.
+// Rotary layout: "rotate half" (HF llama), as Rope in layers.rs: pairs (i, i + D/2), angle t·θ_i.
+#include "common.h"
+
+namespace {
+
+using namespace nct;
+
+// Rows (b, t) go to threads in chunks of this many.
+constexpr int64_t kGrain = 8;
+
+struct Shape {
+  int64_t b, t, h, kv, d;
+};
+
+// q, k (rotated) and v of each row of qkv into bf16 (B, heads, T, D) tensors.
+void rotate_forward(const Tensor& qkv, const Tensor& cos, const Tensor& sin, const Shape& s, Tensor& q, Tensor& k,
+                    Tensor& v) {
+  const int64_t half = s.d / 2, width = (s.h + 2 * s.kv) * s.d;
+  const float* src = qkv.data_ptr<float>();
+  const float* c = cos.data_ptr<float>();
+  const float* sn = sin.data_ptr<float>();
+  c10::BFloat16* outs[3] = {q.data_ptr<c10::BFloat16>(), k.data_ptr<c10::BFloat16>(), v.data_ptr<c10::BFloat16>()};
+  const int64_t heads[3] = {s.h, s.kv, s.kv};
+  at::parallel_for(0, s.b * s.t, kGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t bi = row / s.t, ti = row % s.t;
+      const float* x = src + row * width;
+      const float* cr = c + ti * half;
+      const float* sr = sn + ti * half;
+      for (int part = 0; part < 3; ++part) {
+        for (int64_t hd = 0; hd < heads[part]; ++hd, x += s.d) {
+          c10::BFloat16* y = outs[part] + ((bi * heads[part] + hd) * s.t + ti) * s.d;
+          if (part == 2) {
+            for (int64_t i = 0; i < s.d; ++i) y[i] = c10::BFloat16(x[i]);
+            continue;
+          }
+          for (int64_t i = 0; i < half; ++i) {
+            const float x1 = x[i], x2 = x[i + half];
+            y[i] = c10::BFloat16(x1 * cr[i] - x2 * sr[i]);
+            y[i + half] = c10::BFloat16(x1 * sr[i] + x2 * cr[i]);
+          }
+        }
+      }
+    }
+  });
+}
+
+// The transpose of rotate_forward: dq, dk (rotated back) and dv, f32 (B, heads, T, D), into dqkv rows.
+void rotate_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& cos, const Tensor& sin,
+                     const Shape& s, Tensor& dqkv) {
+  const int64_t half = s.d / 2, width = (s.h + 2 * s.kv) * s.d;
+  float* dst = dqkv.data_ptr<float>();
+  const float* c = cos.data_ptr<float>();
+  const float* sn = sin.data_ptr<float>();
+  const float* ins[3] = {dq.data_ptr<float>(), dk.data_ptr<float>(), dv.data_ptr<float>()};
+  const int64_t heads[3] = {s.h, s.kv, s.kv};
+  at::parallel_for(0, s.b * s.t, kGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t bi = row / s.t, ti = row % s.t;
+      float* y = dst + row * width;
+      const float* cr = c + ti * half;
+      const float* sr = sn + ti * half;
+      for (int part = 0; part < 3; ++part) {
+        for (int64_t hd = 0; hd < heads[part]; ++hd, y += s.d) {
+          const float* g = ins[part] + ((bi * heads[part] + hd) * s.t + ti) * s.d;
+          if (part == 2) {
+            std::memcpy(y, g, sizeof(float) * s.d);
+            continue;
+          }
+          for (int64_t i = 0; i < half; ++i) {
+            const float g1 = g[i], g2 = g[i + half];
+            y[i] = g1 * cr[i] + g2 * sr[i];
+            y[i + half] = g2 * cr[i] - g1 * sr[i];
+          }
+        }
+      }
+    }
+  });
+}
+
+struct AttentionFn : public torch::autograd::Function<AttentionFn> {
+  static Tensor forward(AutogradContext* ctx, Tensor qkv, Tensor cos, Tensor sin, int64_t n_heads,
+                        int64_t n_kv_heads) {
+    const Shape s{qkv.size(0), qkv.size(1), n_heads, n_kv_heads, qkv.size(2) / (n_heads + 2 * n_kv_heads)};
+    const auto bf16 = qkv.options().dtype(at::kBFloat16);
+    Tensor q = at::empty({s.b, s.h, s.t, s.d}, bf16);
+    Tensor k = at::empty({s.b, s.kv, s.t, s.d}, bf16);
+    Tensor v = at::empty({s.b, s.kv, s.t, s.d}, bf16);
+    rotate_forward(qkv, cos, sin, s, q, k, v);
+    auto [out, lse] = at::_scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, true);
+    ctx->save_for_backward({q, k, v, out, lse, cos, sin});
+    return out.transpose(1, 2).reshape({s.b, s.t, s.h * s.d}).to(at::kFloat);
+  }
+
+  static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const Tensor &q = saved[0], &k = saved[1], &v = saved[2], &out = saved[3], &lse = saved[4];
+    const Tensor &cos = saved[5], &sin = saved[6];
+    const Shape s{q.size(0), q.size(2), q.size(1), k.size(1), q.size(3)};
+    const Tensor dy = grads[0].to(at::kFloat).reshape({s.b, s.t, s.h, s.d}).transpose(1, 2).contiguous();
+    auto [dq, dk, dv] = at::_scaled_dot_product_flash_attention_for_cpu_backward(
+        dy, q.to(at::kFloat), k.to(at::kFloat), v.to(at::kFloat), out.to(at::kFloat), lse, 0.0, true);
+    Tensor dqkv = at::empty({s.b, s.t, (s.h + 2 * s.kv) * s.d}, dy.options());
+    rotate_backward(dq.contiguous(), dk.contiguous(), dv.contiguous(), cos, sin, s, dqkv);
+    return {dqkv, Tensor(), Tensor(), Tensor(), Tensor()};
+  }
+};
+
+}  // namespace
+
+extern "C" {
+
+// y (B, T, H·D) = causal attention of the rotated q, k and v in qkv (B, T, (H + 2·KV)·D), with the rotary
+// tables cos and sin (≥ T positions, D/2 angles each; f32), with autograd.
+char* nct_attention(const Tensor* qkv, const Tensor* cos, const Tensor* sin, int64_t n_heads, int64_t n_kv_heads,
+                    Tensor** out) {
+  try {
+    const Tensor& x = *qkv;
+    const bool heads_ok = n_heads > 0 && n_kv_heads > 0 && n_heads % n_kv_heads == 0;
+    const int64_t per = heads_ok ? n_heads + 2 * n_kv_heads : 1;
+    const bool x_ok = cpu_f32(x) && x.dim() == 3 && x.size(0) > 0 && x.size(1) > 0 && x.size(2) % per == 0 &&
+                      (x.size(2) / per) % 2 == 0 && x.size(2) > 0;
+    if (!heads_ok || !x_ok) {
+      return copy_error("attention: expected f32 CPU q/k/v (B, T, (heads + 2·kv heads)·head_dim) with an even "
+                        "head_dim and heads a multiple of kv heads, got " + describe(x) + " with " +
+                        std::to_string(n_heads) + " heads, " + std::to_string(n_kv_heads) + " kv heads");
+    }
+    const int64_t t = x.size(1), half = x.size(2) / per / 2;
+    for (const Tensor* table : {cos, sin}) {
+      if (!cpu_f32(*table) || table->dim() != 2 || table->size(0) < t || table->size(1) != half) {
+        return copy_error("attention: expected f32 CPU rotary tables (>= " + std::to_string(t) + ", " +
+                          std::to_string(half) + "), got " + describe(*table));
+      }
+    }
+    *out = new Tensor(AttentionFn::apply(x.contiguous(), cos->narrow(0, 0, t).contiguous(),
+                                         sin->narrow(0, 0, t).contiguous(), n_heads, n_kv_heads));
+    return nullptr;
+  } catch (const std::exception& e) {
+    return copy_error(e.what());
+  }
+}
+
+}  // extern "C"
