@@ -141,6 +141,69 @@ pub fn newton_schulz_in(g: &Tensor, kind: Kind) -> Result<Tensor> {
     Ok(x.to_kind(g.kind()))
 }
 
+/// Matrices whose Gram side (the smaller dimension) is at most this are orthogonalized
+/// together when several share a shape: on an AVX512-BF16 CPU (2 threads) the batched
+/// iteration took 0.7x the time of the loop for 16 matrices of 256 x 256, 0.8x for 12 of
+/// 256 x 768 and 0.6x for 12 of 256 x 512, but 1.1-1.5x for 512-sided ones, which stay
+/// one by one.
+pub const NEWTON_SCHULZ_BATCH_SIDE: i64 = 256;
+
+/// [`newton_schulz`] of each matrix; matrices of one shape with a Gram side of at most
+/// [`NEWTON_SCHULZ_BATCH_SIDE`] run as one batched iteration (the same steps, per-matrix
+/// norms), the rest one by one. The results keep the inputs' order.
+pub fn newton_schulz_many(gs: &[Tensor]) -> Result<Vec<Tensor>> {
+    let mut out: Vec<Option<Tensor>> = gs.iter().map(|_| None).collect();
+    let mut groups: Vec<(Vec<i64>, Kind, tch::Device, Vec<usize>)> = Vec::new();
+    for (i, g) in gs.iter().enumerate() {
+        let size = g.size();
+        let batchable = size.len() == 2 && size[0].min(size[1]) <= NEWTON_SCHULZ_BATCH_SIDE;
+        match groups.iter_mut().find(|(s, k, d, _)| batchable && *s == size && *k == g.kind() && *d == g.device()) {
+            Some((_, _, _, members)) => members.push(i),
+            None if batchable => groups.push((size, g.kind(), g.device(), vec![i])),
+            None => out[i] = Some(newton_schulz(g)?),
+        }
+    }
+    for (_, kind, device, members) in groups {
+        if let [only] = members.as_slice() {
+            out[*only] = Some(newton_schulz(&gs[*only])?);
+            continue;
+        }
+        let stacked = Tensor::stack(&members.iter().map(|&i| &gs[i]).collect::<Vec<_>>(), 0);
+        let results = newton_schulz_batched(&stacked, newton_schulz_kind(device))?.to_kind(kind);
+        for (j, &i) in members.iter().enumerate() {
+            out[i] = Some(results.get(j as i64));
+        }
+    }
+    Ok(out.into_iter().map(|t| t.expect("every matrix is orthogonalized")).collect())
+}
+
+/// [`newton_schulz_in`] of each matrix of a (n, rows, cols) stack, as batched products.
+pub fn newton_schulz_batched(g: &Tensor, kind: Kind) -> Result<Tensor> {
+    let size = g.size();
+    if size.len() != 3 {
+        return Err(TrainError::BadInput(format!(
+            "batched Newton–Schulz needs a (n, rows, cols) stack, got shape {size:?}"
+        )));
+    }
+    let (a, b, c) = NEWTON_SCHULZ_COEFFS;
+    let tall = size[1] > size[2];
+    let mut x = g.to_kind(Kind::Float);
+    if tall {
+        x = x.transpose(1, 2);
+    }
+    let norms = x.f_norm_scalaropt_dim(2.0, [1i64, 2].as_slice(), true)?;
+    x = (&x / (norms + 1e-7)).to_kind(kind).contiguous();
+    for _ in 0..NEWTON_SCHULZ_STEPS {
+        let gram = x.f_bmm(&x.transpose(1, 2))?;
+        let poly = gram.f_baddbmm(&gram, &gram, b, c)?;
+        x = x.f_baddbmm(&poly, &x, a, 1.0)?;
+    }
+    if tall {
+        x = x.transpose(1, 2);
+    }
+    Ok(x.to_kind(g.kind()))
+}
+
 /// Muon for 2-D hidden weight matrices: Nesterov momentum (β = 0.95), the
 /// momentum-corrected gradient orthogonalized by Newton–Schulz (see
 /// [`newton_schulz_kind`] for its precision), scaled by
@@ -202,13 +265,23 @@ impl Muon {
 
     fn apply(&mut self, grads: &[Tensor]) -> Result<()> {
         tch::no_grad(|| {
+            // The Nesterov inputs of every parameter with a gradient, then their orthogonalization
+            // (batched by shape where that is faster, see `newton_schulz_many`).
+            let mut indices = Vec::with_capacity(grads.len());
+            let mut inputs = Vec::with_capacity(grads.len());
             for (i, g) in grads.iter().enumerate() {
                 if !g.defined() {
                     continue;
                 }
-                let mut buf = self.buffers[i].shallow_clone();
-                let update = self.direction(g, &mut buf)?;
+                let buf = &mut self.buffers[i];
+                let _ = buf.g_mul_scalar_(self.momentum).g_add_(g);
+                inputs.push(g + &*buf * self.momentum);
+                indices.push(i);
+            }
+            for (i, orthogonal) in indices.into_iter().zip(newton_schulz_many(&inputs)?) {
                 let p = &self.params[i];
+                let size = p.size();
+                let update = orthogonal * (size[0] as f64 / size[1] as f64).max(1.0).sqrt();
                 let decayed = match self.weight_decay {
                     0.0 => update,
                     wd => update + p * wd,
@@ -435,6 +508,57 @@ mod tests {
                 let spread = sv.iter().fold(0f64, |m, v| m.max((v - 1.0).abs()));
                 assert!(spread < 0.35, "{rows}x{cols} {kind:?}: singular values {sv:?}");
             }
+        }
+    }
+
+    #[test]
+    fn batched_newton_schulz_equals_the_one_by_one_iteration() {
+        tch::manual_seed(11);
+        let f = (Kind::Float, Device::Cpu);
+        // Two batched shapes (one tall), a shape seen once, and one above the batching side.
+        let shapes = [(24, 40), (40, 24), (24, 40), (8, 8), (40, 24), (24, 40), (300, 260)];
+        let gs: Vec<Tensor> = shapes.iter().map(|&(r, c)| Tensor::randn([r, c], f)).collect();
+        let many = newton_schulz_many(&gs).unwrap();
+        assert_eq!(many.len(), gs.len());
+        for (g, m) in gs.iter().zip(&many) {
+            assert_eq!(m.size(), g.size());
+            assert_eq!(m.kind(), Kind::Float);
+            let single = newton_schulz(g).unwrap();
+            let dist = f64::try_from((m - &single).norm() / single.norm()).unwrap();
+            assert!(dist < 2e-3, "{:?}: {dist}", g.size());
+        }
+        // In f32 the batched products are the same iteration to float rounding.
+        let stack = Tensor::stack(&[&gs[0], &gs[2], &gs[5]], 0);
+        let batched = newton_schulz_batched(&stack, Kind::Float).unwrap();
+        for (j, g) in [&gs[0], &gs[2], &gs[5]].into_iter().enumerate() {
+            let single = newton_schulz_in(g, Kind::Float).unwrap();
+            let dist = f64::try_from((batched.get(j as i64) - &single).norm() / single.norm()).unwrap();
+            assert!(dist < 1e-5, "f32 {j}: {dist}");
+        }
+        assert!(newton_schulz_batched(&gs[0], Kind::Float).is_err());
+        assert!(newton_schulz_many(&[Tensor::zeros([4], f)]).is_err());
+    }
+
+    #[test]
+    fn muon_step_equals_the_per_matrix_directions() {
+        tch::manual_seed(12);
+        let f = (Kind::Float, Device::Cpu);
+        let params: Vec<Tensor> = [(16, 32), (16, 32), (32, 16), (16, 32)].iter().map(|&(r, c)| Tensor::randn([r, c], f)).collect();
+        let grads: Vec<Tensor> = params.iter().map(|p| Tensor::randn_like(p)).collect();
+        let expected: Vec<Tensor> = params
+            .iter()
+            .zip(&grads)
+            .map(|(p, g)| {
+                let muon = Muon::new(vec![p.zeros_like()], 0.05, 0.1).unwrap();
+                let mut buf = p.zeros_like();
+                p - (muon.direction(g, &mut buf).unwrap() + p * 0.1) * 0.05
+            })
+            .collect();
+        let mut muon = Muon::new(params.iter().map(|p| p.copy()).collect(), 0.05, 0.1).unwrap();
+        muon.step_with(&grads).unwrap();
+        for (p, e) in muon.params.iter().zip(&expected) {
+            let dist = f64::try_from((p - e).norm() / e.norm()).unwrap();
+            assert!(dist < 1e-4, "{dist}");
         }
     }
 
