@@ -5,8 +5,8 @@
 //   forward:  qkv f32 (B, T, (H + 2·KV)·D) -> rotary q, k and plain v, rounded once to bf16 in the (B, heads,
 //             T, D) layout in one pass -> libtorch's CPU flash attention in bf16 (f32 accumulation) -> y f32
 //             (B, T, H·D)
-//   backward: the flash backward in f32 on the same bf16-rounded q, k, v (exact in f32) -> the inverse
-//             rotation and the (B, T, ·) layout in one pass -> dqkv f32
+//   backward: the flash backward in f32 on the same bf16-rounded q, k, v (written in f32 too by the forward's
+//             pass; exact) -> the inverse rotation and the (B, T, ·) layout in one pass -> dqkv f32
 //
 // The ATen form of the same (split, views, rope as narrows, products and a concatenation, dtype casts,
 // transposes, and each of their backwards) makes a dozen passes over q and k each way. The flash backward
@@ -26,14 +26,16 @@ struct Shape {
   int64_t b, t, h, kv, d;
 };
 
-// q, k (rotated) and v of each row of qkv into bf16 (B, heads, T, D) tensors.
+// q, k (rotated) and v of each row of qkv into bf16 (B, heads, T, D) tensors, and the same values in f32
+// (exact; the backward's inputs) into `wide` (3, …) ones.
 void rotate_forward(const Tensor& qkv, const Tensor& cos, const Tensor& sin, const Shape& s, Tensor& q, Tensor& k,
-                    Tensor& v) {
+                    Tensor& v, Tensor& qf, Tensor& kf, Tensor& vf) {
   const int64_t half = s.d / 2, width = (s.h + 2 * s.kv) * s.d;
   const float* src = qkv.data_ptr<float>();
   const float* c = cos.data_ptr<float>();
   const float* sn = sin.data_ptr<float>();
   c10::BFloat16* outs[3] = {q.data_ptr<c10::BFloat16>(), k.data_ptr<c10::BFloat16>(), v.data_ptr<c10::BFloat16>()};
+  float* wide[3] = {qf.data_ptr<float>(), kf.data_ptr<float>(), vf.data_ptr<float>()};
   const int64_t heads[3] = {s.h, s.kv, s.kv};
   at::parallel_for(0, s.b * s.t, kGrain, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
@@ -43,15 +45,22 @@ void rotate_forward(const Tensor& qkv, const Tensor& cos, const Tensor& sin, con
       const float* sr = sn + ti * half;
       for (int part = 0; part < 3; ++part) {
         for (int64_t hd = 0; hd < heads[part]; ++hd, x += s.d) {
-          c10::BFloat16* y = outs[part] + ((bi * heads[part] + hd) * s.t + ti) * s.d;
+          const int64_t at = ((bi * heads[part] + hd) * s.t + ti) * s.d;
+          c10::BFloat16* y = outs[part] + at;
+          float* yf = wide[part] + at;
           if (part == 2) {
-            for (int64_t i = 0; i < s.d; ++i) y[i] = c10::BFloat16(x[i]);
+            for (int64_t i = 0; i < s.d; ++i) {
+              y[i] = c10::BFloat16(x[i]);
+              yf[i] = static_cast<float>(y[i]);
+            }
             continue;
           }
           for (int64_t i = 0; i < half; ++i) {
             const float x1 = x[i], x2 = x[i + half];
             y[i] = c10::BFloat16(x1 * cr[i] - x2 * sr[i]);
             y[i + half] = c10::BFloat16(x1 * sr[i] + x2 * cr[i]);
+            yf[i] = static_cast<float>(y[i]);
+            yf[i + half] = static_cast<float>(y[i + half]);
           }
         }
       }
@@ -59,7 +68,8 @@ void rotate_forward(const Tensor& qkv, const Tensor& cos, const Tensor& sin, con
   });
 }
 
-// The transpose of rotate_forward: dq, dk (rotated back) and dv, f32 (B, heads, T, D), into dqkv rows.
+// The transpose of rotate_forward: dq, dk (rotated back) and dv, f32 (B, heads, T, D) of any strides, into
+// dqkv rows.
 void rotate_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& cos, const Tensor& sin,
                      const Shape& s, Tensor& dqkv) {
   const int64_t half = s.d / 2, width = (s.h + 2 * s.kv) * s.d;
@@ -67,6 +77,7 @@ void rotate_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const
   const float* c = cos.data_ptr<float>();
   const float* sn = sin.data_ptr<float>();
   const float* ins[3] = {dq.data_ptr<float>(), dk.data_ptr<float>(), dv.data_ptr<float>()};
+  const Tensor* grads[3] = {&dq, &dk, &dv};
   const int64_t heads[3] = {s.h, s.kv, s.kv};
   at::parallel_for(0, s.b * s.t, kGrain, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
@@ -76,13 +87,15 @@ void rotate_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const
       const float* sr = sn + ti * half;
       for (int part = 0; part < 3; ++part) {
         for (int64_t hd = 0; hd < heads[part]; ++hd, y += s.d) {
-          const float* g = ins[part] + ((bi * heads[part] + hd) * s.t + ti) * s.d;
+          const Tensor& src = *grads[part];
+          const float* g = ins[part] + bi * src.stride(0) + hd * src.stride(1) + ti * src.stride(2);
+          const int64_t e = src.stride(3);
           if (part == 2) {
-            std::memcpy(y, g, sizeof(float) * s.d);
+            for (int64_t i = 0; i < s.d; ++i) y[i] = g[i * e];
             continue;
           }
           for (int64_t i = 0; i < half; ++i) {
-            const float g1 = g[i], g2 = g[i + half];
+            const float g1 = g[i * e], g2 = g[(i + half) * e];
             y[i] = g1 * cr[i] + g2 * sr[i];
             y[i + half] = g2 * cr[i] - g1 * sr[i];
           }
@@ -100,22 +113,27 @@ struct AttentionFn : public torch::autograd::Function<AttentionFn> {
     Tensor q = at::empty({s.b, s.h, s.t, s.d}, bf16);
     Tensor k = at::empty({s.b, s.kv, s.t, s.d}, bf16);
     Tensor v = at::empty({s.b, s.kv, s.t, s.d}, bf16);
-    rotate_forward(qkv, cos, sin, s, q, k, v);
+    Tensor qf = at::empty(q.sizes(), qkv.options()), kf = at::empty(k.sizes(), qkv.options());
+    Tensor vf = at::empty(v.sizes(), qkv.options());
+    rotate_forward(qkv, cos, sin, s, q, k, v, qf, kf, vf);
     auto [out, lse] = at::_scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, true);
-    ctx->save_for_backward({q, k, v, out, lse, cos, sin});
-    return out.transpose(1, 2).reshape({s.b, s.t, s.h * s.d}).to(at::kFloat);
+    // (B, H, T, D) -> (B, T, H·D) in f32: the result, and (as a strided view) the backward's `out`.
+    Tensor y = out.transpose(1, 2).reshape({s.b, s.t, s.h * s.d}).to(at::kFloat);
+    ctx->save_for_backward({qf, kf, vf, y, lse, cos, sin});
+    return y;
   }
 
   static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
     auto saved = ctx->get_saved_variables();
-    const Tensor &q = saved[0], &k = saved[1], &v = saved[2], &out = saved[3], &lse = saved[4];
+    const Tensor &q = saved[0], &k = saved[1], &v = saved[2], &y = saved[3], &lse = saved[4];
     const Tensor &cos = saved[5], &sin = saved[6];
     const Shape s{q.size(0), q.size(2), q.size(1), k.size(1), q.size(3)};
-    const Tensor dy = grads[0].to(at::kFloat).reshape({s.b, s.t, s.h, s.d}).transpose(1, 2).contiguous();
-    auto [dq, dk, dv] = at::_scaled_dot_product_flash_attention_for_cpu_backward(
-        dy, q.to(at::kFloat), k.to(at::kFloat), v.to(at::kFloat), out.to(at::kFloat), lse, 0.0, true);
+    const auto heads_view = [&](const Tensor& t) { return t.view({s.b, s.t, s.h, s.d}).transpose(1, 2); };
+    const Tensor dy = heads_view(grads[0].to(at::kFloat).contiguous());
+    auto [dq, dk, dv] =
+        at::_scaled_dot_product_flash_attention_for_cpu_backward(dy, q, k, v, heads_view(y), lse, 0.0, true);
     Tensor dqkv = at::empty({s.b, s.t, (s.h + 2 * s.kv) * s.d}, dy.options());
-    rotate_backward(dq.contiguous(), dk.contiguous(), dv.contiguous(), cos, sin, s, dqkv);
+    rotate_backward(dq, dk, dv, cos, sin, s, dqkv);
     return {dqkv, Tensor(), Tensor(), Tensor(), Tensor()};
   }
 };

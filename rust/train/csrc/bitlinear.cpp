@@ -560,18 +560,46 @@ char* nct_ternary_pack(const Tensor* wq, Tensor** packed, Tensor** trits, Tensor
     *ternary = 0;
     const Tensor w = wq->detach().contiguous();
     if (w.dim() != 2 || w.scalar_type() != at::kFloat || !w.device().is_cpu() || w.numel() == 0) return nullptr;
-    const Tensor s = w.abs().amax(1, true);  // (rows, 1): s_row, or 0 for an all-zero row
-    if (!at::isfinite(s).all().item<bool>()) return nullptr;
-    Tensor t = at::div(w, at::where(s > 0, s, at::ones_like(s))).round_().clamp_(-1.0, 1.0);
-    if (!at::equal(t.mul(s), w)) return nullptr;
+    // One pass per row: s_row = max |w|, t = clamp(round(w / s_row), -1, 1) as int8 and bf16, and the check
+    // that t·s_row gives w back exactly (otherwise the values are not ternary and nothing is packed).
+    const int64_t rows = w.size(0), cols = w.size(1);
+    Tensor t8 = at::empty({rows, cols}, w.options().dtype(at::kChar));
+    Tensor tb = at::empty({rows, cols}, w.options().dtype(at::kBFloat16));
+    Tensor s = at::empty({rows}, w.options());
+    std::atomic<bool> exact{true};
+    const float* wp = w.data_ptr<float>();
+    int8_t* t8p = t8.data_ptr<int8_t>();
+    c10::BFloat16* tbp = tb.data_ptr<c10::BFloat16>();
+    float* sp = s.data_ptr<float>();
+    at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end && exact.load(std::memory_order_relaxed); ++r) {
+        const float* row = wp + r * cols;
+        float m = 0.0f;
+        for (int64_t i = 0; i < cols; ++i) m = std::fmax(m, std::fabs(row[i]));
+        if (!std::isfinite(m)) {
+          exact.store(false);
+          return;
+        }
+        const float divisor = m > 0.0f ? m : 1.0f;
+        bool ok = true;
+        for (int64_t i = 0; i < cols; ++i) {
+          const float v = std::fmin(std::fmax(std::nearbyint(row[i] / divisor), -1.0f), 1.0f);
+          ok &= v * m == row[i];
+          t8p[r * cols + i] = static_cast<int8_t>(v);
+          tbp[r * cols + i] = c10::BFloat16(v);
+        }
+        if (!ok) exact.store(false);
+        sp[r] = m;
+      }
+    });
+    if (!exact.load()) return nullptr;
     static const c10::OperatorHandle prepack =
         c10::Dispatcher::singleton().findSchemaOrThrow("onednn::qlinear_prepack", "");
-    torch::jit::Stack stack{t.to(at::kChar), c10::IValue()};
+    torch::jit::Stack stack{t8, c10::IValue()};
     prepack.callBoxed(&stack);
-    const int64_t rows = w.size(0);
     *packed = new Tensor(stack.at(0).toTensor());
-    *trits = new Tensor(t.to(at::kBFloat16));
-    *scales = new Tensor(s.view({rows}).clone());
+    *trits = new Tensor(tb);
+    *scales = new Tensor(s);
     *zeros = new Tensor(at::zeros({rows}, w.options().dtype(at::kLong)));
     *ternary = 1;
     return nullptr;

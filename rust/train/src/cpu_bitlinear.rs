@@ -377,6 +377,16 @@ mod tests {
         assert!(PackedTernary::pack(&w).unwrap().is_none());
         assert!(PackedTernary::pack(&ternarize(&w).to_kind(Kind::Double)).unwrap().is_none());
         assert!(PackedTernary::pack(&ternarize(&w).view([-1])).unwrap().is_none());
+        // One value off the t·s grid, a NaN or an infinity anywhere: not packed.
+        for bad in [0.5f64, f64::NAN, f64::INFINITY] {
+            let q = ternarize(&w);
+            let _ = q.get(5).get(7).fill_(bad * f64::try_from(q.abs().max()).unwrap());
+            assert!(PackedTernary::pack(&q).unwrap().is_none(), "{bad}");
+        }
+        // Rows of different scales (stacked projections) are packed, each with its own scale.
+        let stacked = Tensor::cat(&[ternarize(&w), ternarize(&(randn(8, &[4, 16]) * 3.0))], 0);
+        let packed = PackedTernary::pack(&stacked).unwrap().expect("stacked ternary rows");
+        assert_eq!(packed.scales().size(), [12]);
         let zero = Tensor::zeros([8, 16], (Kind::Float, Device::Cpu));
         let packed = PackedTernary::pack(&zero).unwrap().expect("all-zero weights are ternary");
         let y = packed.linear(&randn(7, &[3, 16]), &zero).unwrap();
