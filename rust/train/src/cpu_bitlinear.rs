@@ -86,7 +86,7 @@ pub(crate) fn take(error: *mut c_char, out: *mut C_tensor, what: &str) -> Result
 }
 
 /// Turns a C++ error string (owned by us) into a `TrainError`.
-fn check(error: *mut c_char, what: &str) -> Result<()> {
+pub(crate) fn check(error: *mut c_char, what: &str) -> Result<()> {
     if error.is_null() {
         return Ok(());
     }

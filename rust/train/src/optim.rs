@@ -3,8 +3,38 @@
 //! modify the parameters in place; gradients come from `Tensor::backward`.
 use tch::{Kind, Tensor};
 
-use crate::cpu_bitlinear::addmm;
+use std::ffi::c_char;
+
+use torch_sys::C_tensor;
+
+use crate::cpu_bitlinear::{addmm, check};
 use crate::error::{Result, TrainError};
+
+extern "C" {
+    fn nct_muon_prepare(g: *const C_tensor, buf: *const C_tensor, beta: f64, transpose: i32, out: *const C_tensor)
+        -> *mut c_char;
+    fn nct_muon_update(p: *const C_tensor, o: *const C_tensor, lr: f64, scale: f64, wd: f64, transpose: i32)
+        -> *mut c_char;
+}
+
+/// Whether Muon's fused CPU passes (`csrc/muon.cpp`) apply: an f32 CPU parameter and gradient.
+fn fused(p: &Tensor, g: &Tensor) -> bool {
+    let cpu_f32 = |t: &Tensor| t.device() == tch::Device::Cpu && t.kind() == Kind::Float;
+    cpu_f32(p) && cpu_f32(g) && p.is_contiguous()
+}
+
+/// buf ← β·buf + g; `out` ← (g + β·buf) / (‖g + β·buf‖_F + 1e-7), transposed when `transpose`
+/// (`out` is a contiguous bf16 or f32 CPU matrix of that shape, written in place).
+fn muon_prepare(g: &Tensor, buf: &Tensor, beta: f64, transpose: bool, out: &Tensor) -> Result<()> {
+    // SAFETY: all tensors are live; the C++ side checks kinds, shapes and layouts before writing.
+    check(unsafe { nct_muon_prepare(g.as_ptr(), buf.as_ptr(), beta, transpose as i32, out.as_ptr()) }, "Muon")
+}
+
+/// p ← p − lr·(scale·o + wd·p) in place, `o` read through the transpose when `transpose`.
+fn muon_update(p: &Tensor, o: &Tensor, lr: f64, scale: f64, wd: f64, transpose: bool) -> Result<()> {
+    // SAFETY: as in `muon_prepare`.
+    check(unsafe { nct_muon_update(p.as_ptr(), o.as_ptr(), lr, scale, wd, transpose as i32) }, "Muon")
+}
 
 /// Lion: m_t = β1·m + (1−β1)·g decides the step's sign,
 /// θ ← θ − lr·(sign(m_t) + λ·θ), then m ← β2·m + (1−β2)·g.
@@ -118,27 +148,38 @@ pub fn newton_schulz_in(g: &Tensor, kind: Kind) -> Result<Tensor> {
             "Newton–Schulz needs a 2-D matrix, got shape {size:?}"
         )));
     }
-    let (a, b, c) = NEWTON_SCHULZ_COEFFS;
     let tall = size[0] > size[1];
     let mut x = g.to_kind(Kind::Float);
     if tall {
         x = x.tr();
     }
     // Contiguous in the wide orientation, so no product or sum below mixes layouts.
-    x = (&x / (x.norm() + 1e-7)).to_kind(kind).contiguous();
-    // Each step as two scaled GEMMs (bA + cA², then aX + (bA + cA²)X): no
-    // element-wise passes, and in bf16 the sums are formed before rounding
-    // (measured on the d20 shapes, 1 thread: 0.62x the time of the product-
-    // plus-element-wise form, half its distance to the f64 iteration).
-    for _ in 0..NEWTON_SCHULZ_STEPS {
-        let gram = x.matmul(&x.tr());
-        let poly = addmm(&gram, &gram, &gram, b, c)?;
-        x = addmm(&x, &poly, &x, a, 1.0)?;
-    }
+    x = iterate((&x / (x.norm() + 1e-7)).to_kind(kind).contiguous())?;
     if tall {
         x = x.tr();
     }
     Ok(x.to_kind(g.kind()))
+}
+
+/// The iteration proper on a normalized input in the wide orientation: one (rows, cols) matrix
+/// or a (n, rows, cols) stack, in its kind. Each step is two scaled GEMMs (bA + cA², then
+/// aX + (bA + cA²)X): no element-wise passes, and in bf16 the sums are formed before rounding
+/// (measured on the d20 shapes, 1 thread: 0.62x the time of the product-plus-element-wise form,
+/// half its distance to the f64 iteration).
+fn iterate(mut x: Tensor) -> Result<Tensor> {
+    let (a, b, c) = NEWTON_SCHULZ_COEFFS;
+    for _ in 0..NEWTON_SCHULZ_STEPS {
+        if x.dim() == 2 {
+            let gram = x.matmul(&x.tr());
+            let poly = addmm(&gram, &gram, &gram, b, c)?;
+            x = addmm(&x, &poly, &x, a, 1.0)?;
+        } else {
+            let gram = x.f_bmm(&x.transpose(1, 2))?;
+            let poly = gram.f_baddbmm(&gram, &gram, b, c)?;
+            x = x.f_baddbmm(&poly, &x, a, 1.0)?;
+        }
+    }
+    Ok(x)
 }
 
 /// Matrices whose Gram side (the smaller dimension) is at most this are orthogonalized
@@ -153,28 +194,34 @@ pub const NEWTON_SCHULZ_BATCH_SIDE: i64 = 256;
 /// norms), the rest one by one. The results keep the inputs' order.
 pub fn newton_schulz_many(gs: &[Tensor]) -> Result<Vec<Tensor>> {
     let mut out: Vec<Option<Tensor>> = gs.iter().map(|_| None).collect();
+    for members in batches(gs) {
+        if let [only] = members.as_slice() {
+            out[*only] = Some(newton_schulz(&gs[*only])?);
+            continue;
+        }
+        let first = &gs[members[0]];
+        let stacked = Tensor::stack(&members.iter().map(|&i| &gs[i]).collect::<Vec<_>>(), 0);
+        let results = newton_schulz_batched(&stacked, newton_schulz_kind(first.device()))?.to_kind(first.kind());
+        for (j, &i) in members.iter().enumerate() {
+            out[i] = Some(results.get(j as i64));
+        }
+    }
+    Ok(out.into_iter().map(|t| t.expect("every matrix is orthogonalized")).collect())
+}
+
+/// Indices of `gs` in groups orthogonalized together: matrices of one shape, kind and device with
+/// a Gram side of at most [`NEWTON_SCHULZ_BATCH_SIDE`]; every other tensor alone.
+fn batches(gs: &[Tensor]) -> Vec<Vec<usize>> {
     let mut groups: Vec<(Vec<i64>, Kind, tch::Device, Vec<usize>)> = Vec::new();
     for (i, g) in gs.iter().enumerate() {
         let size = g.size();
         let batchable = size.len() == 2 && size[0].min(size[1]) <= NEWTON_SCHULZ_BATCH_SIDE;
         match groups.iter_mut().find(|(s, k, d, _)| batchable && *s == size && *k == g.kind() && *d == g.device()) {
             Some((_, _, _, members)) => members.push(i),
-            None if batchable => groups.push((size, g.kind(), g.device(), vec![i])),
-            None => out[i] = Some(newton_schulz(g)?),
+            None => groups.push((if batchable { size } else { Vec::new() }, g.kind(), g.device(), vec![i])),
         }
     }
-    for (_, kind, device, members) in groups {
-        if let [only] = members.as_slice() {
-            out[*only] = Some(newton_schulz(&gs[*only])?);
-            continue;
-        }
-        let stacked = Tensor::stack(&members.iter().map(|&i| &gs[i]).collect::<Vec<_>>(), 0);
-        let results = newton_schulz_batched(&stacked, newton_schulz_kind(device))?.to_kind(kind);
-        for (j, &i) in members.iter().enumerate() {
-            out[i] = Some(results.get(j as i64));
-        }
-    }
-    Ok(out.into_iter().map(|t| t.expect("every matrix is orthogonalized")).collect())
+    groups.into_iter().map(|(_, _, _, members)| members).collect()
 }
 
 /// [`newton_schulz_in`] of each matrix of a (n, rows, cols) stack, as batched products.
@@ -185,19 +232,13 @@ pub fn newton_schulz_batched(g: &Tensor, kind: Kind) -> Result<Tensor> {
             "batched Newton–Schulz needs a (n, rows, cols) stack, got shape {size:?}"
         )));
     }
-    let (a, b, c) = NEWTON_SCHULZ_COEFFS;
     let tall = size[1] > size[2];
     let mut x = g.to_kind(Kind::Float);
     if tall {
         x = x.transpose(1, 2);
     }
     let norms = x.f_norm_scalaropt_dim(2.0, [1i64, 2].as_slice(), true)?;
-    x = (&x / (norms + 1e-7)).to_kind(kind).contiguous();
-    for _ in 0..NEWTON_SCHULZ_STEPS {
-        let gram = x.f_bmm(&x.transpose(1, 2))?;
-        let poly = gram.f_baddbmm(&gram, &gram, b, c)?;
-        x = x.f_baddbmm(&poly, &x, a, 1.0)?;
-    }
+    x = iterate((&x / (norms + 1e-7)).to_kind(kind).contiguous())?;
     if tall {
         x = x.transpose(1, 2);
     }
@@ -265,31 +306,58 @@ impl Muon {
 
     fn apply(&mut self, grads: &[Tensor]) -> Result<()> {
         tch::no_grad(|| {
-            // The Nesterov inputs of every parameter with a gradient, then their orthogonalization
-            // (batched by shape where that is faster, see `newton_schulz_many`).
-            let mut indices = Vec::with_capacity(grads.len());
-            let mut inputs = Vec::with_capacity(grads.len());
-            for (i, g) in grads.iter().enumerate() {
-                if !g.defined() {
-                    continue;
+            let live: Vec<usize> = (0..grads.len()).filter(|&i| grads[i].defined()).collect();
+            let shapes: Vec<Tensor> = live.iter().map(|&i| self.params[i].shallow_clone()).collect();
+            for group in batches(&shapes) {
+                let members: Vec<usize> = group.into_iter().map(|j| live[j]).collect();
+                if members.iter().all(|&i| fused(&self.params[i], &grads[i])) {
+                    self.apply_fused(&members, grads)?;
+                } else {
+                    self.apply_aten(&members, grads)?;
                 }
-                let buf = &mut self.buffers[i];
-                let _ = buf.g_mul_scalar_(self.momentum).g_add_(g);
-                inputs.push(g + &*buf * self.momentum);
-                indices.push(i);
-            }
-            for (i, orthogonal) in indices.into_iter().zip(newton_schulz_many(&inputs)?) {
-                let p = &self.params[i];
-                let size = p.size();
-                let update = orthogonal * (size[0] as f64 / size[1] as f64).max(1.0).sqrt();
-                let decayed = match self.weight_decay {
-                    0.0 => update,
-                    wd => update + p * wd,
-                };
-                let _ = p.shallow_clone().g_sub_(&(decayed * self.lr));
             }
             Ok(())
         })
+    }
+
+    /// f32 CPU parameters of one shape: the element-wise work in two passes per matrix
+    /// (`csrc/muon.cpp`), the iteration batched when there are several.
+    fn apply_fused(&mut self, members: &[usize], grads: &[Tensor]) -> Result<()> {
+        let size = self.params[members[0]].size();
+        let tall = size[0] > size[1];
+        let (rows, cols) = if tall { (size[1], size[0]) } else { (size[0], size[1]) };
+        let kind = newton_schulz_kind(tch::Device::Cpu);
+        let x = Tensor::f_empty([members.len() as i64, rows, cols], (kind, tch::Device::Cpu))?;
+        for (j, &i) in members.iter().enumerate() {
+            muon_prepare(&grads[i].contiguous(), &self.buffers[i], self.momentum, tall, &x.get(j as i64))?;
+        }
+        let o = if members.len() == 1 { iterate(x.get(0))?.unsqueeze(0) } else { iterate(x)? };
+        let scale = (size[0] as f64 / size[1] as f64).max(1.0).sqrt();
+        for (j, &i) in members.iter().enumerate() {
+            muon_update(&self.params[i], &o.get(j as i64), self.lr, scale, self.weight_decay, tall)?;
+        }
+        Ok(())
+    }
+
+    /// The same update in ATen operations (CUDA, other kinds).
+    fn apply_aten(&mut self, members: &[usize], grads: &[Tensor]) -> Result<()> {
+        let mut inputs = Vec::with_capacity(members.len());
+        for &i in members {
+            let buf = &mut self.buffers[i];
+            let _ = buf.g_mul_scalar_(self.momentum).g_add_(&grads[i]);
+            inputs.push(&grads[i] + &*buf * self.momentum);
+        }
+        for (&i, orthogonal) in members.iter().zip(newton_schulz_many(&inputs)?) {
+            let p = &self.params[i];
+            let size = p.size();
+            let update = orthogonal * (size[0] as f64 / size[1] as f64).max(1.0).sqrt();
+            let decayed = match self.weight_decay {
+                0.0 => update,
+                wd => update + p * wd,
+            };
+            let _ = p.shallow_clone().g_sub_(&(decayed * self.lr));
+        }
+        Ok(())
     }
 
     pub fn zero_grad(&mut self) {
@@ -560,6 +628,57 @@ mod tests {
             let dist = f64::try_from((p - e).norm() / e.norm()).unwrap();
             assert!(dist < 1e-4, "{dist}");
         }
+    }
+
+    #[test]
+    fn fused_muon_passes_equal_the_aten_update() {
+        tch::manual_seed(13);
+        let f = (Kind::Float, Device::Cpu);
+        // A batched shape, its tall twin, a shape seen once and one above the batching side.
+        let shapes = [(16, 40), (16, 40), (40, 16), (40, 16), (7, 5), (300, 260)];
+        let params: Vec<Tensor> = shapes.iter().map(|&(r, c)| Tensor::randn([r, c], f)).collect();
+        let copy = |ps: &[Tensor]| Muon::new(ps.iter().map(|p| p.copy()).collect(), 0.03, 0.1).unwrap();
+        let (mut fused, mut aten) = (copy(&params), copy(&params));
+        let all: Vec<usize> = (0..params.len()).collect();
+        for _ in 0..2 {
+            let grads: Vec<Tensor> = params.iter().map(Tensor::randn_like).collect();
+            tch::no_grad(|| {
+                for group in batches(&params) {
+                    fused.apply_fused(&group, &grads).unwrap();
+                }
+                aten.apply_aten(&all, &grads).unwrap();
+            });
+        }
+        for (i, (a, b)) in fused.params.iter().zip(&aten.params).enumerate() {
+            let dist = f64::try_from((a - b).norm() / b.norm()).unwrap();
+            assert!(dist < 1e-4, "parameter {i}: {dist}");
+            let (m, n) = (&fused.buffers[i], &aten.buffers[i]);
+            assert!(f64::try_from((m - n).norm() / n.norm()).unwrap() < 1e-6, "buffer {i}");
+        }
+    }
+
+    #[test]
+    fn fused_muon_passes_check_their_inputs() {
+        let f = (Kind::Float, Device::Cpu);
+        let (g, buf) = (Tensor::zeros([4, 6], f), Tensor::zeros([4, 6], f));
+        let good = Tensor::zeros([4, 6], (Kind::BFloat16, Device::Cpu));
+        assert!(muon_prepare(&g, &buf, 0.9, false, &good).is_ok());
+        assert!(muon_prepare(&g, &buf, 0.9, true, &Tensor::zeros([6, 4], f)).is_ok());
+        for (g, buf, out, transpose) in [
+            (&g, &buf, &good, true),
+            (&g, &Tensor::zeros([4, 5], f), &good, false),
+            (&g.to_kind(Kind::Double), &buf, &good, false),
+            (&g, &buf, &Tensor::zeros([4, 6], (Kind::Int, Device::Cpu)), false),
+            (&g, &buf, &Tensor::zeros([6, 4], f).tr(), false),
+        ] {
+            let err = muon_prepare(g, buf, 0.9, transpose, out).unwrap_err().to_string();
+            assert!(err.contains("muon prepare"), "{err}");
+        }
+        let p = Tensor::zeros([4, 6], f);
+        assert!(muon_update(&p, &good, 0.1, 1.0, 0.0, false).is_ok());
+        let err = muon_update(&p, &good, 0.1, 1.0, 0.0, true).unwrap_err().to_string();
+        assert!(err.contains("muon update"), "{err}");
+        assert!(muon_update(&p.tr(), &good.tr().contiguous(), 0.1, 1.0, 0.0, false).is_err());
     }
 
     #[test]
