@@ -4,10 +4,16 @@
 //   reduce:  y[r]    = Σ_i h[r,i] · S[r,i,:]                       (the sub-layer's input, H_pre·x)
 //   mix:     out[r,i] = Σ_j M[r,i,j] · S[r,j,:] + p[r,i] · O[r,:]   (H_res·x + H_postᵀ ⊗ F(...))
 //
-// S: (rows, n, C) streams, h and p: (rows, n), M: (rows, n, n), O: (rows, C); all f32, CPU. The ATen form
+//   maps:    z[r,:]   = ρ_r · (x[r,:] · W),  ρ_r = (mean_k x[r,k]² + ε)^-½   (the three maps' logits before α, b)
+//
+// S: (rows, n, C) streams, h and p: (rows, n), M: (rows, n, n), O: (rows, C); x: the streams flattened to
+// (rows, n·C), W: (n·C, m) the maps' weights side by side; all f32, CPU. The ATen form
 // of the same (a broadcast multiply and a sum; a batched n×n matmul, a broadcast multiply and an add) makes
 // several passes over the streams each way, and the batched matmul of 2×2 matrices is slow on CPU.
 #include "common.h"
+
+#include <algorithm>
+#include <cmath>
 
 namespace {
 
@@ -164,6 +170,67 @@ NCT_AVX512 void mix_back_row_avx512(const float* s, const float* m, const float*
 }
 #endif
 
+// maps, one row: returns ρ, writes the m dot products x·W (wt: W transposed, (m, k)).
+float maps_row_generic(const float* x, const float* wt, float* z, int64_t m, int64_t k, float eps) {
+  double ss = 0.0;
+  for (int64_t i = 0; i < k; ++i) ss += static_cast<double>(x[i]) * x[i];
+  for (int64_t j = 0; j < m; ++j) {
+    double dot = 0.0;
+    for (int64_t i = 0; i < k; ++i) dot += static_cast<double>(x[i]) * wt[j * k + i];
+    z[j] = static_cast<float>(dot);
+  }
+  return 1.0f / std::sqrt(static_cast<float>(ss / static_cast<double>(k)) + eps);
+}
+
+// maps backward, one row: dx = Σ_j dz_j · W[:, j] + c · x; acc (m, k) += dz ⊗ x (W's gradient, transposed).
+void maps_back_row_generic(const float* x, const float* wt, const float* dz, float c, float* dx, float* acc,
+                           int64_t m, int64_t k) {
+  for (int64_t i = 0; i < k; ++i) {
+    float d = c * x[i];
+    for (int64_t j = 0; j < m; ++j) {
+      d += dz[j] * wt[j * k + i];
+      acc[j * k + i] += dz[j] * x[i];
+    }
+    dx[i] = d;
+  }
+}
+
+#if defined(__x86_64__)
+// The AVX-512 maps kernels keep m + 1 accumulators: up to this many logits.
+constexpr int64_t kMaxMaps = 15;
+
+NCT_AVX512 float maps_row_avx512(const float* x, const float* wt, float* z, int64_t m, int64_t k, float eps) {
+  __m512 ss = _mm512_setzero_ps();
+  __m512 acc[kMaxMaps];
+  for (int64_t j = 0; j < m; ++j) acc[j] = _mm512_setzero_ps();
+  for (int64_t i = 0; i < k; i += 16) {
+    const __mmask16 mk = tail_mask(k - i);
+    const __m512 xv = _mm512_maskz_loadu_ps(mk, x + i);
+    ss = _mm512_fmadd_ps(xv, xv, ss);
+    for (int64_t j = 0; j < m; ++j) acc[j] = _mm512_fmadd_ps(xv, _mm512_maskz_loadu_ps(mk, wt + j * k + i), acc[j]);
+  }
+  for (int64_t j = 0; j < m; ++j) z[j] = _mm512_reduce_add_ps(acc[j]);
+  return 1.0f / std::sqrt(_mm512_reduce_add_ps(ss) / static_cast<float>(k) + eps);
+}
+
+NCT_AVX512 void maps_back_row_avx512(const float* x, const float* wt, const float* dz, float c, float* dx,
+                                     float* acc, int64_t m, int64_t k) {
+  const __m512 vc = _mm512_set1_ps(c);
+  for (int64_t i = 0; i < k; i += 16) {
+    const __mmask16 mk = tail_mask(k - i);
+    const __m512 xv = _mm512_maskz_loadu_ps(mk, x + i);
+    __m512 d = _mm512_mul_ps(vc, xv);
+    for (int64_t j = 0; j < m; ++j) {
+      const __m512 g = _mm512_set1_ps(dz[j]);
+      d = _mm512_fmadd_ps(g, _mm512_maskz_loadu_ps(mk, wt + j * k + i), d);
+      float* a = acc + j * k + i;
+      _mm512_mask_storeu_ps(a, mk, _mm512_fmadd_ps(g, xv, _mm512_maskz_loadu_ps(mk, a)));
+    }
+    _mm512_mask_storeu_ps(dx + i, mk, d);
+  }
+}
+#endif
+
 // Set by tests (nct_mhc_force_generic) to run the generic kernels on an AVX-512 CPU.
 std::atomic<bool> force_generic{false};
 
@@ -274,6 +341,80 @@ struct MixFn : public torch::autograd::Function<MixFn> {
   }
 };
 
+// Rows go to this many chunks in the maps backward, each with its own partial W gradient, summed in order
+// (the result does not depend on the thread count).
+constexpr int64_t kMapChunks = 16;
+
+bool wide_maps(int64_t m) {
+#if defined(__x86_64__)
+  return m <= kMaxMaps && has_avx512() && !force_generic.load();
+#else
+  (void)m;
+  return false;
+#endif
+}
+
+struct MapsFn : public torch::autograd::Function<MapsFn> {
+  static Tensor forward(AutogradContext* ctx, Tensor x, Tensor w, double eps) {
+    const int64_t rows = x.size(0), k = x.size(1), m = w.size(1);
+    const Tensor wt = w.t().contiguous();
+    Tensor z = at::empty({rows, m}, x.options()), rho = at::empty({rows}, x.options());
+    const float *xp = x.data_ptr<float>(), *wp = wt.data_ptr<float>();
+    float *zp = z.data_ptr<float>(), *rp = rho.data_ptr<float>();
+    const bool v = wide_maps(m);
+    at::parallel_for(0, rows, kGrain, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+#if defined(__x86_64__)
+        if (v) {
+          rp[r] = maps_row_avx512(xp + r * k, wp, zp + r * m, m, k, static_cast<float>(eps));
+          continue;
+        }
+#endif
+        rp[r] = maps_row_generic(xp + r * k, wp, zp + r * m, m, k, static_cast<float>(eps));
+      }
+    });
+    ctx->save_for_backward({x, wt, z, rho});
+    return z * rho.unsqueeze(1);
+  }
+
+  static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const Tensor &x = saved[0], &wt = saved[1], &z = saved[2], &rho = saved[3];
+    const int64_t rows = x.size(0), k = x.size(1), m = wt.size(0);
+    const Tensor g = grads[0].to(at::kFloat).contiguous();
+    Tensor dx = at::empty_like(x);
+    const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(kMapChunks, rows));
+    Tensor partial = at::zeros({chunks, m, k}, x.options());
+    const float *xp = x.data_ptr<float>(), *wp = wt.data_ptr<float>(), *zp = z.data_ptr<float>();
+    const float *rp = rho.data_ptr<float>(), *gp = g.data_ptr<float>();
+    float *dxp = dx.data_ptr<float>(), *pp = partial.data_ptr<float>();
+    const bool v = wide_maps(m);
+    at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+      std::vector<float> dz(m);
+      for (int64_t ch = begin; ch < end; ++ch) {
+        for (int64_t r = ch * rows / chunks; r < (ch + 1) * rows / chunks; ++r) {
+          // out = ρ·z: dz = g·ρ; dρ = <g, z>, and dρ/dx = -ρ³·x / k.
+          const float rr = rp[r];
+          float dr = 0.0f;
+          for (int64_t j = 0; j < m; ++j) {
+            dz[j] = gp[r * m + j] * rr;
+            dr += gp[r * m + j] * zp[r * m + j];
+          }
+          const float c = -dr * rr * rr * rr / static_cast<float>(k);
+#if defined(__x86_64__)
+          if (v) {
+            maps_back_row_avx512(xp + r * k, wp, dz.data(), c, dxp + r * k, pp + ch * m * k, m, k);
+            continue;
+          }
+#endif
+          maps_back_row_generic(xp + r * k, wp, dz.data(), c, dxp + r * k, pp + ch * m * k, m, k);
+        }
+      }
+    });
+    return {dx, partial.sum(0).t().contiguous(), Tensor()};
+  }
+};
+
 }  // namespace
 
 extern "C" {
@@ -309,6 +450,21 @@ char* nct_mhc_mix(const Tensor* s, const Tensor* m, const Tensor* p, const Tenso
                         ", " + describe(*o));
     }
     *out = new Tensor(MixFn::apply(s->contiguous(), m->contiguous(), p->contiguous(), o->contiguous()));
+    return nullptr;
+  } catch (const std::exception& e) {
+    return copy_error(e.what());
+  }
+}
+
+// z (rows, m) = ρ_r · (x[r,:] · W) for x (rows, k) and W (k, m), ρ_r = (mean x[r,:]² + eps)^-½, with autograd.
+char* nct_mhc_maps(const Tensor* x, const Tensor* w, double eps, Tensor** out) {
+  try {
+    if (!cpu_f32(*x) || !cpu_f32(*w) || x->dim() != 2 || w->dim() != 2 || w->size(0) != x->size(1) ||
+        x->size(1) == 0 || w->size(1) == 0 || !(eps > 0.0)) {
+      return copy_error("mhc maps: expected f32 CPU rows (rows, k), weights (k, m) and eps > 0, got " +
+                        describe(*x) + " and " + describe(*w) + ", eps " + std::to_string(eps));
+    }
+    *out = new Tensor(MapsFn::apply(x->contiguous(), *w, eps));
     return nullptr;
   } catch (const std::exception& e) {
     return copy_error(e.what());

@@ -38,6 +38,7 @@ extern "C" {
         o: *const C_tensor,
         out: *mut *mut C_tensor,
     ) -> *mut c_char;
+    fn nct_mhc_maps(x: *const C_tensor, w: *const C_tensor, eps: f64, out: *mut *mut C_tensor) -> *mut c_char;
 }
 
 /// y[r] = Σ_i h[r, i] · s[r, i, :] for f32 CPU streams `s` (rows, n, C) and `h` (rows, n), with autograd.
@@ -55,6 +56,15 @@ pub fn stream_mix(s: &Tensor, m: &Tensor, p: &Tensor, o: &Tensor) -> Result<Tens
     // SAFETY: all tensors are live.
     let error = unsafe { nct_mhc_mix(s.as_ptr(), m.as_ptr(), p.as_ptr(), o.as_ptr(), &mut out) };
     take(error, out, "mHC stream mix")
+}
+
+/// z[r, :] = ρ_r · (x[r, :] · w), ρ_r = (mean(x[r, :]²) + eps)^-½, for f32 CPU `x` (rows, k) and `w`
+/// (k, m), with autograd: one pass over x each way (the maps' logits before α and b).
+pub fn map_logits(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    let mut out: *mut C_tensor = ptr::null_mut();
+    // SAFETY: both tensors are live.
+    let error = unsafe { nct_mhc_maps(x.as_ptr(), w.as_ptr(), eps, &mut out) };
+    take(error, out, "mHC maps")
 }
 
 /// Whether the fused stream passes apply: f32 streams on the CPU.
@@ -152,16 +162,14 @@ impl MhcConnection {
         }
     }
 
-    /// [`Self::maps`] for [`Self::forward_fused`]: x̂·W = r·(x·W) with r = rsqrt(mean(x²) + ε) from the
-    /// row norm, the three maps' weights in one product.
+    /// [`Self::maps`] for [`Self::forward_fused`]: x̂·W = r·(x·W) with r = rsqrt(mean(x²) + ε), the three
+    /// maps' weights side by side, in one pass over the streams each way ([`map_logits`]).
     fn maps_fused(&self, streams: &Tensor) -> MapTensors {
         let size = streams.size();
         let (b, t) = (size[0], size[1]);
         let flat = streams.reshape([b * t, -1]);
-        let inputs = flat.size()[1] as f64;
-        let r = (flat.norm_scalaropt_dim(2, [-1i64], true).square() / inputs + mhc::RMS_NORM_EPS).rsqrt();
         let weights = Tensor::cat(&[&self.res.weight, &self.pre.weight, &self.post.weight], 1);
-        let z = flat.mm(&weights) * &r;
+        let z = map_logits(&flat, &weights, mhc::RMS_NORM_EPS).unwrap_or_else(|e| panic!("{e}"));
         let sizes = [self.res.bias.size()[0], self.n, self.n];
         let mut parts = z.split_with_sizes(sizes, -1).into_iter();
         let mut logits = |map: &StreamMap| parts.next().expect("three maps") * &map.alpha + &map.bias;
@@ -341,6 +349,42 @@ mod tests {
         let err = stream_mix(&s, &m, &p, &Tensor::zeros([4, 7], f)).unwrap_err().to_string();
         assert!(err.contains("output (rows, C)"), "{err}");
         assert_eq!(stream_mix(&s, &m, &p, &Tensor::zeros([4, 8], f)).unwrap().size(), [4, 2, 8]);
+    }
+
+    #[test]
+    fn map_logits_match_the_aten_graph() {
+        // k = 37 exercises the masked tails; m = 6 (n = 2) takes the AVX-512 kernels where the CPU has
+        // them, m = 20 the generic ones; each case also runs with the generic kernels forced.
+        for (rows, k, m, generic) in [(33i64, 37i64, 6i64, false), (33, 37, 6, true), (5, 64, 20, false), (1, 16, 1, true)] {
+            // SAFETY: sets an atomic flag; both kernel sets compute the same values.
+            unsafe { nct_mhc_force_generic(generic as i32) };
+            let f = (Kind::Float, Device::Cpu);
+            let x = Tensor::randn([rows, k], f).set_requires_grad(true);
+            let w = (Tensor::randn([k, m], f) * 0.3).set_requires_grad(true);
+            let g = Tensor::randn([rows, m], f);
+            let ours = map_logits(&x, &w, 1e-6).unwrap();
+            let grads = Tensor::run_backward(&[(&ours * &g).sum(Kind::Float)], &[&x, &w], false, false);
+            let (x64, w64) = (x.detach().to_kind(Kind::Double).set_requires_grad(true), w.detach().to_kind(Kind::Double).set_requires_grad(true));
+            let r = (x64.square().mean_dim([-1i64].as_slice(), true, Kind::Double) + 1e-6).rsqrt();
+            let want = x64.mm(&w64) * r;
+            let want_grads = Tensor::run_backward(&[(&want * g.to_kind(Kind::Double)).sum(Kind::Double)], &[&x64, &w64], false, false);
+            let rel = |a: &Tensor, b: &Tensor| f64::try_from((a.to_kind(Kind::Double) - b).norm() / b.norm()).unwrap();
+            let case = (rows, k, m, generic);
+            assert!(rel(&ours, &want) < 1e-5, "{case:?} forward");
+            assert!(rel(&grads[0], &want_grads[0]) < 1e-5, "{case:?} dx");
+            assert!(rel(&grads[1], &want_grads[1]) < 1e-5, "{case:?} dw");
+        }
+        unsafe { nct_mhc_force_generic(0) };
+        let f = (Kind::Float, Device::Cpu);
+        for (x, w, eps) in [
+            (Tensor::zeros([4, 8], f), Tensor::zeros([7, 6], f), 1e-6),
+            (Tensor::zeros([4, 8], f), Tensor::zeros([8, 6], f), 0.0),
+            (Tensor::zeros([4, 8], (Kind::Double, Device::Cpu)), Tensor::zeros([8, 6], f), 1e-6),
+            (Tensor::zeros([8], f), Tensor::zeros([8, 6], f), 1e-6),
+        ] {
+            let err = map_logits(&x, &w, eps).unwrap_err().to_string();
+            assert!(err.contains("mHC maps"), "{err}");
+        }
     }
 
     #[test]
