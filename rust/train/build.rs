@@ -6,7 +6,7 @@
 //! 2. Compiles the CPU training shims `csrc/bitlinear.cpp` (BitLinear, see
 //!    `src/cpu_bitlinear.rs`), `csrc/mhc.cpp` (mHC's stream passes) and
 //!    `csrc/attention.cpp` (rotary + causal attention, `src/cpu_attention.rs`),
-//!    `csrc/muon.cpp` (Muon's element-wise passes, `src/optim.rs`)
+//!    `csrc/optim.cpp` (the optimizers' element-wise passes, `src/optim.rs`)
 //!    against the same libtorch's headers, with the C++ ABI torch-sys uses (`LIBTORCH_CXX11_ABI`, default 1 as in every
 //!    torch >= 2.7 wheel).
 use std::path::PathBuf;
@@ -17,7 +17,7 @@ fn main() {
     println!("cargo:rerun-if-changed=csrc/bitlinear.cpp");
     println!("cargo:rerun-if-changed=csrc/mhc.cpp");
     println!("cargo:rerun-if-changed=csrc/attention.cpp");
-    println!("cargo:rerun-if-changed=csrc/muon.cpp");
+    println!("cargo:rerun-if-changed=csrc/optim.cpp");
     println!("cargo:rerun-if-changed=csrc/common.h");
     let lib = std::env::var("DEP_TCH_LIBTORCH_LIB")
         .expect("torch-sys did not report its libtorch lib dir (DEP_TCH_LIBTORCH_LIB)");
@@ -37,6 +37,6 @@ fn main() {
         .file("csrc/bitlinear.cpp")
         .file("csrc/mhc.cpp")
         .file("csrc/attention.cpp")
-        .file("csrc/muon.cpp")
+        .file("csrc/optim.cpp")
         .compile("nct_bitlinear");
 }

@@ -15,9 +15,11 @@ extern "C" {
         -> *mut c_char;
     fn nct_muon_update(p: *const C_tensor, o: *const C_tensor, lr: f64, scale: f64, wd: f64, transpose: i32)
         -> *mut c_char;
+    fn nct_lion_update(p: *const C_tensor, m: *const C_tensor, g: *const C_tensor, lr: f64, beta1: f64, beta2: f64,
+        wd: f64) -> *mut c_char;
 }
 
-/// Whether Muon's fused CPU passes (`csrc/muon.cpp`) apply: an f32 CPU parameter and gradient.
+/// Whether Muon's fused CPU passes (`csrc/optim.cpp`) apply: an f32 CPU parameter and gradient.
 fn fused(p: &Tensor, g: &Tensor) -> bool {
     let cpu_f32 = |t: &Tensor| t.device() == tch::Device::Cpu && t.kind() == Kind::Float;
     cpu_f32(p) && cpu_f32(g) && p.is_contiguous()
@@ -76,10 +78,27 @@ impl Lion {
     }
 
     fn apply(&mut self, grads: &[Tensor]) {
+        self.apply_with(grads, true)
+    }
+
+    /// `fused`: f32 CPU parameters take the one-pass update of `csrc/optim.cpp` (the same
+    /// operations in the same order); the rest, or all with `false`, the ATen operations.
+    fn apply_with(&mut self, grads: &[Tensor], fused: bool) {
         tch::no_grad(|| {
             for ((p, m), g) in self.params.iter().zip(self.momentum.iter_mut()).zip(grads) {
                 if !g.defined() {
                     continue;
+                }
+                let cpu_f32 = |t: &Tensor| t.device() == tch::Device::Cpu && t.kind() == Kind::Float && t.is_contiguous();
+                if fused && cpu_f32(p) && cpu_f32(m) && g.kind() == Kind::Float && g.device() == tch::Device::Cpu {
+                    let g = g.contiguous();
+                    // SAFETY: all tensors are live; the C++ side checks kinds and shapes before writing.
+                    let error = unsafe {
+                        nct_lion_update(p.as_ptr(), m.as_ptr(), g.as_ptr(), self.lr, self.beta1, self.beta2, self.weight_decay)
+                    };
+                    if check(error, "Lion").is_ok() {
+                        continue;
+                    }
                 }
                 let direction = (&*m * self.beta1 + g * (1.0 - self.beta1)).sign();
                 // Skipping a zero decay saves two passes over every parameter.
@@ -321,7 +340,7 @@ impl Muon {
     }
 
     /// f32 CPU parameters of one shape: the element-wise work in two passes per matrix
-    /// (`csrc/muon.cpp`), the iteration batched when there are several.
+    /// (`csrc/optim.cpp`), the iteration batched when there are several.
     fn apply_fused(&mut self, members: &[usize], grads: &[Tensor]) -> Result<()> {
         let size = self.params[members[0]].size();
         let tall = size[0] > size[1];
@@ -704,6 +723,26 @@ mod tests {
         let v = Vec::<f32>::try_from(p.detach().flatten(0, -1)).unwrap();
         assert_eq!((v[1], v[2]), (0.0, 0.0));
         assert!(v[0] < -0.06 && v[0] > -0.13 && v[3] < -0.06 && v[3] > -0.13, "{v:?}");
+    }
+
+    #[test]
+    fn fused_lion_pass_equals_the_aten_update() {
+        tch::manual_seed(14);
+        let f = (Kind::Float, Device::Cpu);
+        for wd in [0.0, 0.1] {
+            let params = [Tensor::randn([37, 29], f), Tensor::randn([5], f)];
+            let new = |ps: &[Tensor]| Lion::new(ps.iter().map(|p| p.copy()).collect(), 0.01, wd);
+            let (mut fused, mut aten) = (new(&params), new(&params));
+            for _ in 0..3 {
+                let grads: Vec<Tensor> = params.iter().map(Tensor::randn_like).collect();
+                fused.apply_with(&grads, true);
+                aten.apply_with(&grads, false);
+            }
+            for (a, b) in fused.params.iter().chain(&fused.momentum).zip(aten.params.iter().chain(&aten.momentum)) {
+                let diff = f64::try_from((a - b).abs().max()).unwrap();
+                assert!(diff <= 1e-6, "wd {wd}: {diff}");
+            }
+        }
     }
 
     #[test]

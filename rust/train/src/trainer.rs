@@ -194,11 +194,9 @@ pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> Result<f64> {
         if grads.is_empty() {
             return Ok(0.0);
         }
-        let squares: Vec<Tensor> = grads
-            .iter()
-            .map(|g| g.to_kind(Kind::Float).square().sum(Kind::Float))
-            .collect();
-        let norm = Tensor::stack(&squares, 0).sum(Kind::Float).sqrt().f_double_value(&[])?;
+        // One reduction pass per gradient (no squared temporary).
+        let norms: Vec<Tensor> = grads.iter().map(|g| g.to_kind(Kind::Float).norm()).collect();
+        let norm = Tensor::stack(&norms, 0).square().sum(Kind::Float).sqrt().f_double_value(&[])?;
         if max_norm > 0.0 && norm > max_norm {
             let scale = max_norm / (norm + 1e-6);
             for g in grads.iter_mut() {

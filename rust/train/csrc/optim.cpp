@@ -1,9 +1,12 @@
-// Muon's element-wise work around Newton–Schulz for f32 CPU parameters, as two passes per matrix instead of a
-// dozen ATen ones (called over a C ABI from rust/train/src/optim.rs; compiled by build.rs):
+// The optimizers' element-wise work for f32 CPU parameters (called over a C ABI from rust/train/src/optim.rs;
+// compiled by build.rs). Muon, around Newton–Schulz, as two passes per matrix instead of a dozen ATen ones:
 //
 //   prepare: buf ← β·buf + g;  x = g + β·buf (Nesterov);  out = x / (‖x‖_F + 1e-7) in the iteration's kind
 //            (bf16 or f32), transposed for tall matrices (the iteration runs on the wide orientation)
 //   update:  p ← p − lr·(scale·o + wd·p), o the iteration's result (read back through the same transpose)
+//
+// Lion, one pass instead of seven: c = β1·m + (1 − β1)·g;  p ← p − lr·(sign(c) + wd·p);  m ← β2·m + (1 − β2)·g
+// (the ATen update's operations in its order; equal to float rounding).
 //
 // The Frobenius norm sums per block of rows in double, blocks combined in order, so the result does not
 // depend on the thread count.
@@ -87,6 +90,23 @@ void update(Tensor& p, const Tensor& o, float lr, float scale, float wd, bool tr
   });
 }
 
+void lion(Tensor& p, Tensor& m, const Tensor& g, float lr, float beta1, float beta2, float wd) {
+  float* pp = p.data_ptr<float>();
+  float* mp = m.data_ptr<float>();
+  const float* gp = g.data_ptr<float>();
+  const float keep1 = static_cast<float>(1.0 - static_cast<double>(beta1));
+  const float keep2 = static_cast<float>(1.0 - static_cast<double>(beta2));
+  at::parallel_for(0, p.numel(), 4096, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const float c = mp[i] * beta1 + gp[i] * keep1;
+      const float dir = c > 0.0f ? 1.0f : (c < 0.0f ? -1.0f : c);
+      const float update = wd == 0.0f ? dir : dir + pp[i] * wd;
+      pp[i] = pp[i] - update * lr;
+      mp[i] = mp[i] * beta2 + gp[i] * keep2;
+    }
+  });
+}
+
 bool matrix_f32(const Tensor& t) { return cpu_f32(t) && t.dim() == 2 && t.is_contiguous(); }
 
 // `out` must be (cols, rows) when transposed, (rows, cols) otherwise, contiguous, bf16 or f32, on the CPU.
@@ -137,6 +157,25 @@ char* nct_muon_update(const Tensor* p, const Tensor* o, double lr, double scale,
       update<float>(param, *o, static_cast<float>(lr), static_cast<float>(scale), static_cast<float>(wd),
                     transpose != 0);
     }
+    return nullptr;
+  } catch (const std::exception& e) {
+    return copy_error(e.what());
+  }
+}
+
+// See `lion` above: p and m updated in place.
+char* nct_lion_update(const Tensor* p, const Tensor* m, const Tensor* g, double lr, double beta1, double beta2,
+                      double wd) {
+  try {
+    const auto ok = [](const Tensor& t) { return cpu_f32(t) && t.is_contiguous(); };
+    if (!ok(*p) || !ok(*m) || !ok(*g) || !p->sizes().equals(m->sizes()) || !p->sizes().equals(g->sizes())) {
+      return copy_error("lion update: expected contiguous f32 CPU parameter, momentum and gradient of one shape, got " +
+                        describe(*p) + ", " + describe(*m) + ", " + describe(*g));
+    }
+    Tensor param = *p, moment = *m;
+    torch::autograd::impl::bump_version(param);
+    lion(param, moment, *g, static_cast<float>(lr), static_cast<float>(beta1), static_cast<float>(beta2),
+         static_cast<float>(wd));
     return nullptr;
   } catch (const std::exception& e) {
     return copy_error(e.what());
