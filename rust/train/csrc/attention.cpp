@@ -26,6 +26,82 @@ struct Shape {
   int64_t b, t, h, kv, d;
 };
 
+// One head of one row: the rotation (q, k) or the copy (v), rounded to bf16 into y and, exactly, into yf.
+void rotate_head_generic(const float* x, const float* c, const float* sn, bool rotate, int64_t d,
+                         c10::BFloat16* y, float* yf) {
+  if (!rotate) {
+    for (int64_t i = 0; i < d; ++i) {
+      y[i] = c10::BFloat16(x[i]);
+      yf[i] = static_cast<float>(y[i]);
+    }
+    return;
+  }
+  const int64_t half = d / 2;
+  for (int64_t i = 0; i < half; ++i) {
+    const float x1 = x[i], x2 = x[i + half];
+    y[i] = c10::BFloat16(x1 * c[i] - x2 * sn[i]);
+    y[i + half] = c10::BFloat16(x1 * sn[i] + x2 * c[i]);
+    yf[i] = static_cast<float>(y[i]);
+    yf[i + half] = static_cast<float>(y[i + half]);
+  }
+}
+
+// One head of one row of the backward: g (contiguous) rotated back (or copied) into y.
+void unrotate_head_generic(const float* g, int64_t e, const float* c, const float* sn, bool rotate, int64_t d,
+                           float* y) {
+  if (!rotate) {
+    for (int64_t i = 0; i < d; ++i) y[i] = g[i * e];
+    return;
+  }
+  const int64_t half = d / 2;
+  for (int64_t i = 0; i < half; ++i) {
+    const float g1 = g[i * e], g2 = g[(i + half) * e];
+    y[i] = g1 * c[i] + g2 * sn[i];
+    y[i + half] = g2 * c[i] - g1 * sn[i];
+  }
+}
+
+#if defined(__x86_64__)
+// 16 values rounded to bf16 into y[at..] and, exactly, into yf[at..].
+NCT_SIMD inline void put_bf16(c10::BFloat16* y, float* yf, int64_t at, __mmask16 mk, __m512 v) {
+  const __m256i b = bf16x16(v);
+  _mm256_mask_storeu_epi16(reinterpret_cast<__m256i*>(y + at), mk, b);
+  _mm512_mask_storeu_ps(yf + at, mk, f32x16(b));
+}
+
+// The same with 16 lanes (the same products and sums, no fused multiply-adds).
+NCT_SIMD void rotate_head_avx512(const float* x, const float* c, const float* sn, bool rotate, int64_t d,
+                                 c10::BFloat16* y, float* yf) {
+  if (!rotate) {
+    for (int64_t i = 0; i < d; i += 16) put_bf16(y, yf, i, mask16(d - i), _mm512_maskz_loadu_ps(mask16(d - i), x + i));
+    return;
+  }
+  const int64_t half = d / 2;
+  for (int64_t i = 0; i < half; i += 16) {
+    const __mmask16 mk = mask16(half - i);
+    const __m512 x1 = _mm512_maskz_loadu_ps(mk, x + i), x2 = _mm512_maskz_loadu_ps(mk, x + half + i);
+    const __m512 cv = _mm512_maskz_loadu_ps(mk, c + i), sv = _mm512_maskz_loadu_ps(mk, sn + i);
+    put_bf16(y, yf, i, mk, _mm512_sub_ps(_mm512_mul_ps(x1, cv), _mm512_mul_ps(x2, sv)));
+    put_bf16(y, yf, half + i, mk, _mm512_add_ps(_mm512_mul_ps(x1, sv), _mm512_mul_ps(x2, cv)));
+  }
+}
+
+NCT_SIMD void unrotate_head_avx512(const float* g, const float* c, const float* sn, bool rotate, int64_t d, float* y) {
+  if (!rotate) {
+    for (int64_t i = 0; i < d; i += 16) _mm512_mask_storeu_ps(y + i, mask16(d - i), _mm512_maskz_loadu_ps(mask16(d - i), g + i));
+    return;
+  }
+  const int64_t half = d / 2;
+  for (int64_t i = 0; i < half; i += 16) {
+    const __mmask16 mk = mask16(half - i);
+    const __m512 g1 = _mm512_maskz_loadu_ps(mk, g + i), g2 = _mm512_maskz_loadu_ps(mk, g + half + i);
+    const __m512 cv = _mm512_maskz_loadu_ps(mk, c + i), sv = _mm512_maskz_loadu_ps(mk, sn + i);
+    _mm512_mask_storeu_ps(y + i, mk, _mm512_add_ps(_mm512_mul_ps(g1, cv), _mm512_mul_ps(g2, sv)));
+    _mm512_mask_storeu_ps(y + half + i, mk, _mm512_sub_ps(_mm512_mul_ps(g2, cv), _mm512_mul_ps(g1, sv)));
+  }
+}
+#endif
+
 // q, k (rotated) and v of each row of qkv into bf16 (B, heads, T, D) tensors, and the same values in f32
 // (exact; the backward's inputs) into `wide` (3, …) ones.
 void rotate_forward(const Tensor& qkv, const Tensor& cos, const Tensor& sin, const Shape& s, Tensor& q, Tensor& k,
@@ -35,8 +111,9 @@ void rotate_forward(const Tensor& qkv, const Tensor& cos, const Tensor& sin, con
   const float* c = cos.data_ptr<float>();
   const float* sn = sin.data_ptr<float>();
   c10::BFloat16* outs[3] = {q.data_ptr<c10::BFloat16>(), k.data_ptr<c10::BFloat16>(), v.data_ptr<c10::BFloat16>()};
-  float* wide[3] = {qf.data_ptr<float>(), kf.data_ptr<float>(), vf.data_ptr<float>()};
+  float* f32s[3] = {qf.data_ptr<float>(), kf.data_ptr<float>(), vf.data_ptr<float>()};
   const int64_t heads[3] = {s.h, s.kv, s.kv};
+  const bool wide = simd();
   at::parallel_for(0, s.b * s.t, kGrain, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t bi = row / s.t, ti = row % s.t;
@@ -46,22 +123,13 @@ void rotate_forward(const Tensor& qkv, const Tensor& cos, const Tensor& sin, con
       for (int part = 0; part < 3; ++part) {
         for (int64_t hd = 0; hd < heads[part]; ++hd, x += s.d) {
           const int64_t at = ((bi * heads[part] + hd) * s.t + ti) * s.d;
-          c10::BFloat16* y = outs[part] + at;
-          float* yf = wide[part] + at;
-          if (part == 2) {
-            for (int64_t i = 0; i < s.d; ++i) {
-              y[i] = c10::BFloat16(x[i]);
-              yf[i] = static_cast<float>(y[i]);
-            }
+#if defined(__x86_64__)
+          if (wide) {
+            rotate_head_avx512(x, cr, sr, part != 2, s.d, outs[part] + at, f32s[part] + at);
             continue;
           }
-          for (int64_t i = 0; i < half; ++i) {
-            const float x1 = x[i], x2 = x[i + half];
-            y[i] = c10::BFloat16(x1 * cr[i] - x2 * sr[i]);
-            y[i + half] = c10::BFloat16(x1 * sr[i] + x2 * cr[i]);
-            yf[i] = static_cast<float>(y[i]);
-            yf[i + half] = static_cast<float>(y[i + half]);
-          }
+#endif
+          rotate_head_generic(x, cr, sr, part != 2, s.d, outs[part] + at, f32s[part] + at);
         }
       }
     }
@@ -79,6 +147,7 @@ void rotate_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const
   const float* ins[3] = {dq.data_ptr<float>(), dk.data_ptr<float>(), dv.data_ptr<float>()};
   const Tensor* grads[3] = {&dq, &dk, &dv};
   const int64_t heads[3] = {s.h, s.kv, s.kv};
+  const bool wide = simd();
   at::parallel_for(0, s.b * s.t, kGrain, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t bi = row / s.t, ti = row % s.t;
@@ -90,15 +159,13 @@ void rotate_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const
           const Tensor& src = *grads[part];
           const float* g = ins[part] + bi * src.stride(0) + hd * src.stride(1) + ti * src.stride(2);
           const int64_t e = src.stride(3);
-          if (part == 2) {
-            for (int64_t i = 0; i < s.d; ++i) y[i] = g[i * e];
+#if defined(__x86_64__)
+          if (wide && e == 1) {
+            unrotate_head_avx512(g, cr, sr, part != 2, s.d, y);
             continue;
           }
-          for (int64_t i = 0; i < half; ++i) {
-            const float g1 = g[i * e], g2 = g[(i + half) * e];
-            y[i] = g1 * cr[i] + g2 * sr[i];
-            y[i + half] = g2 * cr[i] - g1 * sr[i];
-          }
+#endif
+          unrotate_head_generic(g, e, cr, sr, part != 2, s.d, y);
         }
       }
     }

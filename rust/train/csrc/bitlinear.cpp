@@ -537,6 +537,51 @@ struct BitLinearFn : public torch::autograd::Function<BitLinearFn> {
   }
 };
 
+// One row of the ternary pack: s = max |w|, t = clamp(round(w / s), -1, 1) as int8 and bf16; false unless
+// s is finite and t·s gives every w back exactly (a NaN fails that check).
+bool pack_row_generic(const float* w, int8_t* t8, c10::BFloat16* tb, float* scale, int64_t cols) {
+  float m = 0.0f;
+  for (int64_t i = 0; i < cols; ++i) {
+    const float a = std::fabs(w[i]);
+    m = a > m ? a : m;
+  }
+  if (!std::isfinite(m)) return false;
+  const float divisor = m > 0.0f ? m : 1.0f;
+  bool ok = true;
+  for (int64_t i = 0; i < cols; ++i) {
+    float v = std::nearbyint(w[i] / divisor);
+    v = v < -1.0f ? -1.0f : (v > 1.0f ? 1.0f : v);
+    ok &= v * m == w[i];
+    t8[i] = static_cast<int8_t>(v);
+    tb[i] = c10::BFloat16(v);
+  }
+  *scale = m;
+  return ok;
+}
+
+#if defined(__x86_64__)
+NCT_SIMD bool pack_row_avx512(const float* w, int8_t* t8, c10::BFloat16* tb, float* scale, int64_t cols) {
+  __m512 mv = _mm512_setzero_ps();
+  for (int64_t i = 0; i < cols; i += 16) mv = _mm512_max_ps(_mm512_abs_ps(_mm512_maskz_loadu_ps(mask16(cols - i), w + i)), mv);
+  const float m = _mm512_reduce_max_ps(mv);
+  if (!std::isfinite(m)) return false;
+  const __m512 vm = _mm512_set1_ps(m), vd = _mm512_set1_ps(m > 0.0f ? m : 1.0f);
+  const __m512 lo = _mm512_set1_ps(-1.0f), hi = _mm512_set1_ps(1.0f);
+  __mmask16 bad = 0;
+  for (int64_t i = 0; i < cols; i += 16) {
+    const __mmask16 mk = mask16(cols - i);
+    const __m512 x = _mm512_maskz_loadu_ps(mk, w + i);
+    __m512 v = _mm512_roundscale_ps(_mm512_div_ps(x, vd), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
+    bad |= _mm512_mask_cmp_ps_mask(mk, _mm512_mul_ps(v, vm), x, _CMP_NEQ_UQ);
+    _mm_mask_storeu_epi8(t8 + i, mk, _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(v)));
+    _mm256_mask_storeu_epi16(reinterpret_cast<__m256i*>(tb + i), mk, bf16x16(v));
+  }
+  *scale = m;
+  return bad == 0;
+}
+#endif
+
 }  // namespace
 
 extern "C" {
@@ -571,25 +616,18 @@ char* nct_ternary_pack(const Tensor* wq, Tensor** packed, Tensor** trits, Tensor
     int8_t* t8p = t8.data_ptr<int8_t>();
     c10::BFloat16* tbp = tb.data_ptr<c10::BFloat16>();
     float* sp = s.data_ptr<float>();
+#if defined(__x86_64__)
+    const bool wide = has_avx512();  // (the test switch nct_bitlinear_force_generic applies)
+#endif
     at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end && exact.load(std::memory_order_relaxed); ++r) {
-        const float* row = wp + r * cols;
-        float m = 0.0f;
-        for (int64_t i = 0; i < cols; ++i) m = std::fmax(m, std::fabs(row[i]));
-        if (!std::isfinite(m)) {
-          exact.store(false);
-          return;
-        }
-        const float divisor = m > 0.0f ? m : 1.0f;
-        bool ok = true;
-        for (int64_t i = 0; i < cols; ++i) {
-          const float v = std::fmin(std::fmax(std::nearbyint(row[i] / divisor), -1.0f), 1.0f);
-          ok &= v * m == row[i];
-          t8p[r * cols + i] = static_cast<int8_t>(v);
-          tbp[r * cols + i] = c10::BFloat16(v);
-        }
+#if defined(__x86_64__)
+        const bool ok = wide ? pack_row_avx512(wp + r * cols, t8p + r * cols, tbp + r * cols, sp + r, cols)
+                             : pack_row_generic(wp + r * cols, t8p + r * cols, tbp + r * cols, sp + r, cols);
+#else
+        const bool ok = pack_row_generic(wp + r * cols, t8p + r * cols, tbp + r * cols, sp + r, cols);
+#endif
         if (!ok) exact.store(false);
-        sp[r] = m;
       }
     });
     if (!exact.load()) return nullptr;

@@ -299,6 +299,7 @@ mod tests {
             fused_norm_and_stacked_projections_equal_the_unfused_graph();
             fused_swiglu_equals_silu_times_up_then_bitlinear();
             fused_cross_entropy_equals_log_softmax_and_nll();
+            non_ternary_or_non_cpu_f32_weights_are_not_packed();
         });
     }
 

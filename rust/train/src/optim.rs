@@ -11,10 +11,10 @@ use crate::cpu_bitlinear::{addmm, check};
 use crate::error::{Result, TrainError};
 
 extern "C" {
-    fn nct_muon_prepare(g: *const C_tensor, buf: *const C_tensor, beta: f64, transpose: i32, out: *const C_tensor)
-        -> *mut c_char;
-    fn nct_muon_update(p: *const C_tensor, o: *const C_tensor, lr: f64, scale: f64, wd: f64, transpose: i32)
-        -> *mut c_char;
+    #[cfg(test)]
+    fn nct_simd_force_generic(on: i32);
+    fn nct_muon_prepare(g: *const C_tensor, buf: *const C_tensor, beta: f64, out: *const C_tensor) -> *mut c_char;
+    fn nct_muon_update(p: *const C_tensor, o: *const C_tensor, lr: f64, scale: f64, wd: f64) -> *mut c_char;
     fn nct_lion_update(p: *const C_tensor, m: *const C_tensor, g: *const C_tensor, lr: f64, beta1: f64, beta2: f64,
         wd: f64) -> *mut c_char;
 }
@@ -25,17 +25,17 @@ fn fused(p: &Tensor, g: &Tensor) -> bool {
     cpu_f32(p) && cpu_f32(g) && p.is_contiguous()
 }
 
-/// buf ← β·buf + g; `out` ← (g + β·buf) / (‖g + β·buf‖_F + 1e-7), transposed when `transpose`
-/// (`out` is a contiguous bf16 or f32 CPU matrix of that shape, written in place).
-fn muon_prepare(g: &Tensor, buf: &Tensor, beta: f64, transpose: bool, out: &Tensor) -> Result<()> {
+/// buf ← β·buf + g; `out` ← (g + β·buf) / (‖g + β·buf‖_F + 1e-7) (`out`: a contiguous bf16 or
+/// f32 CPU matrix of g's shape, written in place).
+fn muon_prepare(g: &Tensor, buf: &Tensor, beta: f64, out: &Tensor) -> Result<()> {
     // SAFETY: all tensors are live; the C++ side checks kinds, shapes and layouts before writing.
-    check(unsafe { nct_muon_prepare(g.as_ptr(), buf.as_ptr(), beta, transpose as i32, out.as_ptr()) }, "Muon")
+    check(unsafe { nct_muon_prepare(g.as_ptr(), buf.as_ptr(), beta, out.as_ptr()) }, "Muon")
 }
 
-/// p ← p − lr·(scale·o + wd·p) in place, `o` read through the transpose when `transpose`.
-fn muon_update(p: &Tensor, o: &Tensor, lr: f64, scale: f64, wd: f64, transpose: bool) -> Result<()> {
+/// p ← p − lr·(scale·o + wd·p) in place.
+fn muon_update(p: &Tensor, o: &Tensor, lr: f64, scale: f64, wd: f64) -> Result<()> {
     // SAFETY: as in `muon_prepare`.
-    check(unsafe { nct_muon_update(p.as_ptr(), o.as_ptr(), lr, scale, wd, transpose as i32) }, "Muon")
+    check(unsafe { nct_muon_update(p.as_ptr(), o.as_ptr(), lr, scale, wd) }, "Muon")
 }
 
 /// Lion: m_t = β1·m + (1−β1)·g decides the step's sign,
@@ -173,29 +173,31 @@ pub fn newton_schulz_in(g: &Tensor, kind: Kind) -> Result<Tensor> {
         x = x.tr();
     }
     // Contiguous in the wide orientation, so no product or sum below mixes layouts.
-    x = iterate((&x / (x.norm() + 1e-7)).to_kind(kind).contiguous())?;
+    x = iterate((&x / (x.norm() + 1e-7)).to_kind(kind).contiguous(), false)?;
     if tall {
         x = x.tr();
     }
     Ok(x.to_kind(g.kind()))
 }
 
-/// The iteration proper on a normalized input in the wide orientation: one (rows, cols) matrix
-/// or a (n, rows, cols) stack, in its kind. Each step is two scaled GEMMs (bA + cA², then
-/// aX + (bA + cA²)X): no element-wise passes, and in bf16 the sums are formed before rounding
-/// (measured on the d20 shapes, 1 thread: 0.62x the time of the product-plus-element-wise form,
-/// half its distance to the f64 iteration).
-fn iterate(mut x: Tensor) -> Result<Tensor> {
+/// The iteration proper on a normalized input: one (rows, cols) matrix or a (n, rows, cols) stack,
+/// in its kind. Wide inputs: X ← aX + (bA + cA²)X with A = XXᵀ; `tall` ones the same on Xᵀ
+/// written through transposed views (A = XᵀX, X ← aX + X(bA + cA²)), so A is always the smaller
+/// Gram matrix. Each step is two scaled GEMMs: no element-wise passes, and in bf16 the sums are
+/// formed before rounding (measured on the d20 shapes, 1 thread: 0.62x the time of the
+/// product-plus-element-wise form, half its distance to the f64 iteration).
+fn iterate(mut x: Tensor, tall: bool) -> Result<Tensor> {
     let (a, b, c) = NEWTON_SCHULZ_COEFFS;
+    let t = |m: &Tensor| m.transpose(-2, -1);
     for _ in 0..NEWTON_SCHULZ_STEPS {
         if x.dim() == 2 {
-            let gram = x.matmul(&x.tr());
+            let gram = if tall { t(&x).matmul(&x) } else { x.matmul(&t(&x)) };
             let poly = addmm(&gram, &gram, &gram, b, c)?;
-            x = addmm(&x, &poly, &x, a, 1.0)?;
+            x = if tall { addmm(&x, &x, &poly, a, 1.0)? } else { addmm(&x, &poly, &x, a, 1.0)? };
         } else {
-            let gram = x.f_bmm(&x.transpose(1, 2))?;
+            let gram = if tall { t(&x).f_bmm(&x)? } else { x.f_bmm(&t(&x))? };
             let poly = gram.f_baddbmm(&gram, &gram, b, c)?;
-            x = x.f_baddbmm(&poly, &x, a, 1.0)?;
+            x = if tall { x.f_baddbmm(&x, &poly, a, 1.0)? } else { x.f_baddbmm(&poly, &x, a, 1.0)? };
         }
     }
     Ok(x)
@@ -257,7 +259,7 @@ pub fn newton_schulz_batched(g: &Tensor, kind: Kind) -> Result<Tensor> {
         x = x.transpose(1, 2);
     }
     let norms = x.f_norm_scalaropt_dim(2.0, [1i64, 2].as_slice(), true)?;
-    x = iterate((&x / (norms + 1e-7)).to_kind(kind).contiguous())?;
+    x = iterate((&x / (norms + 1e-7)).to_kind(kind).contiguous(), false)?;
     if tall {
         x = x.transpose(1, 2);
     }
@@ -343,17 +345,17 @@ impl Muon {
     /// (`csrc/optim.cpp`), the iteration batched when there are several.
     fn apply_fused(&mut self, members: &[usize], grads: &[Tensor]) -> Result<()> {
         let size = self.params[members[0]].size();
-        let tall = size[0] > size[1];
-        let (rows, cols) = if tall { (size[1], size[0]) } else { (size[0], size[1]) };
         let kind = newton_schulz_kind(tch::Device::Cpu);
-        let x = Tensor::f_empty([members.len() as i64, rows, cols], (kind, tch::Device::Cpu))?;
+        let x = Tensor::f_empty([members.len() as i64, size[0], size[1]], (kind, tch::Device::Cpu))?;
         for (j, &i) in members.iter().enumerate() {
-            muon_prepare(&grads[i].contiguous(), &self.buffers[i], self.momentum, tall, &x.get(j as i64))?;
+            muon_prepare(&grads[i].contiguous(), &self.buffers[i], self.momentum, &x.get(j as i64))?;
         }
-        let o = if members.len() == 1 { iterate(x.get(0))?.unsqueeze(0) } else { iterate(x)? };
+        // Tall matrices iterate on XᵀX through transposed views, so no copy is transposed.
+        let tall = size[0] > size[1];
+        let o = if members.len() == 1 { iterate(x.get(0), tall)?.unsqueeze(0) } else { iterate(x, tall)? };
         let scale = (size[0] as f64 / size[1] as f64).max(1.0).sqrt();
         for (j, &i) in members.iter().enumerate() {
-            muon_update(&self.params[i], &o.get(j as i64), self.lr, scale, self.weight_decay, tall)?;
+            muon_update(&self.params[i], &o.get(j as i64), self.lr, scale, self.weight_decay)?;
         }
         Ok(())
     }
@@ -659,7 +661,10 @@ mod tests {
         let copy = |ps: &[Tensor]| Muon::new(ps.iter().map(|p| p.copy()).collect(), 0.03, 0.1).unwrap();
         let (mut fused, mut aten) = (copy(&params), copy(&params));
         let all: Vec<usize> = (0..params.len()).collect();
-        for _ in 0..2 {
+        // The AVX-512 kernels where the CPU has them, then the generic ones (common.h's dispatch).
+        for step in 0..4 {
+            // SAFETY: sets an atomic flag; both kernel sets compute the same values.
+            unsafe { nct_simd_force_generic((step >= 2) as i32) };
             let grads: Vec<Tensor> = params.iter().map(Tensor::randn_like).collect();
             tch::no_grad(|| {
                 for group in batches(&params) {
@@ -668,6 +673,7 @@ mod tests {
                 aten.apply_aten(&all, &grads).unwrap();
             });
         }
+        unsafe { nct_simd_force_generic(0) };
         for (i, (a, b)) in fused.params.iter().zip(&aten.params).enumerate() {
             let dist = f64::try_from((a - b).norm() / b.norm()).unwrap();
             assert!(dist < 1e-4, "parameter {i}: {dist}");
@@ -681,23 +687,23 @@ mod tests {
         let f = (Kind::Float, Device::Cpu);
         let (g, buf) = (Tensor::zeros([4, 6], f), Tensor::zeros([4, 6], f));
         let good = Tensor::zeros([4, 6], (Kind::BFloat16, Device::Cpu));
-        assert!(muon_prepare(&g, &buf, 0.9, false, &good).is_ok());
-        assert!(muon_prepare(&g, &buf, 0.9, true, &Tensor::zeros([6, 4], f)).is_ok());
-        for (g, buf, out, transpose) in [
-            (&g, &buf, &good, true),
-            (&g, &Tensor::zeros([4, 5], f), &good, false),
-            (&g.to_kind(Kind::Double), &buf, &good, false),
-            (&g, &buf, &Tensor::zeros([4, 6], (Kind::Int, Device::Cpu)), false),
-            (&g, &buf, &Tensor::zeros([6, 4], f).tr(), false),
+        assert!(muon_prepare(&g, &buf, 0.9, &good).is_ok());
+        assert!(muon_prepare(&g, &buf, 0.9, &Tensor::zeros([4, 6], f)).is_ok());
+        for (g, buf, out) in [
+            (&g, &buf, &Tensor::zeros([6, 4], f)),
+            (&g, &Tensor::zeros([4, 5], f), &good),
+            (&g.to_kind(Kind::Double), &buf, &good),
+            (&g, &buf, &Tensor::zeros([4, 6], (Kind::Int, Device::Cpu))),
+            (&g, &buf, &Tensor::zeros([6, 4], f).tr()),
         ] {
-            let err = muon_prepare(g, buf, 0.9, transpose, out).unwrap_err().to_string();
+            let err = muon_prepare(g, buf, 0.9, out).unwrap_err().to_string();
             assert!(err.contains("muon prepare"), "{err}");
         }
         let p = Tensor::zeros([4, 6], f);
-        assert!(muon_update(&p, &good, 0.1, 1.0, 0.0, false).is_ok());
-        let err = muon_update(&p, &good, 0.1, 1.0, 0.0, true).unwrap_err().to_string();
+        assert!(muon_update(&p, &good, 0.1, 1.0, 0.0).is_ok());
+        let err = muon_update(&p, &good.view([6, 4]), 0.1, 1.0, 0.0).unwrap_err().to_string();
         assert!(err.contains("muon update"), "{err}");
-        assert!(muon_update(&p.tr(), &good.tr().contiguous(), 0.1, 1.0, 0.0, false).is_err());
+        assert!(muon_update(&p.tr(), &good.view([6, 4]), 0.1, 1.0, 0.0).is_err());
     }
 
     #[test]
@@ -733,11 +739,14 @@ mod tests {
             let params = [Tensor::randn([37, 29], f), Tensor::randn([5], f)];
             let new = |ps: &[Tensor]| Lion::new(ps.iter().map(|p| p.copy()).collect(), 0.01, wd);
             let (mut fused, mut aten) = (new(&params), new(&params));
-            for _ in 0..3 {
+            for step in 0..4 {
+                // SAFETY: as in fused_muon_passes_equal_the_aten_update.
+                unsafe { nct_simd_force_generic((step >= 2) as i32) };
                 let grads: Vec<Tensor> = params.iter().map(Tensor::randn_like).collect();
                 fused.apply_with(&grads, true);
                 aten.apply_with(&grads, false);
             }
+            unsafe { nct_simd_force_generic(0) };
             for (a, b) in fused.params.iter().chain(&fused.momentum).zip(aten.params.iter().chain(&aten.momentum)) {
                 let diff = f64::try_from((a - b).abs().max()).unwrap();
                 assert!(diff <= 1e-6, "wd {wd}: {diff}");
