@@ -699,6 +699,25 @@ mod tests {
             let err = muon_prepare(g, buf, 0.9, out).unwrap_err().to_string();
             assert!(err.contains("muon prepare"), "{err}");
         }
+        // The f32 outputs (CPUs without native bf16 products iterate in f32): the formulas exactly.
+        for generic in [false, true] {
+            // SAFETY: sets an atomic flag; both kernel sets compute the same values.
+            unsafe { nct_simd_force_generic(generic as i32) };
+            let (g, buf0) = (Tensor::randn([9, 37], f), Tensor::randn([9, 37], f));
+            let (buf, out) = (buf0.copy(), Tensor::zeros([9, 37], f));
+            muon_prepare(&g, &buf, 0.9, &out).unwrap();
+            let want_buf = &buf0 * 0.9 + &g;
+            let x = &g + &want_buf * 0.9;
+            let want = &x / (x.norm() + 1e-7);
+            assert!(f64::try_from((&buf - &want_buf).abs().max()).unwrap() < 1e-6);
+            assert!(f64::try_from((&out - &want).abs().max()).unwrap() < 1e-6);
+            let p0 = Tensor::randn([9, 37], f);
+            let p = p0.copy();
+            muon_update(&p, &out, 0.1, 1.5, 0.2).unwrap();
+            let want_p = &p0 - (&out * 1.5 + &p0 * 0.2) * 0.1;
+            assert!(f64::try_from((&p - &want_p).abs().max()).unwrap() < 1e-6);
+        }
+        unsafe { nct_simd_force_generic(0) };
         let p = Tensor::zeros([4, 6], f);
         assert!(muon_update(&p, &good, 0.1, 1.0, 0.0).is_ok());
         let err = muon_update(&p, &good.view([6, 4]), 0.1, 1.0, 0.0).unwrap_err().to_string();
