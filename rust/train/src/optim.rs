@@ -167,17 +167,7 @@ pub fn newton_schulz_in(g: &Tensor, kind: Kind) -> Result<Tensor> {
             "Newton–Schulz needs a 2-D matrix, got shape {size:?}"
         )));
     }
-    let tall = size[0] > size[1];
-    let mut x = g.to_kind(Kind::Float);
-    if tall {
-        x = x.tr();
-    }
-    // Contiguous in the wide orientation, so no product or sum below mixes layouts.
-    x = iterate((&x / (x.norm() + 1e-7)).to_kind(kind).contiguous(), false)?;
-    if tall {
-        x = x.tr();
-    }
-    Ok(x.to_kind(g.kind()))
+    orthogonalize(g, kind)
 }
 
 /// The iteration proper on a normalized input: one (rows, cols) matrix or a (n, rows, cols) stack,
@@ -253,15 +243,23 @@ pub fn newton_schulz_batched(g: &Tensor, kind: Kind) -> Result<Tensor> {
             "batched Newton–Schulz needs a (n, rows, cols) stack, got shape {size:?}"
         )));
     }
-    let tall = size[1] > size[2];
+    orthogonalize(g, kind)
+}
+
+/// The iteration on one matrix or each of a stack: scaled to Frobenius norm 1 (per matrix),
+/// in the wide orientation, contiguous (so no product or sum mixes layouts), in `kind`;
+/// the result has `g`'s kind and orientation.
+fn orthogonalize(g: &Tensor, kind: Kind) -> Result<Tensor> {
+    let size = g.size();
+    let tall = size[size.len() - 2] > size[size.len() - 1];
     let mut x = g.to_kind(Kind::Float);
     if tall {
-        x = x.transpose(1, 2);
+        x = x.transpose(-2, -1);
     }
-    let norms = x.f_norm_scalaropt_dim(2.0, [1i64, 2].as_slice(), true)?;
+    let norms = x.f_norm_scalaropt_dim(2.0, [-2i64, -1].as_slice(), true)?;
     x = iterate((&x / (norms + 1e-7)).to_kind(kind).contiguous(), false)?;
     if tall {
-        x = x.transpose(1, 2);
+        x = x.transpose(-2, -1);
     }
     Ok(x.to_kind(g.kind()))
 }
