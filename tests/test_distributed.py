@@ -43,10 +43,14 @@ sys.exit(train.main([a.replace("{rank}", os.environ["RANK"]) for a in sys.argv[1
 """
 
 #: Relative difference allowed between the 2-rank run and one process holding
-#: the whole batch in one micro-batch (float summation order; measured ~6e-8 over 6 steps).
-#: Against one process that accumulates the same two halves the losses are
-#: bit-equal (halving is exact in floating point).
-LOSS_RTOL = 1e-5
+#: the whole batch in one micro-batch. Only float summation order differs, but the
+#: trajectory is not continuous in it: a latent weight within rounding of a ternary
+#: threshold flips its trit, and Newton–Schulz rounds its input to bf16. Measured
+#: ~6e-8 over 6 steps with the ATen optimizer passes (no flip), 1.3e-4 at step 5 and
+#: 5e-4 at step 6 with the fused ones (steps 1-4 within 1e-7). Against one process
+#: that accumulates the same two halves the losses are bit-equal (halving is exact
+#: in floating point), which is the exact check of the data-parallel path.
+LOSS_RTOL = 2e-3
 TIMEOUT = 240  # hard limit of any launch, seconds
 
 
