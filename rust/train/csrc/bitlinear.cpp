@@ -56,15 +56,7 @@ inline void scale_row_generic(const float* g, const float* fa, float fb, c10::BF
 }
 
 #if defined(__x86_64__)
-#define NCT_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
-
-// Round-to-nearest-even f32 -> bf16 of 16 values (c10::BFloat16's rule; inputs are finite).
-NCT_AVX512 inline __m256i to_bf16(__m512 v) {
-  const __m512i bits = _mm512_castps_si512(v);
-  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
-  const __m512i rounded = _mm512_add_epi32(_mm512_add_epi32(bits, _mm512_set1_epi32(0x7fff)), lsb);
-  return _mm512_cvtepi32_epi16(_mm512_srli_epi32(rounded, 16));
-}
+#define NCT_AVX512 NCT_SIMD  // common.h: the same target set
 
 // clamp(round(v * scale), -128, 127) of 16 values, as f32 integers.
 NCT_AVX512 inline __m512 quantize16(__m512 v, __m512 scale) {
@@ -78,8 +70,8 @@ NCT_AVX512 void scale_row_avx512(const float* g, const float* fa, float fb, c10:
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) {
     const __m512 v = _mm512_loadu_ps(g + i);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(a + i), to_bf16(_mm512_mul_ps(v, _mm512_loadu_ps(fa + i))));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(b + i), to_bf16(_mm512_mul_ps(v, vb)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(a + i), bf16x16(_mm512_mul_ps(v, _mm512_loadu_ps(fa + i))));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(b + i), bf16x16(_mm512_mul_ps(v, vb)));
   }
   if (i < n) scale_row_generic(g + i, fa + i, fb, a + i, b + i, n - i);
 }
@@ -102,8 +94,7 @@ NCT_AVX512 inline __m512 exp16(__m512 x) {
 }
 
 NCT_AVX512 inline __m512 load_bf16(const c10::BFloat16* p) {
-  const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+  return f32x16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
 }
 
 // log-sum-exp of one bf16 row (n a multiple of 16).
@@ -122,7 +113,7 @@ NCT_AVX512 void softmax_grad_row_avx512(const c10::BFloat16* x, float lse, float
   const __m512 vl = _mm512_set1_ps(lse), vg = _mm512_set1_ps(g);
   for (int64_t i = 0; i < n; i += 16) {
     const __m512 p = exp16(_mm512_sub_ps(load_bf16(x + i), vl));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(grad + i), to_bf16(_mm512_mul_ps(p, vg)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(grad + i), bf16x16(_mm512_mul_ps(p, vg)));
   }
 }
 
@@ -140,13 +131,13 @@ NCT_AVX512 float quantize_row_avx512(const float* x, int8_t* q, c10::BFloat16* q
   for (i = 0; i + 16 <= cols; i += 16) {
     const __m512 v = quantize16(_mm512_loadu_ps(x + i), vs);
     _mm_storeu_si128(reinterpret_cast<__m128i*>(q + i), _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(v)));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(qb + i), to_bf16(v));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(qb + i), bf16x16(v));
   }
   if (i < cols) {
     const __mmask16 k = static_cast<__mmask16>((1u << (cols - i)) - 1);
     const __m512 v = quantize16(_mm512_maskz_loadu_ps(k, x + i), vs);
     _mm_mask_storeu_epi8(q + i, k, _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(v)));
-    _mm256_mask_storeu_epi16(qb + i, k, to_bf16(v));
+    _mm256_mask_storeu_epi16(qb + i, k, bf16x16(v));
   }
   return scale;
 }
